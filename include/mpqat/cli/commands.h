@@ -1,0 +1,29 @@
+// Each subcommand lives in src/cli/cmd_<name>.cpp and registers itself on the root app.
+// Callbacks throw mpqat::InputError / mpqat::Error; main() maps them to exit codes 2 / 1.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace mpqat::cli {
+
+// Thrown by a command that has already reported its outcome and must exit with `code`
+// (e.g. `launch` passing on a failed rank's exit code).
+struct ExitRequest {
+  int code;
+};
+
+void add_run_command(CLI::App& app);
+void add_sensitivity_command(CLI::App& app);
+void add_allocate_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_similarity_command(CLI::App& app);
+void add_wizard_command(CLI::App& app);
+void add_launch_command(CLI::App& app);  // also registers the hidden `dist-check`
+
+}  // namespace mpqat::cli

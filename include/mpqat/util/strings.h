@@ -1,0 +1,40 @@
+// Small string and unit helpers shared by every layer (no torch).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mpqat::util {
+
+// Edit distance (insert, delete, substitute each cost 1); used to suggest the closest key.
+std::size_t levenshtein(const std::string& a, const std::string& b);
+
+// The candidate closest to `word` by edit distance, or "" when none is within
+// max(2, |word| / 3) edits (a suggestion that far off would mislead more than help).
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+// Parses a byte size: "700MiB", "2.5GB", "123", "4 KiB", "1.5 gib". Decimal units (kB, MB, GB,
+// TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB) powers of 1024; case-insensitive.
+// Throws InputError naming `context` and the accepted spellings.
+uint64_t parse_bytes(const std::string& text, const std::string& context);
+
+// "1.23 MiB" style rendering (binary units, 3 significant digits).
+std::string format_bytes(uint64_t bytes);
+
+// Splits on a single character; keeps empty fields.
+std::vector<std::string> split(const std::string& s, char sep);
+
+std::string trim(const std::string& s);
+std::string to_lower(std::string s);
+bool starts_with(const std::string& s, const std::string& prefix);
+bool ends_with(const std::string& s, const std::string& suffix);
+
+// Writes `content` to `path` atomically (temp file in the same folder, fsync, rename), so a
+// crash never leaves a half-written file. Throws Error naming the path.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+// Reads a whole file; throws InputError naming the path when it cannot be read.
+std::string read_file(const std::string& path);
+
+}  // namespace mpqat::util

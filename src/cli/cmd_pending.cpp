@@ -1,0 +1,115 @@
+// Subcommands whose implementation has not landed yet. Each declares its final options (so
+// --help documents the contract) and fails with exit code 2 saying which issue brings it.
+#include <CLI/CLI.hpp>
+
+#include "mpqat/cli/commands.h"
+#include "mpqat/util/error.h"
+
+namespace mpqat::cli {
+namespace {
+
+struct Pending {
+  std::string s1, s2, s3, s4;
+  std::vector<std::string> v1;
+  int i1 = 0, i2 = 0;
+  bool b1 = false, b2 = false;
+};
+
+void pending(CLI::App* sub, const std::string& what) {
+  sub->callback([what] { throw NotImplementedError(what); });
+}
+
+}  // namespace
+
+void add_sensitivity_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  p->i1 = 128;
+  p->i2 = 512;
+  p->v1 = {"fisher"};
+  auto* sub = app.add_subcommand("sensitivity", "Measure per-layer / per-module sensitivity "
+                                                "(Fisher, SVCCA, PWCCA, CKA) -> sensitivity.json");
+  sub->add_option("model", p->s1, "model folder")->required();
+  sub->add_option("--calib", p->s2, "calibration text / JSONL / TSV file")->required();
+  sub->add_option("--samples", p->i1, "calibration sequences");
+  sub->add_option("--seqlen", p->i2, "tokens per sequence");
+  sub->add_option("--metrics", p->v1, "fisher, svcca, pwcca, cka, cka-rbf, cka-debiased")
+      ->delimiter(',');
+  sub->add_option("--out", p->s3, "output sensitivity.json")->required();
+  pending(sub, "mpqat sensitivity (issue #5, [M4])");
+}
+
+void add_allocate_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  p->s4 = "qbo";
+  auto* sub = app.add_subcommand("allocate", "Choose bits per layer under a size budget "
+                                             "(QBO, MPQ, clustering presets) -> bitplan.json");
+  sub->add_option("--model", p->s1, "model folder")->required();
+  sub->add_option("--sensitivity", p->s2, "sensitivity.json")->required();
+  sub->add_option("--budget", p->s3, "avg_bits=3.0 | bytes=700KiB | compression=4")->required();
+  sub->add_option("--method", p->s4, "qbo, mpq, kmeans, percentile, hierarchical");
+  sub->add_option("--out", p->v1, "output bitplan.json")->required();
+  sub->add_flag("--json", p->b1, "print the result as JSON");
+  pending(sub, "mpqat allocate (issue #6, [M5])");
+}
+
+void add_train_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  p->i1 = 128;
+  p->i2 = 512;
+  auto* sub = app.add_subcommand("train", "Block-wise QAT (Block-AP with SGRA), optional "
+                                          "E2E-QP -> quantized checkpoint");
+  sub->add_option("model", p->s1, "model folder")->required();
+  sub->add_option("--plan", p->s2, "bitplan.json")->required();
+  sub->add_option("--calib", p->s3, "calibration data")->required();
+  sub->add_option("--samples", p->i1, "calibration sequences");
+  sub->add_option("--seqlen", p->i2, "tokens per sequence");
+  sub->add_flag("--e2e", p->b1, "run E2E-QP after Block-AP");
+  sub->add_option("--out", p->s4, "output checkpoint folder")->required();
+  pending(sub, "mpqat train (issue #7, [M6])");
+}
+
+void add_quantize_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  p->s3 = "rtn";
+  auto* sub = app.add_subcommand("quantize", "Post-training quantization (RTN) from a bit plan "
+                                             "-> packed checkpoint");
+  sub->add_option("model", p->s1, "model folder")->required();
+  sub->add_option("--plan", p->s2, "bitplan.json")->required();
+  sub->add_option("--method", p->s3, "rtn");
+  sub->add_option("--out", p->s4, "output checkpoint folder")->required();
+  pending(sub, "mpqat quantize (issue #4, [M3])");
+}
+
+void add_inspect_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  auto* sub = app.add_subcommand("inspect", "Per-layer bits, group size, bytes; average bits; "
+                                            "compression of a checkpoint");
+  sub->add_option("checkpoint", p->s1, "checkpoint folder")->required();
+  sub->add_flag("--json", p->b1, "print JSON");
+  pending(sub, "mpqat inspect (issue #4, [M3])");
+}
+
+void add_wizard_command(CLI::App& app) {
+  auto p = std::make_shared<Pending>();
+  p->s1 = "recipe.yaml";
+  auto* sub = app.add_subcommand("wizard", "Interactive two-phase menu that writes a recipe "
+                                           "(the seeds' workflow)");
+  sub->add_option("--out", p->s1, "recipe file to write");
+  pending(sub, "mpqat wizard (issue #9, [M8])");
+}
+
+// Temporary until their files land: convert/eval (issue #3) and similarity (issue #5).
+void add_convert_command(CLI::App& app) {
+  auto* sub = app.add_subcommand("convert", "Convert other formats to a Hugging Face folder");
+  pending(sub, "mpqat convert (issue #3, [M2])");
+}
+void add_eval_command(CLI::App& app) {
+  auto* sub = app.add_subcommand("eval", "Evaluate a model folder");
+  pending(sub, "mpqat eval (issue #3, [M2])");
+}
+void add_similarity_command(CLI::App& app) {
+  auto* sub = app.add_subcommand("similarity", "CCA/SVCCA/PWCCA/CKA between activation matrices");
+  pending(sub, "mpqat similarity (issue #5, [M4])");
+}
+
+}  // namespace mpqat::cli
