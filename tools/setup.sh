@@ -10,11 +10,11 @@ cd "$root"
 
 pkgs=(
   build-essential cmake pkg-config ccache git
-  libtorch-dev libgloo-dev libopenblas0-openmp
+  libtorch-dev libgloo-dev libopenblas0-openmp liblapack-dev
   libeigen3-dev libgtest-dev libgmock-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev
-  libsentencepiece-dev sentencepiece
+  sentencepiece libbz2-dev
 )
 
 if [ "${MPQAT_SKIP_APT:-0}" != 1 ]; then

@@ -98,7 +98,7 @@ void add_wizard_command(CLI::App& app) {
   pending(sub, "mpqat wizard (issue #9, [M8])");
 }
 
-// Temporary until their files land: convert/eval (issue #3) and similarity (issue #5).
+// Temporary until their files land: convert/eval (issue #3).
 void add_convert_command(CLI::App& app) {
   auto* sub = app.add_subcommand("convert", "Convert other formats to a Hugging Face folder");
   pending(sub, "mpqat convert (issue #3, [M2])");
@@ -106,10 +106,6 @@ void add_convert_command(CLI::App& app) {
 void add_eval_command(CLI::App& app) {
   auto* sub = app.add_subcommand("eval", "Evaluate a model folder");
   pending(sub, "mpqat eval (issue #3, [M2])");
-}
-void add_similarity_command(CLI::App& app) {
-  auto* sub = app.add_subcommand("similarity", "CCA/SVCCA/PWCCA/CKA between activation matrices");
-  pending(sub, "mpqat similarity (issue #5, [M4])");
 }
 
 }  // namespace mpqat::cli
