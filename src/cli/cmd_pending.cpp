@@ -98,14 +98,4 @@ void add_wizard_command(CLI::App& app) {
   pending(sub, "mpqat wizard (issue #9, [M8])");
 }
 
-// Temporary until their files land: convert/eval (issue #3).
-void add_convert_command(CLI::App& app) {
-  auto* sub = app.add_subcommand("convert", "Convert other formats to a Hugging Face folder");
-  pending(sub, "mpqat convert (issue #3, [M2])");
-}
-void add_eval_command(CLI::App& app) {
-  auto* sub = app.add_subcommand("eval", "Evaluate a model folder");
-  pending(sub, "mpqat eval (issue #3, [M2])");
-}
-
 }  // namespace mpqat::cli

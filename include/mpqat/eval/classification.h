@@ -1,0 +1,92 @@
+// Sequence classification evaluation: labelled files, metrics from predictions (as scikit-learn
+// computes them), and a data-parallel predict loop over any classifier given as a function.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace mpqat::dist {
+class Communicator;
+}
+
+namespace mpqat::eval {
+
+struct ClassificationReadOptions {
+  std::string text_field = "sentence";
+  std::string label_field = "label";
+  // "auto" picks by extension: .tsv -> tab, .csv -> comma, .jsonl / .json -> one object per line.
+  std::string format = "auto";
+  // Explicit label order (label text -> id = position). Empty: the distinct labels sorted
+  // (numerically when all are integers, else as strings).
+  std::vector<std::string> labels;
+};
+
+struct ClassificationData {
+  std::string path;
+  std::vector<std::string> texts;
+  std::vector<int64_t> labels;           // ids into label_names
+  std::vector<std::string> label_names;  // id -> label text
+};
+
+// Reads a labelled TSV / CSV (header row required; CSV fields may be quoted with "" escapes) or
+// JSONL file. Throws InputError naming the file and the column (listing the available ones) when a
+// column is missing, naming the file and line for a malformed row, and for a label not in
+// `labels` when that list is given.
+ClassificationData read_classification_file(const std::string& path, const ClassificationReadOptions& opts = {});
+
+// One CSV record split into fields (RFC 4180 quoting: "a, b" and "" inside quotes). Exposed for tests.
+std::vector<std::string> split_csv_record(const std::string& line, char sep = ',');
+
+struct ClassificationMetrics {
+  int64_t n = 0;
+  int64_t num_labels = 0;
+  double accuracy = 0.0;
+  std::vector<int64_t> support;  // true count per class
+  std::vector<double> precision, recall, f1;  // per class; 0 where the denominator is 0 (sklearn)
+  double macro_precision = 0.0, macro_recall = 0.0, macro_f1 = 0.0;
+  // Two classes only: precision / recall / F1 of class 1 (sklearn's average='binary').
+  bool binary = false;
+  double binary_precision = 0.0, binary_recall = 0.0, binary_f1 = 0.0;
+  std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
+  std::vector<std::string> label_names;         // optional, for reports
+
+  nlohmann::json to_json() const;
+};
+
+// From a confusion matrix [true][predicted] (square).
+ClassificationMetrics metrics_from_confusion(const std::vector<std::vector<int64_t>>& confusion);
+// From label ids; throws InputError for an id outside [0, num_labels).
+ClassificationMetrics compute_metrics(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
+                                      int64_t num_labels);
+
+// ids (B, T) int64, mask (B, T) int64 1 = real token -> logits (B, num_labels).
+using ClassifyFn = std::function<at::Tensor(const at::Tensor& ids, const at::Tensor& mask)>;
+// text -> token ids (with the model's special tokens).
+using EncodeFn = std::function<std::vector<int32_t>(const std::string& text)>;
+
+struct PredictOptions {
+  int batch_size = 8;
+  int64_t max_length = 512;
+  int32_t pad_id = 0;
+  // Truncation keeps the last token (e.g. BERT's [SEP]) and drops from before it.
+  bool keep_last_token = false;
+  bool progress = true;
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  dist::Communicator* comm = nullptr;
+};
+
+// Predicted label ids for the examples this rank holds (i = rank, rank + N, ...), in that order.
+std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& encode,
+                                   const std::vector<std::string>& texts, const PredictOptions& opts);
+
+// Predicts every example (split across ranks), all-reduces the confusion matrix, returns metrics.
+ClassificationMetrics evaluate_classifier(const ClassifyFn& classify, const EncodeFn& encode,
+                                          const ClassificationData& data, const PredictOptions& opts);
+
+}  // namespace mpqat::eval

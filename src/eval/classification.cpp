@@ -1,0 +1,371 @@
+#include "mpqat/eval/classification.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "mpqat/dist/communicator.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/progress.h"
+#include "mpqat/util/strings.h"
+
+namespace mpqat::eval {
+
+namespace {
+
+using nlohmann::json;
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+  return out;
+}
+
+struct Record {
+  std::size_t line = 0;  // 1-based line where the record starts
+  std::vector<std::string> fields;
+};
+
+// CSV records over the whole text, so a quoted field may hold newlines.
+std::vector<Record> parse_csv(const std::string& text, char sep, const std::string& path) {
+  std::vector<Record> out;
+  Record cur;
+  std::string field;
+  bool in_quotes = false, field_started = false;
+  std::size_t line = 1;
+  cur.line = 1;
+  auto end_field = [&] {
+    cur.fields.push_back(field);
+    field.clear();
+    field_started = false;
+  };
+  auto end_record = [&] {
+    end_field();
+    const bool blank = cur.fields.size() == 1 && cur.fields[0].empty();
+    if (!blank) out.push_back(cur);
+    cur = Record{};
+    cur.line = line;
+  };
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_quotes) {
+      if (ch == '"') {
+        if (i + 1 < text.size() && text[i + 1] == '"') {
+          field += '"';
+          ++i;
+        } else {
+          in_quotes = false;
+        }
+      } else {
+        if (ch == '\n') ++line;
+        field += ch;
+      }
+      continue;
+    }
+    if (ch == '"' && !field_started) {
+      in_quotes = true;
+      field_started = true;
+    } else if (ch == sep) {
+      end_field();
+    } else if (ch == '\n') {
+      ++line;
+      if (!field.empty() && field.back() == '\r') field.pop_back();
+      end_record();
+    } else {
+      field += ch;
+      field_started = true;
+    }
+  }
+  if (in_quotes) throw InputError(path + ":" + std::to_string(cur.line) + ": unterminated quoted field");
+  if (!field.empty() || !cur.fields.empty()) {
+    if (!field.empty() && field.back() == '\r') field.pop_back();
+    end_record();
+  }
+  return out;
+}
+
+// TSV as GLUE writes it: no quoting, one record per line.
+std::vector<Record> parse_tsv(const std::string& text) {
+  std::vector<Record> out;
+  const auto lines = util::split(text, '\n');
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    std::string l = lines[i];
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    if (l.empty()) continue;
+    out.push_back({i + 1, util::split(l, '\t')});
+  }
+  return out;
+}
+
+bool is_integer(const std::string& s) {
+  if (s.empty()) return false;
+  std::size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i == s.size()) return false;
+  for (; i < s.size(); ++i)
+    if (s[i] < '0' || s[i] > '9') return false;
+  return true;
+}
+
+std::string json_label(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+  if (v.is_boolean()) return v.get<bool>() ? "1" : "0";
+  return v.dump();
+}
+
+}  // namespace
+
+std::vector<std::string> split_csv_record(const std::string& line, char sep) {
+  auto recs = parse_csv(line, sep, "<record>");
+  return recs.empty() ? std::vector<std::string>{""} : recs[0].fields;
+}
+
+ClassificationData read_classification_file(const std::string& path, const ClassificationReadOptions& opts) {
+  std::string format = opts.format;
+  if (format == "auto") {
+    const auto low = util::to_lower(path);
+    if (util::ends_with(low, ".tsv")) format = "tsv";
+    else if (util::ends_with(low, ".csv")) format = "csv";
+    else if (util::ends_with(low, ".jsonl") || util::ends_with(low, ".json")) format = "jsonl";
+    else
+      throw InputError("cannot tell the format of '" + path + "' from its extension (expected .tsv, .csv or .jsonl)");
+  }
+  if (format != "tsv" && format != "csv" && format != "jsonl")
+    throw InputError("unknown classification file format '" + format + "' (expected tsv, csv or jsonl)");
+  const std::string text = util::read_file(path);
+  ClassificationData d;
+  d.path = path;
+  std::vector<std::string> raw_labels;
+  if (format == "jsonl") {
+    const auto lines = util::split(text, '\n');
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+      if (util::trim(lines[i]).empty()) continue;
+      const std::string where = path + ":" + std::to_string(i + 1);
+      json j;
+      try {
+        j = json::parse(lines[i]);
+      } catch (const json::exception&) {
+        throw InputError(where + ": not a JSON object (expected one object per line)");
+      }
+      if (!j.is_object()) throw InputError(where + ": not a JSON object (expected one object per line)");
+      for (const auto* f : {&opts.text_field, &opts.label_field}) {
+        if (!j.contains(*f)) {
+          std::vector<std::string> keys;
+          for (auto it = j.begin(); it != j.end(); ++it) keys.push_back(it.key());
+          throw InputError(where + ": no field '" + *f + "' (available: " + join(keys) + ")");
+        }
+      }
+      if (!j[opts.text_field].is_string())
+        throw InputError(where + ": field '" + opts.text_field + "' is not a string");
+      d.texts.push_back(j[opts.text_field].get<std::string>());
+      raw_labels.push_back(json_label(j[opts.label_field]));
+    }
+  } else {
+    const auto recs = format == "tsv" ? parse_tsv(text) : parse_csv(text, ',', path);
+    if (recs.empty()) throw InputError("'" + path + "' is empty (expected a header row naming the columns)");
+    const auto& header = recs[0].fields;
+    auto column = [&](const std::string& name) {
+      for (std::size_t c = 0; c < header.size(); ++c)
+        if (util::trim(header[c]) == name) return c;
+      throw InputError("'" + path + "' has no column '" + name + "' (available: " + join(header) + ")");
+    };
+    const auto tc = column(opts.text_field), lc = column(opts.label_field);
+    for (std::size_t r = 1; r < recs.size(); ++r) {
+      const auto& f = recs[r].fields;
+      if (f.size() != header.size())
+        throw InputError(path + ":" + std::to_string(recs[r].line) + ": " + std::to_string(f.size()) +
+                         " fields, but the header has " + std::to_string(header.size()));
+      d.texts.push_back(f[tc]);
+      raw_labels.push_back(util::trim(f[lc]));
+    }
+  }
+  if (d.texts.empty()) throw InputError("'" + path + "' holds no examples");
+
+  if (!opts.labels.empty()) {
+    d.label_names = opts.labels;
+  } else {
+    std::set<std::string> distinct(raw_labels.begin(), raw_labels.end());
+    d.label_names.assign(distinct.begin(), distinct.end());
+    const bool numeric = std::all_of(d.label_names.begin(), d.label_names.end(), is_integer);
+    if (numeric)
+      std::sort(d.label_names.begin(), d.label_names.end(),
+                [](const std::string& a, const std::string& b) { return std::stoll(a) < std::stoll(b); });
+  }
+  std::map<std::string, int64_t> id;
+  for (std::size_t i = 0; i < d.label_names.size(); ++i) id[d.label_names[i]] = static_cast<int64_t>(i);
+  for (std::size_t i = 0; i < raw_labels.size(); ++i) {
+    const auto it = id.find(raw_labels[i]);
+    if (it == id.end())
+      throw InputError("'" + path + "' example " + std::to_string(i + 1) + ": label '" + raw_labels[i] +
+                       "' is not one of the given labels (" + join(d.label_names) + ")");
+    d.labels.push_back(it->second);
+  }
+  return d;
+}
+
+ClassificationMetrics metrics_from_confusion(const std::vector<std::vector<int64_t>>& confusion) {
+  ClassificationMetrics m;
+  const auto k = static_cast<int64_t>(confusion.size());
+  for (const auto& row : confusion)
+    if (static_cast<int64_t>(row.size()) != k)
+      throw InputError("confusion matrix must be square, got a row of " + std::to_string(row.size()) +
+                       " in a " + std::to_string(k) + "-class matrix");
+  m.num_labels = k;
+  m.confusion = confusion;
+  m.support.assign(static_cast<std::size_t>(k), 0);
+  m.precision.assign(static_cast<std::size_t>(k), 0.0);
+  m.recall.assign(static_cast<std::size_t>(k), 0.0);
+  m.f1.assign(static_cast<std::size_t>(k), 0.0);
+  std::vector<int64_t> predicted(static_cast<std::size_t>(k), 0);
+  int64_t correct = 0;
+  for (int64_t t = 0; t < k; ++t)
+    for (int64_t p = 0; p < k; ++p) {
+      const auto v = confusion[t][p];
+      m.n += v;
+      m.support[t] += v;
+      predicted[p] += v;
+      if (t == p) correct += v;
+    }
+  m.accuracy = m.n > 0 ? static_cast<double>(correct) / static_cast<double>(m.n) : 0.0;
+  for (int64_t c = 0; c < k; ++c) {
+    const double tp = static_cast<double>(confusion[c][c]);
+    m.precision[c] = predicted[c] > 0 ? tp / static_cast<double>(predicted[c]) : 0.0;
+    m.recall[c] = m.support[c] > 0 ? tp / static_cast<double>(m.support[c]) : 0.0;
+    const double pr = m.precision[c] + m.recall[c];
+    m.f1[c] = pr > 0 ? 2.0 * m.precision[c] * m.recall[c] / pr : 0.0;
+    m.macro_precision += m.precision[c] / static_cast<double>(k);
+    m.macro_recall += m.recall[c] / static_cast<double>(k);
+    m.macro_f1 += m.f1[c] / static_cast<double>(k);
+  }
+  if (k == 2) {
+    m.binary = true;
+    m.binary_precision = m.precision[1];
+    m.binary_recall = m.recall[1];
+    m.binary_f1 = m.f1[1];
+  }
+  return m;
+}
+
+ClassificationMetrics compute_metrics(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
+                                      int64_t num_labels) {
+  if (y_true.size() != y_pred.size())
+    throw InputError("compute_metrics: " + std::to_string(y_true.size()) + " labels but " +
+                     std::to_string(y_pred.size()) + " predictions");
+  if (num_labels < 1) throw InputError("compute_metrics: num_labels must be >= 1");
+  std::vector<std::vector<int64_t>> cm(static_cast<std::size_t>(num_labels),
+                                       std::vector<int64_t>(static_cast<std::size_t>(num_labels), 0));
+  for (std::size_t i = 0; i < y_true.size(); ++i) {
+    for (auto v : {y_true[i], y_pred[i]})
+      if (v < 0 || v >= num_labels)
+        throw InputError("compute_metrics: label id " + std::to_string(v) + " outside [0, " +
+                         std::to_string(num_labels) + ")");
+    ++cm[y_true[i]][y_pred[i]];
+  }
+  return metrics_from_confusion(cm);
+}
+
+json ClassificationMetrics::to_json() const {
+  json j;
+  j["n"] = n;
+  j["num_labels"] = num_labels;
+  j["accuracy"] = accuracy;
+  if (binary) {
+    j["precision"] = binary_precision;
+    j["recall"] = binary_recall;
+    j["f1"] = binary_f1;
+  }
+  j["macro_precision"] = macro_precision;
+  j["macro_recall"] = macro_recall;
+  j["macro_f1"] = macro_f1;
+  json per = json::array();
+  for (int64_t c = 0; c < num_labels; ++c) {
+    json e{{"precision", precision[c]}, {"recall", recall[c]}, {"f1", f1[c]}, {"support", support[c]}};
+    e["label"] = c < static_cast<int64_t>(label_names.size()) ? label_names[c] : std::to_string(c);
+    per.push_back(e);
+  }
+  j["per_class"] = per;
+  j["confusion"] = confusion;
+  return j;
+}
+
+std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& encode,
+                                   const std::vector<std::string>& texts, const PredictOptions& opts) {
+  if (opts.batch_size < 1) throw InputError("batch size must be >= 1, got " + std::to_string(opts.batch_size));
+  if (opts.max_length < 1) throw InputError("max length must be >= 1, got " + std::to_string(opts.max_length));
+  const int rank = opts.comm ? opts.comm->rank() : 0;
+  const int world = opts.comm ? opts.comm->world_size() : 1;
+  std::vector<std::size_t> mine;
+  for (std::size_t i = static_cast<std::size_t>(rank); i < texts.size(); i += static_cast<std::size_t>(world))
+    mine.push_back(i);
+  std::unique_ptr<util::Progress> bar;
+  if (opts.progress) bar = std::make_unique<util::Progress>("classify", static_cast<int64_t>(mine.size()), "ex");
+  torch::NoGradGuard ng;
+  std::vector<int64_t> preds;
+  preds.reserve(mine.size());
+  for (std::size_t b0 = 0; b0 < mine.size(); b0 += static_cast<std::size_t>(opts.batch_size)) {
+    const std::size_t b1 = std::min(mine.size(), b0 + static_cast<std::size_t>(opts.batch_size));
+    std::vector<std::vector<int32_t>> enc;
+    int64_t T = 1;
+    for (std::size_t k = b0; k < b1; ++k) {
+      auto ids = encode(texts[mine[k]]);
+      if (static_cast<int64_t>(ids.size()) > opts.max_length) {
+        const int32_t last = ids.back();
+        ids.resize(static_cast<std::size_t>(opts.max_length));
+        if (opts.keep_last_token) ids.back() = last;
+      }
+      if (ids.empty()) ids.push_back(opts.pad_id);  // an empty text still needs one position
+      T = std::max<int64_t>(T, static_cast<int64_t>(ids.size()));
+      enc.push_back(std::move(ids));
+    }
+    const auto B = static_cast<int64_t>(enc.size());
+    auto ids = torch::full({B, T}, static_cast<int64_t>(opts.pad_id), torch::kLong);  // (B, T)
+    auto mask = torch::zeros({B, T}, torch::kLong);                                   // (B, T)
+    auto ia = ids.accessor<int64_t, 2>();
+    auto ma = mask.accessor<int64_t, 2>();
+    for (int64_t r = 0; r < B; ++r)
+      for (std::size_t t = 0; t < enc[r].size(); ++t) {
+        ia[r][static_cast<int64_t>(t)] = enc[r][t];
+        ma[r][static_cast<int64_t>(t)] = 1;
+      }
+    auto logits = classify(ids.to(opts.device), mask.to(opts.device));  // (B, num_labels)
+    if (logits.dim() != 2 || logits.size(0) != B)
+      throw Error("classifier returned logits of shape " + std::to_string(logits.dim()) +
+                  "-d; expected (batch, num_labels)");
+    auto arg = logits.argmax(-1).to(torch::kCPU).to(torch::kLong);  // (B)
+    for (int64_t r = 0; r < B; ++r) preds.push_back(arg[r].item<int64_t>());
+    if (bar) bar->advance(B);
+  }
+  if (bar) bar->finish();
+  return preds;
+}
+
+ClassificationMetrics evaluate_classifier(const ClassifyFn& classify, const EncodeFn& encode,
+                                          const ClassificationData& data, const PredictOptions& opts) {
+  const auto k = static_cast<int64_t>(data.label_names.size());
+  if (k < 1) throw InputError("'" + data.path + "' has no labels");
+  const auto preds = predict_local(classify, encode, data.texts, opts);
+  const int rank = opts.comm ? opts.comm->rank() : 0;
+  const int world = opts.comm ? opts.comm->world_size() : 1;
+  auto cm = torch::zeros({k, k}, torch::kDouble);  // (true, predicted); fp64 holds counts exactly
+  auto ca = cm.accessor<double, 2>();
+  std::size_t j = 0;
+  for (std::size_t i = static_cast<std::size_t>(rank); i < data.texts.size(); i += static_cast<std::size_t>(world)) {
+    const auto p = preds[j++];
+    if (p < 0 || p >= k)
+      throw InputError("classifier predicted class " + std::to_string(p) + " but '" + data.path + "' has " +
+                       std::to_string(k) + " labels");
+    ca[data.labels[i]][p] += 1.0;
+  }
+  if (opts.comm) opts.comm->all_reduce_sum(cm);
+  std::vector<std::vector<int64_t>> counts(static_cast<std::size_t>(k), std::vector<int64_t>(static_cast<std::size_t>(k)));
+  for (int64_t t = 0; t < k; ++t)
+    for (int64_t p = 0; p < k; ++p) counts[t][p] = static_cast<int64_t>(std::llround(cm[t][p].item<double>()));
+  auto m = metrics_from_confusion(counts);
+  m.label_names = data.label_names;
+  return m;
+}
+
+}  // namespace mpqat::eval

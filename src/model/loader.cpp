@@ -1,0 +1,224 @@
+#include "mpqat/model/loader.h"
+
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "mpqat/data/llama2c_tokenizer.h"
+#include "mpqat/model/bert.h"
+#include "mpqat/model/opt.h"
+#include "mpqat/util/error.h"
+
+namespace mpqat::model {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + ")";
+}
+
+}  // namespace
+
+ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
+  if (!fs::is_directory(dir))
+    throw InputError("model folder '" + dir + "' does not exist (expected a folder with config.json and model.safetensors)");
+  if (!fs::exists(fs::path(dir) / "config.json"))
+    throw InputError("model folder '" + dir + "' has no config.json");
+  cfg_ = load_model_config(dir);
+  ckpt_ = std::make_unique<io::SafetensorsCheckpoint>(dir);
+}
+
+bool ModelFolder::has_tokenizer() const {
+  for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model"})
+    if (fs::exists(fs::path(dir_) / f)) return true;
+  return false;
+}
+
+const data::Tokenizer& ModelFolder::tokenizer() const {
+  if (!tok_) {
+    const auto bin = fs::path(dir_) / "tokenizer.bin";
+    if (fs::exists(bin)) tok_ = std::make_unique<data::Llama2cTokenizer>(bin.string());
+    else tok_ = data::load_tokenizer(dir_);
+  }
+  return *tok_;
+}
+
+torch::Tensor ModelFolder::tensor(const std::string& name, const std::vector<int64_t>& shape) const {
+  if (!ckpt_->contains(name))
+    throw InputError("model folder '" + dir_ + "': tensor '" + name + "' is missing (expected shape " +
+                     shape_str(shape) + ")");
+  const auto& info = ckpt_->info(name);
+  const std::string& file = ckpt_->file_of(name);
+  if (info.shape != shape)
+    throw InputError("'" + file + "': tensor '" + name + "' has shape " + shape_str(info.shape) +
+                     ", expected " + shape_str(shape));
+  torch::ScalarType st;
+  switch (info.dtype) {
+    case io::DType::F32: st = torch::kFloat; break;
+    case io::DType::F16: st = torch::kHalf; break;
+    case io::DType::BF16: st = torch::kBFloat16; break;
+    default:
+      throw InputError("'" + file + "': tensor '" + name + "' has dtype " + io::dtype_name(info.dtype) +
+                       " (accepted: F32, F16, BF16)");
+  }
+  // Copy through an aligned buffer: safetensors offsets need not be aligned to the element size.
+  auto raw = torch::empty(shape, torch::TensorOptions().dtype(st));
+  std::memcpy(raw.data_ptr(), ckpt_->data(name), info.nbytes());
+  return st == torch::kFloat ? raw : raw.to(torch::kFloat);
+}
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+bool ends_with(const std::string& s, const std::string& x) {
+  return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
+}
+
+}  // namespace
+
+std::string checkpoint_name(const ModelFolder& folder, const std::string& name) {
+  if (folder.contains(name)) return name;
+  std::vector<std::string> cands{name};
+  if (ends_with(name, "LayerNorm.weight"))
+    cands.push_back(name.substr(0, name.size() - 6) + "gamma");
+  else if (ends_with(name, "LayerNorm.bias"))
+    cands.push_back(name.substr(0, name.size() - 4) + "beta");
+  const size_t n = cands.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (starts_with(cands[i], "bert.")) cands.push_back(cands[i].substr(5));
+    if (starts_with(cands[i], "model.decoder.")) cands.push_back(cands[i].substr(6));
+  }
+  for (const auto& c : cands)
+    if (folder.contains(c)) return c;
+  return name;
+}
+
+void load_parameters(torch::nn::Module& module, const ModelFolder& folder, const std::string& prefix,
+                     std::set<std::string>* used) {
+  torch::NoGradGuard ng;
+  for (auto& item : module.named_parameters(/*recurse=*/true)) {
+    auto& p = item.value();
+    const auto name = checkpoint_name(folder, prefix + item.key());
+    auto t = folder.tensor(name, p.sizes().vec());
+    p.copy_(t);
+    if (used) used->insert(name);
+  }
+}
+
+namespace {
+
+void finish(torch::nn::Module& m, const LoadOptions& opts) {
+  for (auto& p : m.parameters()) p.set_requires_grad(false);
+  m.eval();
+  if (opts.device != torch::Device(torch::kCPU)) m.to(opts.device);
+}
+
+void check_unused(const LlamaForCausalLM& m, const ModelFolder& folder) {
+  std::set<std::string> used;
+  for (const auto& item : m.named_parameters(true)) used.insert(item.key());
+  for (const auto& n : folder.checkpoint().names()) {
+    if (used.count(n)) continue;
+    if (n == "lm_head.weight" && m.config().tie_word_embeddings) continue;
+    if (n.size() >= 17 && n.compare(n.size() - 17, 17, "rotary_emb.inv_freq") == 0) continue;
+    throw InputError("'" + folder.checkpoint().file_of(n) + "': tensor '" + n +
+                     "' is not used by " + m.config().architecture);
+  }
+}
+
+}  // namespace
+
+LlamaPtr load_model(const ModelFolder& folder, const LoadOptions& opts) {
+  auto m = std::make_shared<LlamaForCausalLM>(folder.config(), true);
+  load_parameters(*m, folder, "");
+  if (opts.strict) check_unused(*m, folder);
+  finish(*m, opts);
+  return m;
+}
+
+LlamaPtr load_model_shell(const ModelFolder& folder, const LoadOptions& opts) {
+  auto m = std::make_shared<LlamaForCausalLM>(folder.config(), false);
+  load_parameters(*m, folder, "");
+  finish(*m, opts);
+  return m;
+}
+
+LlamaBlockPtr load_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
+  const auto& cfg = folder.config();
+  if (i < 0 || i >= cfg.num_hidden_layers)
+    throw InputError("block index " + std::to_string(i) + " out of range for '" + folder.dir() +
+                     "' (" + std::to_string(cfg.num_hidden_layers) + " layers)");
+  auto b = std::make_shared<LlamaBlock>(cfg);
+  load_parameters(*b, folder, block_prefix(i));
+  finish(*b, opts);
+  return b;
+}
+
+std::shared_ptr<TransformerModel> create_model(const ModelConfig& cfg) {
+  switch (cfg.family) {
+    case Family::Llama: return std::make_shared<LlamaForCausalLM>(cfg, true);
+    case Family::OPT:
+      if (cfg.architecture == "OPTForSequenceClassification")
+        return std::make_shared<OPTForSequenceClassification>(cfg);
+      return std::make_shared<OPTForCausalLM>(cfg);
+    case Family::BERT: return std::make_shared<BertForSequenceClassification>(cfg);
+  }
+  throw NotImplementedError("architecture '" + cfg.architecture + "'");
+}
+
+std::shared_ptr<TransformerModel> build_model(const ModelConfig& cfg) {
+  auto m = create_model(cfg);
+  m->reset_parameters();
+  m->eval();
+  return m;
+}
+
+std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, const LoadOptions& opts) {
+  if (folder.config().family == Family::Llama) return load_model(folder, opts);
+  auto m = create_model(folder.config());
+  std::set<std::string> used;
+  load_parameters(*m, folder, "", &used);
+  if (opts.strict) {
+    for (const auto& n : folder.checkpoint().names()) {
+      if (used.count(n)) continue;
+      if (n == "lm_head.weight" && m->config().tie_word_embeddings) continue;
+      if (ends_with(n, "position_ids")) continue;  // BERT's registered buffer
+      throw InputError("'" + folder.checkpoint().file_of(n) + "': tensor '" + n + "' is not used by " +
+                       m->config().architecture);
+    }
+  }
+  finish(*m, opts);
+  return m;
+}
+
+BlockPtr load_any_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
+  const auto& cfg = folder.config();
+  if (cfg.family == Family::Llama) return load_block(folder, i, opts);
+  if (i < 0 || i >= cfg.num_hidden_layers)
+    throw InputError("block index " + std::to_string(i) + " out of range for '" + folder.dir() +
+                     "' (" + std::to_string(cfg.num_hidden_layers) + " layers)");
+  BlockPtr b;
+  if (cfg.family == Family::OPT) b = std::make_shared<OPTBlock>(cfg);
+  else b = std::make_shared<BertBlock>(cfg);
+  load_parameters(*b, folder, family_block_prefix(cfg, i));
+  finish(*b, opts);
+  return b;
+}
+
+torch::Tensor forward_streaming(const ModelFolder& folder, const torch::Tensor& ids, LlamaPtr shell) {
+  torch::NoGradGuard ng;
+  if (!shell) shell = load_model_shell(folder);
+  LoadOptions opts;
+  opts.device = ids.device();
+  auto h = shell->embed(ids);  // (B, T, C)
+  for (int64_t i = 0; i < folder.config().num_hidden_layers; ++i) {
+    auto blk = load_block(folder, i, opts);
+    h = shell->run_block(*blk, h, 0);
+  }  // each block is freed when `blk` goes out of scope
+  return shell->head(h);  // (B, T, V)
+}
+
+}  // namespace mpqat::model
