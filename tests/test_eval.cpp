@@ -700,12 +700,12 @@ TEST(EvalCli, TasksOnStories260K) {
   EXPECT_DOUBLE_EQ(direct_nb.acc, nb["tasks"]["piqa"]["acc"].get<double>());
   EXPECT_DOUBLE_EQ(direct_nb.acc_norm, nb["tasks"]["piqa"]["acc_norm"].get<double>());
 
-  // Errors: an unknown task, and --classify before the classifier loader exists.
+  // Errors: an unknown task, and --classify on a causal LM.
   auto msg = error_message([&] { run_eval_cli({mdir.string(), "--tasks", "piqa,winogrande", "--task-dir", tasks_dir()}); });
   EXPECT_NE(msg.find("winogrande"), std::string::npos) << msg;
   EXPECT_NE(msg.find("hellaswag"), std::string::npos) << msg;
   const auto sst = sdir + "/data/classification/sst2/glue_sst2_dev.tsv";
-  msg = error_message<NotImplementedError>([&] { run_eval_cli({mdir.string(), "--classify", sst}); });
-  EXPECT_NE(msg.find("classify"), std::string::npos) << msg;
+  msg = error_message<InputError>([&] { run_eval_cli({mdir.string(), "--classify", sst}); });
+  EXPECT_NE(msg.find("ForSequenceClassification"), std::string::npos) << msg;
   fs::remove_all(dir);
 }

@@ -718,10 +718,15 @@ TEST(LoadTokenizer, BadInputsNameTheFile) {
   EXPECT_NE(msg.find(notjson), std::string::npos) << msg;
   EXPECT_NE(msg.find("JSON"), std::string::npos) << msg;
 
+  // WordPiece files go to the WordPiece reader (tests/test_wordpiece.cpp); other model types
+  // are refused naming the accepted ones.
   const std::string wp = (dir / "wp.json").string();
   write_text(wp, R"({"model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}})");
-  msg = input_error_message([&] { mpqat::data::load_tokenizer(wp); });
-  EXPECT_NE(msg.find(wp), std::string::npos) << msg;
+  EXPECT_EQ(mpqat::data::load_tokenizer(wp)->kind(), "wordpiece");
+  const std::string uni = (dir / "uni.json").string();
+  write_text(uni, R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}})");
+  msg = input_error_message([&] { mpqat::data::load_tokenizer(uni); });
+  EXPECT_NE(msg.find(uni), std::string::npos) << msg;
   EXPECT_NE(msg.find("WordPiece"), std::string::npos) << msg;
   EXPECT_NE(msg.find("BPE"), std::string::npos) << msg;
 

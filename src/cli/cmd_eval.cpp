@@ -1,11 +1,17 @@
 // `mpqat eval DIR [--generate PROMPT ...] [--ppl FILE ...] [--tasks piqa,... ] [--classify FILE ...]`
+// Causal LMs of every family (Llama, Mistral, Qwen2, OPT) for --ppl / --tasks, Llama for
+// --generate, *ForSequenceClassification folders for --classify. Launched on several ranks,
+// windows / items / examples are split across them and only rank 0 prints.
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include <torch/torch.h>
 
 #include "mpqat/cli/commands.h"
 #include "mpqat/dist/communicator.h"
@@ -15,6 +21,8 @@
 #include "mpqat/eval/perplexity.h"
 #include "mpqat/eval/report.h"
 #include "mpqat/eval/tasks.h"
+#include "mpqat/data/hf_tokenizer.h"
+#include "mpqat/data/wordpiece_tokenizer.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -45,7 +53,41 @@ struct EvalOpts {
   std::vector<std::string> labels;
   int64_t max_length = 0;
   bool no_bos = false;
+  std::string device = "auto";
+  bool streaming = false;
 };
+
+// auto = CUDA when LibTorch sees a GPU; with several ranks on CUDA each takes cuda:LOCAL_RANK.
+torch::Device resolve_device(const std::string& name, const dist::Communicator& comm) {
+  const bool cuda_ok = torch::cuda::is_available();
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" && !cuda_ok)
+    throw InputError("--device cuda: LibTorch sees no CUDA device (use --device cpu or auto)");
+  if (name != "cuda" && name != "auto")
+    throw InputError("--device must be auto, cpu or cuda, got '" + name + "'");
+  if (!cuda_ok) return torch::kCPU;
+  const auto n = static_cast<int>(torch::cuda::device_count());
+  const int idx = comm.distributed() ? comm.local_rank() : 0;
+  if (idx >= n)
+    throw InputError("rank with LOCAL_RANK " + std::to_string(idx) + " has no GPU (" + std::to_string(n) +
+                     " visible); launch at most one rank per GPU or use --device cpu");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(idx));
+}
+
+std::string family_name(model::Family f) {
+  switch (f) {
+    case model::Family::Llama: return "Llama";
+    case model::Family::OPT: return "OPT";
+    case model::Family::BERT: return "BERT";
+  }
+  return "unknown";
+}
+
+// Whether a classifier's input starts with the tokenizer's BOS / [CLS] the way its HF tokenizer does.
+bool classifier_add_bos(const data::Tokenizer& tok) {
+  if (const auto* bpe = dynamic_cast<const data::HfBpeTokenizer*>(&tok)) return bpe->default_add_bos();
+  return tok.bos_id() >= 0;
+}
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -59,7 +101,7 @@ std::string read_text(const std::string& path) {
 
 void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOpts>();
-  auto* cmd = app.add_subcommand("eval", "Evaluate a model folder: text generation and/or perplexity");
+  auto* cmd = app.add_subcommand("eval", "Evaluate a model folder: generation, perplexity, zero-shot tasks, classification");
   cmd->add_option("DIR", o->dir, "model folder (config.json, model.safetensors, tokenizer)")->required();
   auto* gen = cmd->add_option("--generate", o->prompt, "generate text from PROMPT (\"\" starts from BOS)");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate at most")->capture_default_str();
@@ -79,7 +121,7 @@ void add_eval_command(CLI::App& app) {
                                 "arc_challenge, hellaswag (comma-separated)")
                     ->delimiter(',');
   cmd->add_option("--task-dir", o->task_dir, "folder holding piqa/, arc/, hellaswag/")->capture_default_str();
-  cmd->add_option("--limit", o->limit, "items per task (0 = all)")->capture_default_str();
+  cmd->add_option("--limit", o->limit, "items per task / first examples of --classify FILE (0 = all)")->capture_default_str();
   cmd->add_option("--report", o->report, "write the results to PREFIX.json and PREFIX.txt");
   auto* classify = cmd->add_option("--classify", o->classify_file,
                                    "accuracy / precision / recall / F1 of a sequence classifier on a labelled "
@@ -95,6 +137,13 @@ void add_eval_command(CLI::App& app) {
                   "tokens per task request / classified example (0 = the model's maximum)")
       ->capture_default_str();
 
+  cmd->add_option("--device", o->device, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_flag("--streaming", o->streaming,
+                "hold one block at a time, loaded from the mapped checkpoint (--ppl, --tasks, --classify)")
+      ->capture_default_str();
+
   cmd->callback([o, gen, ppl, tasks, classify] {
     const bool do_gen = gen->count() > 0, do_ppl = ppl->count() > 0;
     const bool do_tasks = tasks->count() > 0, do_cls = classify->count() > 0;
@@ -106,7 +155,13 @@ void add_eval_command(CLI::App& app) {
     if (o->limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o->limit));
     if (o->max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o->max_length));
     if (o->batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o->batch_size));
-    // Load task files before the model so a typo fails fast.
+    if (o->context < 0) throw InputError("--context must be >= 0, got " + std::to_string(o->context));
+    if (o->streaming && do_gen)
+      throw InputError("--streaming applies to --ppl, --tasks and --classify, not to --generate");
+    if (do_cls && (do_gen || do_ppl || do_tasks))
+      throw InputError("--classify needs a *ForSequenceClassification folder, --generate / --ppl / --tasks a "
+                       "causal LM: run them separately");
+    // Load task and classification files before the model so a typo fails fast.
     std::vector<eval::MultipleChoiceTask> loaded;
     for (const auto& t : o->tasks) loaded.push_back(eval::load_task(util::trim(t), o->task_dir));
     eval::ClassificationData cls_data;
@@ -116,15 +171,41 @@ void add_eval_command(CLI::App& app) {
       ro.label_field = o->label_field;
       ro.labels = o->labels;
       cls_data = eval::read_classification_file(o->classify_file, ro);
-      // Sequence classifiers (BERT / OPT heads) load through the model-family factory, which
-      // the CLI does not reach yet.
-      throw NotImplementedError("eval --classify (sequence-classification model loading)");
+      if (o->limit > 0 && static_cast<int64_t>(cls_data.texts.size()) > o->limit) {
+        cls_data.texts.resize(static_cast<size_t>(o->limit));
+        cls_data.labels.resize(static_cast<size_t>(o->limit));
+      }
     }
     const model::ModelFolder folder(o->dir);
+    const auto& cfg = folder.config();
+    const bool causal = !cfg.is_sequence_classifier();
+    if (do_cls && causal)
+      throw InputError("--classify needs a *ForSequenceClassification folder; '" + o->dir + "' holds " +
+                       cfg.architecture + ", a causal LM (use --ppl / --tasks / --generate with it)");
+    if (!do_cls && !causal)
+      throw InputError("--generate / --ppl / --tasks need a causal LM; '" + o->dir + "' holds " + cfg.architecture +
+                       ", a sequence classifier (use --classify FILE with it)");
+    if (do_gen && cfg.family != model::Family::Llama)
+      throw NotImplementedError("eval --generate for the " + family_name(cfg.family) + " family (" +
+                                cfg.architecture + "); generation supports Llama-family models");
+    // Ranks launched by `mpqat launch` / torchrun split the work; a plain run is one rank.
+    auto comm = dist::Communicator::from_env();
+    const torch::Device device = resolve_device(o->device, *comm);
+    const bool main_rank = comm->is_main();
     const auto& tok = folder.tokenizer();
-    auto m = model::load_model(folder);
+    model::LoadOptions lo;
+    lo.device = device;
+    // The full model, or for --streaming the block-free shell (blocks come from the mapped file).
+    std::shared_ptr<model::TransformerModel> m =
+        o->streaming ? model::load_any_model_shell(folder, lo) : model::load_any_model(folder, lo);
+    auto run_model = [&, m](const torch::Tensor& ids, const torch::Tensor& mask) {
+      return o->streaming ? model::forward_streaming(folder, ids, m, mask) : m->forward(ids, mask);
+    };
+    const eval::LogitsFn logits_fn = [&](const torch::Tensor& x) { return run_model(x, torch::Tensor()); };
     nlohmann::json out;
     if (do_gen) {
+      auto llama = std::dynamic_pointer_cast<model::LlamaForCausalLM>(m);
+      if (!llama) throw Error("eval --generate: the loaded " + cfg.architecture + " is not a LlamaForCausalLM");
       eval::GenerateOptions g;
       g.max_new_tokens = o->max_new_tokens;
       g.greedy = o->greedy;
@@ -132,17 +213,21 @@ void add_eval_command(CLI::App& app) {
       g.top_p = o->top_p;
       g.seed = o->seed;
       if (o->json) {
-        out["generated"] = eval::generate(*m, tok, o->prompt, g).text;
-      } else {
-        eval::generate(*m, tok, o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
+        const auto text = eval::generate(*llama, tok, o->prompt, g).text;
+        out["generated"] = text;
+      } else if (main_rank) {
+        eval::generate(*llama, tok, o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
         std::cout << "\n";
       }
     }
     eval::EvalReport report(o->dir);
+    report.set_meta("device", device.str());
+    report.set_meta("ranks", comm->world_size());
     if (do_ppl) {
       const auto ids = tok.encode(read_text(o->ppl_file), /*add_bos=*/true);
-      if (o->context < 0) throw InputError("--context must be >= 0");
-      const auto r = eval::evaluate_perplexity(*m, ids, o->context, o->batch_size, o->json ? 0 : 100);
+      const int context = o->context > 0 ? o->context : eval::default_context(cfg);
+      const auto r = eval::evaluate_perplexity(logits_fn, ids, context, o->batch_size, o->json ? 0 : 1, device,
+                                               comm.get());
       out["ppl"] = r.ppl;
       out["nll"] = r.nll;
       out["tokens"] = r.tokens;
@@ -150,40 +235,72 @@ void add_eval_command(CLI::App& app) {
       out["context"] = r.context;
       report.set_section("perplexity", nlohmann::json{{"file", o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
                                                       {"tokens", r.tokens}, {"windows", r.windows},
-                                                      {"context", r.context}});
-      if (!o->json)
+                                                      {"context", r.context}, {"streaming", o->streaming}});
+      if (!o->json && main_rank)
         std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
                   << r.windows << "  context " << r.context << "\n";
     }
     if (do_tasks) {
-      // Ranks launched by `mpqat launch` / torchrun split the items; a plain run is one rank.
-      auto comm = dist::Communicator::from_env();
       eval::MultipleChoiceOptions mo;
       mo.batch_size = o->batch_size;
-      mo.max_length = o->max_length > 0 ? o->max_length : m->config().max_position_embeddings;
+      mo.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
       mo.limit = o->limit;
       mo.add_bos = !o->no_bos;
       mo.progress = !o->json;
       mo.comm = comm.get();
-      for (const auto& p : m->parameters()) {
-        mo.device = p.device();
-        break;
-      }
-      const eval::LogitsFn fn = [&](const torch::Tensor& x) { return m->forward(x); };
+      mo.device = device;
       report.set_meta("limit", o->limit);
       report.set_meta("batch_size", o->batch_size);
       report.set_meta("max_length", mo.max_length);
       report.set_meta("num_fewshot", 0);
       report.set_meta("bos", mo.add_bos);
       for (const auto& t : loaded) {
-        const auto r = eval::evaluate_task(fn, tok, t, mo);
+        const auto r = eval::evaluate_task(logits_fn, tok, t, mo);
         report.add_multiple_choice(r);
         out["tasks"][r.task] = report.json()["tasks"][r.task];
       }
-      if (!o->json && comm->is_main()) std::cout << report.to_text();
-      if (!comm->is_main()) return;
+      if (!o->json && main_rank) std::cout << report.to_text();
     }
-    if (o->json && (do_ppl || do_tasks)) std::cout << out.dump() << "\n";
+    if (do_cls) {
+      if (m->num_labels() != static_cast<int64_t>(cls_data.label_names.size()))
+        throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
+                         " labels but " + o->dir + " classifies into " + std::to_string(m->num_labels()) +
+                         " (give the label order with --labels)");
+      eval::PredictOptions po;
+      po.batch_size = o->batch_size;
+      po.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
+      // The config's pad id first: OPT's head finds each row's last token by it.
+      const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
+      int64_t pad = cfg.pad_token_id;
+      if (pad < 0 && wp) pad = wp->pad_id();
+      po.pad_id = static_cast<int32_t>(std::max<int64_t>(pad, 0));
+      po.keep_last_token = tok.kind() == "wordpiece";  // BERT inputs end in [SEP]
+      po.progress = !o->json;
+      po.device = device;
+      po.comm = comm.get();
+      const bool add_bos = classifier_add_bos(tok);
+      const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, add_bos); };
+      auto metrics = eval::evaluate_classifier(run_model, encode, cls_data, po);
+      const auto mj = metrics.to_json();
+      for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
+      const std::string name = std::filesystem::path(o->classify_file).stem().string();
+      report.set_meta("max_length", po.max_length);
+      report.add_classification(name, metrics);
+      if (!o->json && main_rank) {
+        std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
+                  << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
+                  << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
+                  << "confusion [true][predicted], labels in order:";
+        for (const auto& l : cls_data.label_names) std::cout << " " << l;
+        std::cout << "\n";
+        for (const auto& row : metrics.confusion) {
+          for (size_t c = 0; c < row.size(); ++c) std::cout << (c ? " " : "  ") << row[c];
+          std::cout << "\n";
+        }
+      }
+    }
+    if (!main_rank) return;
+    if (o->json) std::cout << out.dump() << "\n";
     if (!o->report.empty()) report.write(o->report);
   });
 }

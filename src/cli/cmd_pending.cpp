@@ -68,27 +68,6 @@ void add_train_command(CLI::App& app) {
   pending(sub, "mpqat train (issue #7, [M6])");
 }
 
-void add_quantize_command(CLI::App& app) {
-  auto p = std::make_shared<Pending>();
-  p->s3 = "rtn";
-  auto* sub = app.add_subcommand("quantize", "Post-training quantization (RTN) from a bit plan "
-                                             "-> packed checkpoint");
-  sub->add_option("model", p->s1, "model folder")->required();
-  sub->add_option("--plan", p->s2, "bitplan.json")->required();
-  sub->add_option("--method", p->s3, "rtn");
-  sub->add_option("--out", p->s4, "output checkpoint folder")->required();
-  pending(sub, "mpqat quantize (issue #4, [M3])");
-}
-
-void add_inspect_command(CLI::App& app) {
-  auto p = std::make_shared<Pending>();
-  auto* sub = app.add_subcommand("inspect", "Per-layer bits, group size, bytes; average bits; "
-                                            "compression of a checkpoint");
-  sub->add_option("checkpoint", p->s1, "checkpoint folder")->required();
-  sub->add_flag("--json", p->b1, "print JSON");
-  pending(sub, "mpqat inspect (issue #4, [M3])");
-}
-
 void add_wizard_command(CLI::App& app) {
   auto p = std::make_shared<Pending>();
   p->s1 = "recipe.yaml";

@@ -244,9 +244,12 @@ HfBpeTokenizer::HfBpeTokenizer(const std::string& json_path) : path_(json_path) 
     const json& model = j.at("model");
     std::string type = model.value("type", std::string());
     if (type.empty() && model.contains("merges")) type = "BPE";
+    if (type == "WordPiece")
+      throw InputError("tokenizer file '" + json_path + "' has model type WordPiece, which this BPE "
+                       "reader does not handle (open it with data::load_tokenizer or WordPieceTokenizer)");
     if (type != "BPE")
       throw InputError("tokenizer file '" + json_path + "' has model type '" + type +
-                       "', which is not supported (" + supported + ")");
+                       "', which is not supported (" + supported + "; WordPiece through load_tokenizer)");
     if (!model.contains("vocab") || !model.at("vocab").is_object())
       throw InputError("tokenizer file '" + json_path + "' has no model.vocab object");
 

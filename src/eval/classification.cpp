@@ -272,11 +272,12 @@ json ClassificationMetrics::to_json() const {
   j["n"] = n;
   j["num_labels"] = num_labels;
   j["accuracy"] = accuracy;
-  if (binary) {
-    j["precision"] = binary_precision;
-    j["recall"] = binary_recall;
-    j["f1"] = binary_f1;
-  }
+  // Headline precision / recall / F1: of class 1 for two classes (sklearn's average='binary'),
+  // else the macro average; the macro figures are always listed too.
+  j["average"] = binary ? "binary" : "macro";
+  j["precision"] = binary ? binary_precision : macro_precision;
+  j["recall"] = binary ? binary_recall : macro_recall;
+  j["f1"] = binary ? binary_f1 : macro_f1;
   j["macro_precision"] = macro_precision;
   j["macro_recall"] = macro_recall;
   j["macro_f1"] = macro_f1;

@@ -1,4 +1,5 @@
 #include "mpqat/model/loader.h"
+#include "mpqat/quant/checkpoint.h"
 
 #include <cstring>
 #include <filesystem>
@@ -33,7 +34,7 @@ ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
 }
 
 bool ModelFolder::has_tokenizer() const {
-  for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model"})
+  for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "vocab.txt"})
     if (fs::exists(fs::path(dir_) / f)) return true;
   return false;
 }
@@ -132,6 +133,9 @@ void check_unused(const LlamaForCausalLM& m, const ModelFolder& folder) {
 }  // namespace
 
 LlamaPtr load_model(const ModelFolder& folder, const LoadOptions& opts) {
+  if (quant::is_quantized_folder(folder.dir())) {
+    return std::dynamic_pointer_cast<LlamaForCausalLM>(quant::load_quantized_model(folder, opts));
+  }
   auto m = std::make_shared<LlamaForCausalLM>(folder.config(), true);
   load_parameters(*m, folder, "");
   if (opts.strict) check_unused(*m, folder);
@@ -147,6 +151,9 @@ LlamaPtr load_model_shell(const ModelFolder& folder, const LoadOptions& opts) {
 }
 
 LlamaBlockPtr load_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
+  if (quant::is_quantized_folder(folder.dir())) {
+    return std::dynamic_pointer_cast<LlamaBlock>(quant::load_quantized_block(folder, i, opts));
+  }
   const auto& cfg = folder.config();
   if (i < 0 || i >= cfg.num_hidden_layers)
     throw InputError("block index " + std::to_string(i) + " out of range for '" + folder.dir() +
@@ -177,6 +184,8 @@ std::shared_ptr<TransformerModel> build_model(const ModelConfig& cfg) {
 }
 
 std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, const LoadOptions& opts) {
+  // Packed checkpoints build the same architecture with QuantLinear modules in place.
+  if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_model(folder, opts);
   if (folder.config().family == Family::Llama) return load_model(folder, opts);
   auto m = create_model(folder.config());
   std::set<std::string> used;
@@ -195,6 +204,7 @@ std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, cons
 }
 
 BlockPtr load_any_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
+  if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_block(folder, i, opts);
   const auto& cfg = folder.config();
   if (cfg.family == Family::Llama) return load_block(folder, i, opts);
   if (i < 0 || i >= cfg.num_hidden_layers)
@@ -208,17 +218,29 @@ BlockPtr load_any_block(const ModelFolder& folder, int64_t i, const LoadOptions&
   return b;
 }
 
-torch::Tensor forward_streaming(const ModelFolder& folder, const torch::Tensor& ids, LlamaPtr shell) {
+std::shared_ptr<TransformerModel> load_any_model_shell(const ModelFolder& folder, const LoadOptions& opts) {
+  if (folder.config().family == Family::Llama) return load_model_shell(folder, opts);
+  ModelConfig cfg = folder.config();
+  cfg.num_hidden_layers = 0;  // the block-free parts are exactly those of the full model
+  auto m = create_model(cfg);
+  load_parameters(*m, folder, "");
+  finish(*m, opts);
+  return m;
+}
+
+torch::Tensor forward_streaming(const ModelFolder& folder, const torch::Tensor& ids,
+                                std::shared_ptr<TransformerModel> shell, const torch::Tensor& attention_mask) {
   torch::NoGradGuard ng;
-  if (!shell) shell = load_model_shell(folder);
   LoadOptions opts;
   opts.device = ids.device();
-  auto h = shell->embed(ids);  // (B, T, C)
+  if (!shell) shell = load_any_model_shell(folder, opts);
+  const BlockContext ctx = shell->context(ids, attention_mask);
+  auto h = shell->embed(ids, ctx);  // (B, T, C)
   for (int64_t i = 0; i < folder.config().num_hidden_layers; ++i) {
-    auto blk = load_block(folder, i, opts);
-    h = shell->run_block(*blk, h, 0);
+    auto blk = load_any_block(folder, i, opts);
+    h = blk->run(h, ctx);
   }  // each block is freed when `blk` goes out of scope
-  return shell->head(h);  // (B, T, V)
+  return shell->head(h, ctx);  // (B, T, V) or (B, num_labels)
 }
 
 }  // namespace mpqat::model

@@ -1,6 +1,6 @@
 // Tokenizers: llama2.c tokenizer.bin, SentencePiece tokenizer.model, Hugging Face
-// tokenizer.json (byte-level BPE as GPT-2/OPT/Llama-3, and SentencePiece-style BPE with
-// byte fallback as Llama-2). No torch here.
+// tokenizer.json (byte-level BPE as GPT-2/OPT/Llama-3, SentencePiece-style BPE with
+// byte fallback as Llama-2, and BERT's WordPiece), BERT vocab.txt. No torch here.
 #pragma once
 
 #include <cstdint>
@@ -24,12 +24,13 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when none
   virtual int32_t eos_id() const = 0;  // -1 when none
-  // "llama2c", "sentencepiece", "hf-bpe"
+  // "llama2c", "sentencepiece", "hf-bpe", "wordpiece"
   virtual std::string kind() const = 0;
 };
 
-// Opens a tokenizer file (tokenizer.bin, tokenizer.model, tokenizer.json) or a model folder
-// holding one of them (tokenizer.json preferred, then tokenizer.model, then tokenizer.bin).
+// Opens a tokenizer file (tokenizer.bin, tokenizer.model, tokenizer.json with a BPE or WordPiece
+// model, vocab.txt) or a model folder holding one of them (tokenizer.json preferred, then
+// tokenizer.model, then tokenizer.bin, then vocab.txt).
 // Throws InputError naming the path and the accepted files when none is found or it is corrupt.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path_or_dir);
 

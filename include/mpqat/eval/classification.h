@@ -56,6 +56,8 @@ struct ClassificationMetrics {
   std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
   std::vector<std::string> label_names;         // optional, for reports
 
+  // n, num_labels, accuracy, average ("binary" | "macro"), precision / recall / f1 under that
+  // average, macro_precision / macro_recall / macro_f1, per_class, confusion.
   nlohmann::json to_json() const;
 };
 

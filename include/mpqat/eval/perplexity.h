@@ -2,6 +2,11 @@
 // `context` tokens (a last partial window is dropped); each window is scored from position 0,
 // i.e. tokens 1..T-1 are predicted from the tokens before them inside the window.
 // NLL is accumulated in fp64.
+//
+// Data parallel: with a communicator of N ranks, rank r scores windows r, r + N, r + 2N, ...;
+// each window's NLL sum (fp64) goes into a per-window vector that is all-reduced and then summed
+// in window order on every rank, so the result is the same for any N (given the same per-window
+// logits, i.e. the same batch size; batch 1 makes them independent of N altogether).
 #pragma once
 
 #include <torch/torch.h>
@@ -14,6 +19,11 @@
 
 namespace mpqat::model {
 class LlamaForCausalLM;
+class TransformerModel;
+}  // namespace mpqat::model
+
+namespace mpqat::dist {
+class Communicator;
 }
 
 namespace mpqat::eval {
@@ -34,12 +44,23 @@ using LogitsFn = std::function<torch::Tensor(const torch::Tensor&)>;
 int default_context(const model::ModelConfig& cfg);
 
 // Throws InputError when the stream is shorter than one window or context < 2.
-// log_every > 0 logs a progress line every that many windows.
+// log_every > 0 shows a util::Progress bar over this rank's windows (the output rank prints) with
+// the running perplexity. Every rank returns the same, global, result.
 PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32_t>& ids, int context,
-                              int batch_size = 1, int log_every = 0, const torch::Device& device = torch::kCPU);
+                              int batch_size = 1, int log_every = 0, const torch::Device& device = torch::kCPU,
+                              dist::Communicator* comm = nullptr);
 
 // context 0 = default_context(model.config()). Runs under NoGradGuard on the model's device.
 PplResult evaluate_perplexity(model::LlamaForCausalLM& model, const std::vector<int32_t>& ids,
-                              int context = 0, int batch_size = 1, int log_every = 0);
+                              int context = 0, int batch_size = 1, int log_every = 0,
+                              dist::Communicator* comm = nullptr);
+// Any causal LM through TransformerModel::forward(ids, no mask). Throws InputError for a
+// classifier (num_labels > 0).
+PplResult evaluate_perplexity(model::TransformerModel& model, const std::vector<int32_t>& ids,
+                              int context = 0, int batch_size = 1, int log_every = 0,
+                              dist::Communicator* comm = nullptr);
+
+// The device of a module's first parameter (CPU when it has none).
+torch::Device module_device(const torch::nn::Module& m);
 
 }  // namespace mpqat::eval

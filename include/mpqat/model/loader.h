@@ -34,7 +34,8 @@ class ModelFolder {
 
   // The folder's tokenizer, loaded on first use. A llama2.c tokenizer.bin (present in folders
   // written by `mpqat convert llama2c`) is the original and is preferred; otherwise
-  // data::load_tokenizer(dir) picks tokenizer.json / tokenizer.model. Throws InputError when none.
+  // data::load_tokenizer(dir) picks tokenizer.json / tokenizer.model / vocab.txt. Throws
+  // InputError when none.
   const data::Tokenizer& tokenizer() const;
   bool has_tokenizer() const;
 
@@ -88,9 +89,18 @@ std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, cons
 // model): with TransformerModel::context / embed / head of a model, a block-at-a-time pass.
 BlockPtr load_any_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts = {});
 
-// ids (B, T) -> logits (B, T, V) holding one block at a time (loads block i, runs it, frees it).
-// `shell` (from load_model_shell) may be passed to avoid reloading embeddings and head.
+// Any family without blocks: embeddings, final norms and head only (for streaming). Llama gives
+// load_model_shell's model; OPT / BERT a model built with num_hidden_layers = 0, so its
+// config().num_hidden_layers is 0 (the folder's config has the real count). context / embed /
+// head work as in the full model.
+std::shared_ptr<TransformerModel> load_any_model_shell(const ModelFolder& folder, const LoadOptions& opts = {});
+
+// ids (B, T) -> the model's output ((B, T, V) logits, or (B, num_labels) for classifiers),
+// holding one block at a time (loads block i, runs it, frees it), for every family. `shell`
+// (from load_any_model_shell / load_model_shell) may be passed to avoid reloading embeddings
+// and head; blocks are loaded onto ids' device. attention_mask as TransformerModel::forward.
 torch::Tensor forward_streaming(const ModelFolder& folder, const torch::Tensor& ids,
-                                LlamaPtr shell = nullptr);
+                                std::shared_ptr<TransformerModel> shell = nullptr,
+                                const torch::Tensor& attention_mask = {});
 
 }  // namespace mpqat::model

@@ -1,0 +1,634 @@
+// RTN over a model, the GPTQ(-v2) mixed-precision writer, the detecting loader and inspect.
+#include "mpqat/quant/checkpoint.h"
+
+#include <c10/util/Half.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fmt/format.h>
+#include <iomanip>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "mpqat/model/config.h"
+#include "mpqat/model/bert.h"
+#include "mpqat/model/llama.h"
+#include "mpqat/model/opt.h"
+#include "mpqat/quant/inspect.h"
+#include "mpqat/quant/quant_linear.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
+#include "mpqat/util/torch_compat.h"
+
+#ifndef MPQAT_VERSION
+#define MPQAT_VERSION "dev"
+#endif
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+namespace mpqat::quant {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+std::string regex_escape(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (std::strchr(".^$|()[]{}*+?\\", c)) r += '\\';
+    r += c;
+  }
+  return r;
+}
+
+std::vector<std::string> linear_names(const model::TransformerModel& m) {
+  std::vector<std::string> n;
+  for (const auto& [name, lin] : m.named_linears()) n.push_back(name);
+  return n;
+}
+
+template <typename Make>
+int64_t swap_plan(model::TransformerModel& m, const BitPlan& plan, Make make) {
+  validate_plan_modules(plan, linear_names(m));
+  int64_t n = 0;
+  for (const auto& [name, spec] : plan.quantized()) {
+    auto lin = m.linear(name);
+    m.set_linear(name, make(*lin, spec));
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t rtn_quantize(model::TransformerModel& m, const BitPlan& plan, const InitOptions& init) {
+  return swap_plan(m, plan, [&](const model::LinearImpl& lin, const QuantSpec& spec) -> model::LinearPtr {
+    FakeQuantLinearImpl fq(lin, spec, init);
+    return fq.to_quant_linear();
+  });
+}
+
+int64_t apply_fake_quant(model::TransformerModel& m, const BitPlan& plan, const InitOptions& init) {
+  return swap_plan(m, plan, [&](const model::LinearImpl& lin, const QuantSpec& spec) -> model::LinearPtr {
+    return std::make_shared<FakeQuantLinearImpl>(lin, spec, init);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+namespace {
+
+struct OwnedTensor {
+  std::string name;
+  io::DType dtype;
+  torch::Tensor t;  // contiguous CPU, dtype matching `dtype`
+};
+
+torch::ScalarType scalar_of(io::DType dt) {
+  switch (dt) {
+    case io::DType::F32: return torch::kFloat;
+    case io::DType::F16: return torch::kHalf;
+    case io::DType::BF16: return torch::kBFloat16;
+    default: throw InputError("float_dtype must be F16, BF16 or F32");
+  }
+}
+
+std::string iso_now() {
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::ostringstream ss;
+  ss << std::put_time(&tm, "%Y-%m-%dT%H:%M:%SZ");
+  return ss.str();
+}
+
+const char* torch_dtype_name(io::DType dt) {
+  switch (dt) {
+    case io::DType::F16: return "float16";
+    case io::DType::BF16: return "bfloat16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+void save_quantized_checkpoint(const model::TransformerModel& m, const std::string& out_dir,
+                               const SaveOptions& opts) {
+  torch::NoGradGuard ng;
+  const auto fst = scalar_of(opts.float_dtype);
+  // Packed modules, by full name.
+  std::map<std::string, QuantLinearPtr> packed;
+  std::vector<std::string> float_linears;
+  for (const auto& [name, lin] : m.named_linears()) {
+    if (auto q = std::dynamic_pointer_cast<QuantLinearImpl>(lin)) packed[name] = q;
+    else if (auto f = std::dynamic_pointer_cast<FakeQuantLinearImpl>(lin)) packed[name] = f->to_quant_linear();
+    else float_linears.push_back(name);
+  }
+  if (packed.empty())
+    throw InputError("nothing to save as a quantized checkpoint to '" + out_dir +
+                     "': no linear is quantized (the bit plan names no module with bits 2..8)");
+
+  // Default = the most common (bits, group_size, sym); the others become dynamic overrides.
+  std::map<std::tuple<int, int64_t, bool>, int> counts;
+  for (const auto& [name, q] : packed) counts[{q->spec().bits, q->spec().group_size, q->spec().sym}]++;
+  auto best = counts.begin();
+  for (auto it = counts.begin(); it != counts.end(); ++it)
+    if (it->second > best->second) best = it;
+  const auto [dbits, dgroup, dsym] = best->first;
+  ojson dynamic = ojson::object();
+  for (const auto& [name, q] : packed) {
+    const auto& s = q->spec();
+    if (s.bits == dbits && s.group_size == dgroup && s.sym == dsym) continue;
+    ojson o{{"bits", s.bits}, {"group_size", s.group_size}};
+    if (s.sym != dsym) o["sym"] = s.sym;
+    dynamic["+:^" + regex_escape(name) + "$"] = o;
+  }
+  for (const auto& name : float_linears) dynamic["-:^" + regex_escape(name) + "$"] = ojson::object();
+
+  // Tensors: every parameter except the float weights / quantizer parameters of packed modules.
+  std::vector<OwnedTensor> owned;
+  auto is_packed_internal = [&](const std::string& pname) {
+    const auto dot = pname.rfind('.');
+    if (dot == std::string::npos) return false;
+    const std::string mod = pname.substr(0, dot), leaf = pname.substr(dot + 1);
+    return packed.count(mod) && leaf != "bias";
+  };
+  std::set<std::string> written;
+  for (const auto& item : m.named_parameters(true)) {
+    if (is_packed_internal(item.key())) continue;
+    std::string name = item.key();
+    // A FakeQuantLinear's bias lives in the converted QuantLinear as well; same values.
+    owned.push_back({name, opts.float_dtype, item.value().detach().to(torch::kCPU).to(fst).contiguous()});
+    written.insert(name);
+  }
+  for (const auto& [name, q] : packed) {
+    owned.push_back({name + ".qweight", io::DType::I32, q->qweight.to(torch::kCPU).contiguous()});
+    owned.push_back({name + ".qzeros", io::DType::I32, q->qzeros.to(torch::kCPU).contiguous()});
+    owned.push_back({name + ".scales", io::DType::F16, q->scales.to(torch::kCPU).contiguous()});
+    owned.push_back({name + ".g_idx", io::DType::I32, q->g_idx.to(torch::kCPU).to(torch::kInt).contiguous()});
+    if (q->has_bias() && !written.count(name + ".bias"))
+      owned.push_back({name + ".bias", opts.float_dtype, q->bias.detach().to(torch::kCPU).to(fst).contiguous()});
+  }
+  std::vector<io::TensorToWrite> tw;
+  for (const auto& o : owned)
+    tw.push_back({o.name, o.dtype, o.t.sizes().vec(), o.t.data_ptr(), static_cast<size_t>(o.t.nbytes())});
+
+  // config.json: the source's own (unknown keys preserved) or the model's.
+  ojson cfg;
+  const fs::path src_cfg = opts.source_dir.empty() ? fs::path() : fs::path(opts.source_dir) / "config.json";
+  if (!src_cfg.empty() && fs::exists(src_cfg)) {
+    try {
+      cfg = ojson::parse(util::read_file(src_cfg.string()));
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError("'" + src_cfg.string() + "' is not valid JSON: " + e.what());
+    }
+  } else {
+    cfg = ojson::parse(model::model_config_to_json(m.config()).dump());
+  }
+  cfg["torch_dtype"] = torch_dtype_name(opts.float_dtype);
+  cfg["quantization_config"] = ojson{{"quant_method", "gptq"},
+                                     {"checkpoint_format", "gptq_v2"},
+                                     {"bits", dbits},
+                                     {"group_size", dgroup},
+                                     {"sym", dsym},
+                                     {"desc_act", false},
+                                     {"pack_dtype", "int32"},
+                                     {"dynamic", dynamic}};
+  ojson prov{{"tool", std::string("mpqat ") + MPQAT_VERSION},
+             {"torch", util::torch_version_string()},
+             {"method", opts.method},
+             {"source_model", opts.source_dir.empty() ? "" : fs::absolute(opts.source_dir).string()},
+             {"created", iso_now()},
+             {"packing", "bit stream per column, LSB first (GPTQ layout for 2/3/4/8 bits)"}};
+  ojson mp{{"format_version", 1}, {"provenance", prov}};
+  if (opts.plan) mp["bit_plan"] = ojson::parse(bit_plan_to_json(*opts.plan).dump());
+  cfg["mpqat"] = mp;
+
+  // Build in a sibling temp folder, then swap it in.
+  const fs::path out(out_dir);
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)) && !opts.force)
+    throw InputError("output folder '" + out_dir + "' exists and is not empty (pass --force to replace it)");
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  fs::create_directories(parent);
+  const fs::path tmp = parent / (out.filename().string() + ".tmp." + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    io::write_safetensors_sharded(tmp.string(), tw, {{"format", "pt"}}, opts.max_shard_bytes, "model");
+    util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
+    if (!opts.source_dir.empty())
+      for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                            "special_tokens_map.json", "generation_config.json"}) {
+        const fs::path p = fs::path(opts.source_dir) / f;
+        if (fs::exists(p)) fs::copy_file(p, tmp / f, fs::copy_options::overwrite_existing);
+      }
+    if (fs::exists(out)) fs::remove_all(out);
+    fs::rename(tmp, out);
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(tmp);
+    throw Error("writing checkpoint '" + out_dir + "' failed: " + e.what());
+  } catch (...) {
+    fs::remove_all(tmp);
+    throw;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantization config
+
+QuantConfig parse_quant_config(const nlohmann::json& j_in, const std::string& source) {
+  // Re-parse as ordered: `dynamic` rules apply in file order.
+  const ojson j = ojson::parse(j_in.dump());
+  QuantConfig qc;
+  qc.source = source;
+  if (!j.is_object()) throw InputError(source + ": quantization_config must be an object");
+  const std::string method = j.value("quant_method", std::string("gptq"));
+  if (method != "gptq")
+    throw InputError(source + ": quant_method '" + method + "' is not supported (accepted: gptq)");
+  auto get_int = [&](const ojson& o, const char* key, const std::string& ctx) {
+    if (!o[key].is_number_integer()) throw InputError(ctx + ": \"" + key + "\" must be an integer");
+    return o[key].get<int64_t>();
+  };
+  if (!j.contains("bits")) throw InputError(source + ": quantization_config has no \"bits\"");
+  qc.bits = static_cast<int>(get_int(j, "bits", source));
+  if (j.contains("group_size")) qc.group_size = get_int(j, "group_size", source);
+  if (j.contains("sym")) qc.sym = j["sym"].get<bool>();
+  if (j.contains("desc_act") && j["desc_act"].is_boolean()) qc.desc_act = j["desc_act"].get<bool>();
+  qc.checkpoint_format = j.value("checkpoint_format", std::string("gptq"));
+  if (qc.checkpoint_format != "gptq" && qc.checkpoint_format != "gptq_v2")
+    throw InputError(source + ": checkpoint_format '" + qc.checkpoint_format + "' is not supported (accepted: gptq, gptq_v2)");
+  traits_for_bits(qc.bits, source + ": quantization_config");
+  if (j.contains("dynamic") && !j["dynamic"].is_null()) {
+    if (!j["dynamic"].is_object()) throw InputError(source + ": \"dynamic\" must be an object of regex -> overrides");
+    for (const auto& [key, val] : j["dynamic"].items()) {
+      DynamicRule r;
+      r.key = key;
+      std::string pat = key;
+      if (util::starts_with(key, "-:")) {
+        r.exclude = true;
+        pat = key.substr(2);
+      } else if (util::starts_with(key, "+:")) {
+        pat = key.substr(2);
+      } else if (util::starts_with(key, "re:")) {
+        pat = key.substr(3);
+      }
+      try {
+        r.re = std::regex(pat, std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        throw InputError(source + ": dynamic rule '" + key + "' is not a valid regular expression");
+      }
+      const std::string ctx = source + ": dynamic rule '" + key + "'";
+      if (!val.is_object()) throw InputError(ctx + " must map to an object");
+      if (val.contains("bits")) {
+        r.bits = static_cast<int>(get_int(val, "bits", ctx));
+        traits_for_bits(*r.bits, ctx);
+      }
+      if (val.contains("group_size")) r.group_size = get_int(val, "group_size", ctx);
+      if (val.contains("sym")) r.sym = val["sym"].get<bool>();
+      qc.dynamic.push_back(std::move(r));
+    }
+  }
+  return qc;
+}
+
+namespace {
+
+// config.json's "quantization_config", else quantize_config.json; nullopt when neither.
+std::optional<std::pair<nlohmann::json, std::string>> find_quant_json(const std::string& dir) {
+  const fs::path cfg = fs::path(dir) / "config.json";
+  if (fs::exists(cfg)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(util::read_file(cfg.string()));
+    } catch (const nlohmann::json::exception&) {
+      return std::nullopt;
+    }
+    if (j.contains("quantization_config") && j["quantization_config"].is_object())
+      return std::make_pair(j["quantization_config"], "'" + cfg.string() + "' quantization_config");
+  }
+  const fs::path qcf = fs::path(dir) / "quantize_config.json";
+  if (fs::exists(qcf)) {
+    try {
+      return std::make_pair(nlohmann::json::parse(util::read_file(qcf.string())), "'" + qcf.string() + "'");
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError("'" + qcf.string() + "' is not valid JSON: " + e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool is_quantized_folder(const std::string& dir) { return find_quant_json(dir).has_value(); }
+
+QuantConfig load_quant_config(const std::string& dir) {
+  auto j = find_quant_json(dir);
+  if (!j) throw InputError("'" + dir + "' has no quantization_config in config.json (not a quantized checkpoint)");
+  return parse_quant_config(j->first, j->second);
+}
+
+std::optional<QuantSpec> resolve_module(const QuantConfig& qc, const std::string& module, std::string* rule) {
+  for (const auto& r : qc.dynamic) {
+    if (!std::regex_search(module, r.re, std::regex_constants::match_continuous)) continue;
+    if (rule) *rule = r.key;
+    if (r.exclude) return std::nullopt;
+    return QuantSpec{r.bits.value_or(qc.bits), r.group_size.value_or(qc.group_size), r.sym.value_or(qc.sym)};
+  }
+  if (rule) *rule = "";
+  return QuantSpec{qc.bits, qc.group_size, qc.sym};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Detection
+
+DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantConfig& qc, const std::string& name,
+                             int64_t out, int64_t in, const std::string& dir) {
+  DetectedModule d;
+  d.name = name;
+  d.out = out;
+  d.in = in;
+  std::string rule;
+  const auto expected = resolve_module(qc, name, &rule);
+  const std::string said =
+      "config.json quantization_config (" + (rule.empty() ? std::string("default") : "dynamic rule '" + rule + "'") + ")";
+  const std::string qw = name + ".qweight";
+  if (!ckpt.contains(qw)) {
+    if (expected)
+      throw InputError("checkpoint '" + dir + "': module '" + name + "' has no tensor '" + qw + "' but " + said +
+                       " quantizes it to " + std::to_string(expected->bits) + " bits");
+    if (!ckpt.contains(name + ".weight"))
+      throw InputError("checkpoint '" + dir + "': module '" + name + "' has neither '" + qw + "' nor '" + name +
+                       ".weight'");
+    return d;
+  }
+  const std::string file = ckpt.file_of(qw);
+  if (!expected)
+    throw InputError("'" + file + "': module '" + name + "' is packed ('" + qw + "') but " + said +
+                     " marks it unquantized");
+  for (const char* leaf : {".qzeros", ".scales"})
+    if (!ckpt.contains(name + leaf))
+      throw InputError("'" + file + "': module '" + name + "' has '" + qw + "' but tensor '" + name + leaf +
+                       "' is missing");
+  const auto& iq = ckpt.info(qw);
+  const auto& iz = ckpt.info(name + ".qzeros");
+  const auto& is = ckpt.info(name + ".scales");
+  auto need = [&](const io::TensorInfo& t, bool ok, const std::string& what) {
+    if (!ok)
+      throw InputError("'" + ckpt.file_of(t.name) + "': tensor '" + t.name + "' has dtype " + io::dtype_name(t.dtype) +
+                       " and shape " + shape_str(t.shape) + ", expected " + what);
+  };
+  need(iq, iq.dtype == io::DType::I32 && iq.shape.size() == 2 && iq.shape[1] == out,
+       "I32 [rows, " + std::to_string(out) + "] for a (" + std::to_string(out) + ", " + std::to_string(in) + ") linear");
+  const auto cands = bits_for_packed_words(iq.shape[0], in);
+  if (cands.empty()) {
+    std::string opts;
+    for (int b : supported_bits()) opts += (opts.empty() ? "" : ", ") + std::to_string(packed_words(in, b)) + " (" + std::to_string(b) + "-bit)";
+    throw InputError("'" + file + "': tensor '" + qw + "' has " + std::to_string(iq.shape[0]) + " rows, which matches no bit-width for " +
+                     std::to_string(in) + " input features (accepted rows: " + opts + ")");
+  }
+  int bits = cands.front();
+  bool agrees = false;
+  for (int b : cands)
+    if (b == expected->bits) {
+      bits = b;
+      agrees = true;
+    }
+  if (!agrees)
+    throw InputError("'" + file + "': module '" + name + "' has " + std::to_string(bits) + "-bit tensors ('" + qw + "' has " +
+                     std::to_string(iq.shape[0]) + " rows for " + std::to_string(in) + " inputs) but " + said + " says " +
+                     std::to_string(expected->bits) + " bits");
+  need(is, (is.dtype == io::DType::F16 || is.dtype == io::DType::BF16 || is.dtype == io::DType::F32) &&
+               is.shape.size() == 2 && is.shape[1] == out && is.shape[0] >= 1,
+       "F16 [groups, " + std::to_string(out) + "]");
+  const int64_t ngr = is.shape[0];
+  if (num_groups(in, expected->group_size) != ngr) {
+    std::string detected;
+    for (int64_t g : supported_group_sizes())
+      if (num_groups(in, g) == ngr) detected += (detected.empty() ? "" : " or ") + std::to_string(g);
+    throw InputError("'" + file + "': module '" + name + "' has " + std::to_string(ngr) + " scale groups for " +
+                     std::to_string(in) + " inputs (group size " + (detected.empty() ? "none of 32, 64, 128, 256, -1" : detected) +
+                     ") but " + said + " says group_size " + std::to_string(expected->group_size) + " (" +
+                     std::to_string(num_groups(in, expected->group_size)) + " groups)");
+  }
+  need(iz, iz.dtype == io::DType::I32 && iz.shape == std::vector<int64_t>{ngr, packed_words(out, bits)},
+       "I32 " + shape_str({ngr, packed_words(out, bits)}) + " (" + std::to_string(bits) + "-bit zeros, " +
+           std::to_string(ngr) + " groups)");
+  if (ckpt.contains(name + ".g_idx")) {
+    const auto& ig = ckpt.info(name + ".g_idx");
+    need(ig, ig.dtype == io::DType::I32 && ig.shape == std::vector<int64_t>{in}, "I32 [" + std::to_string(in) + "]");
+    d.has_g_idx = true;
+  }
+  d.quantized = true;
+  d.spec = QuantSpec{bits, expected->group_size, expected->sym};
+  return d;
+}
+
+namespace {
+
+torch::Tensor read_raw(const io::SafetensorsCheckpoint& ckpt, const std::string& name, torch::ScalarType st) {
+  const auto& info = ckpt.info(name);
+  auto t = torch::empty(info.shape, torch::TensorOptions().dtype(st));
+  std::memcpy(t.data_ptr(), ckpt.data(name), info.nbytes());
+  return t;
+}
+
+torch::ScalarType float_scalar(io::DType dt) {
+  return dt == io::DType::F16 ? torch::kHalf : dt == io::DType::BF16 ? torch::kBFloat16 : torch::kFloat;
+}
+
+}  // namespace
+
+namespace {
+
+// The QuantLinear for `name` (shape of `lin`), or nullptr when the checkpoint keeps it float.
+QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantConfig& qc, const std::string& name,
+                                 const model::LinearImpl& lin) {
+  const auto& ckpt = folder.checkpoint();
+  const auto d = detect_module(ckpt, qc, name, lin.out_features(), lin.in_features(), folder.dir());
+  if (!d.quantized) return nullptr;
+  auto q = std::make_shared<QuantLinearImpl>(d.in, d.out, lin.has_bias(), d.spec);
+  q->qweight.copy_(read_raw(ckpt, name + ".qweight", torch::kInt));
+  auto qz = read_raw(ckpt, name + ".qzeros", torch::kInt);
+  if (qc.checkpoint_format == "gptq") {
+    // v1 stores zero - 1 (wrapping in b bits): restore the true zero.
+    const int64_t ngr = qz.size(0);
+    auto z = unpack_qzeros(qz.data_ptr<int32_t>(), ngr, d.out, d.spec.bits);
+    for (auto& v : z) v = (v + 1) & d.spec.qmax();
+    auto packed = pack_qzeros(z.data(), ngr, d.out, d.spec.bits);
+    std::memcpy(qz.data_ptr<int32_t>(), packed.data(), packed.size() * sizeof(int32_t));
+  }
+  q->qzeros.copy_(qz);
+  const auto& is = ckpt.info(name + ".scales");
+  q->scales.copy_(read_raw(ckpt, name + ".scales", float_scalar(is.dtype)).to(torch::kHalf));
+  if (d.has_g_idx) {
+    auto g = read_raw(ckpt, name + ".g_idx", torch::kInt);
+    const int64_t ngr = q->scales.size(0);
+    if (g.numel() && (g.min().item<int>() < 0 || g.max().item<int>() >= ngr))
+      throw InputError("'" + ckpt.file_of(name + ".g_idx") + "': tensor '" + name + ".g_idx' has group indices outside [0, " +
+                       std::to_string(ngr) + ")");
+    q->g_idx.copy_(g);
+  }
+  return q;
+}
+
+void finish_loaded(torch::nn::Module& m, const model::LoadOptions& opts) {
+  for (auto& p : m.parameters()) p.set_requires_grad(false);
+  m.eval();
+  if (opts.device != torch::Device(torch::kCPU)) m.to(opts.device);
+}
+
+}  // namespace
+
+model::ModelPtr load_quantized_model(const model::ModelFolder& folder, const model::LoadOptions& opts) {
+  torch::NoGradGuard ng;
+  const QuantConfig qc = load_quant_config(folder.dir());
+  auto m = model::create_model(folder.config());
+  for (const auto& [name, lin] : m->named_linears())
+    if (auto q = read_quant_linear(folder, qc, name, *lin)) m->set_linear(name, q);
+  model::load_parameters(*m, folder, "");
+  finish_loaded(*m, opts);
+  return m;
+}
+
+model::BlockPtr load_quantized_block(const model::ModelFolder& folder, int64_t i, const model::LoadOptions& opts) {
+  torch::NoGradGuard ng;
+  const auto& cfg = folder.config();
+  if (i < 0 || i >= cfg.num_hidden_layers)
+    throw InputError("block index " + std::to_string(i) + " out of range for '" + folder.dir() + "' (" +
+                     std::to_string(cfg.num_hidden_layers) + " layers)");
+  const QuantConfig qc = load_quant_config(folder.dir());
+  model::BlockPtr b;
+  switch (cfg.family) {
+    case model::Family::Llama: b = std::make_shared<model::LlamaBlock>(cfg); break;
+    case model::Family::OPT: b = std::make_shared<model::OPTBlock>(cfg); break;
+    case model::Family::BERT: b = std::make_shared<model::BertBlock>(cfg); break;
+  }
+  const std::string prefix = model::family_block_prefix(cfg, i);
+  for (const auto& [rel, lin] : b->linears())
+    if (auto q = read_quant_linear(folder, qc, prefix + rel, *lin)) b->set_linear(rel, q);
+  model::load_parameters(*b, folder, prefix);
+  finish_loaded(*b, opts);
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inspect
+
+InspectReport inspect_checkpoint(const std::string& dir) {
+  InspectReport r;
+  r.dir = dir;
+  const auto cfg = model::load_model_config(dir);
+  io::SafetensorsCheckpoint ckpt(dir);
+  r.quantized = is_quantized_folder(dir);
+  QuantConfig qc;
+  if (r.quantized) {
+    qc = load_quant_config(dir);
+    r.checkpoint_format = qc.checkpoint_format;
+  } else {
+    // An unquantized folder: every module must be float.
+    DynamicRule all;
+    all.key = "-:.*";
+    all.exclude = true;
+    all.re = std::regex(".*");
+    qc.dynamic.push_back(all);
+  }
+  const auto rel = model::family_block_linear_names(cfg);
+  uint64_t code_bits = 0, linear_bytes_no_bias = 0;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+    for (const auto& rn : rel) {
+      const auto [out, in] = model::block_linear_shape(cfg, rn);
+      const std::string name = model::family_block_prefix(cfg, i) + rn;
+      const auto d = detect_module(ckpt, qc, name, out, in, dir);
+      InspectModule im;
+      im.name = name;
+      im.out = out;
+      im.in = in;
+      if (d.quantized) {
+        im.bits = d.spec.bits;
+        im.group_size = d.spec.group_size;
+        im.sym = d.spec.sym;
+        for (const char* leaf : {".qweight", ".qzeros", ".scales", ".g_idx"})
+          if (ckpt.contains(name + leaf)) im.bytes += ckpt.info(name + leaf).nbytes();
+        im.overhead_bytes = im.bytes - ckpt.info(name + ".qweight").nbytes();
+        linear_bytes_no_bias += im.bytes;
+        code_bits += static_cast<uint64_t>(im.bits) * out * in;
+      } else {
+        const auto& wi = ckpt.info(name + ".weight");
+        im.bits = static_cast<int>(io::dtype_size(wi.dtype) * 8);
+        im.bytes = wi.nbytes();
+        linear_bytes_no_bias += im.bytes;
+        code_bits += static_cast<uint64_t>(im.bits) * out * in;
+      }
+      if (ckpt.contains(name + ".bias")) im.bytes += ckpt.info(name + ".bias").nbytes();
+      r.linear_weights += out * in;
+      r.bits_histogram[im.bits]++;
+      r.modules.push_back(im);
+    }
+  r.total_bytes = ckpt.total_tensor_bytes();
+  r.fp16_bytes = 2ull * static_cast<uint64_t>(cfg.num_parameters());
+  if (r.linear_weights > 0) {
+    r.avg_bits = static_cast<double>(code_bits) / static_cast<double>(r.linear_weights);
+    r.avg_bits_with_overhead = 8.0 * static_cast<double>(linear_bytes_no_bias) / static_cast<double>(r.linear_weights);
+  }
+  r.compression_ratio = r.total_bytes ? static_cast<double>(r.fp16_bytes) / static_cast<double>(r.total_bytes) : 0.0;
+  return r;
+}
+
+nlohmann::json inspect_to_json(const InspectReport& r) {
+  nlohmann::ordered_json mods = nlohmann::ordered_json::array();
+  for (const auto& m : r.modules)
+    mods.push_back({{"name", m.name},
+                    {"bits", m.bits},
+                    {"group_size", m.group_size},
+                    {"sym", m.sym},
+                    {"shape", {m.out, m.in}},
+                    {"bytes", m.bytes},
+                    {"overhead_bytes", m.overhead_bytes}});
+  nlohmann::ordered_json hist = nlohmann::ordered_json::object();
+  for (const auto& [b, n] : r.bits_histogram) hist[std::to_string(b)] = n;
+  nlohmann::ordered_json j{{"checkpoint", r.dir},
+                           {"quantized", r.quantized},
+                           {"checkpoint_format", r.checkpoint_format},
+                           {"modules", mods},
+                           {"bits_histogram", hist},
+                           {"total_bytes", r.total_bytes},
+                           {"fp16_bytes", r.fp16_bytes},
+                           {"avg_bits", r.avg_bits},
+                           {"avg_bits_with_overhead", r.avg_bits_with_overhead},
+                           {"compression_ratio", r.compression_ratio}};
+  return nlohmann::json::parse(j.dump());
+}
+
+std::string inspect_to_text(const InspectReport& r) {
+  size_t w = 6;
+  for (const auto& m : r.modules) w = std::max(w, m.name.size());
+  std::string s = fmt::format("checkpoint: {}{}\n", r.dir,
+                              r.quantized ? " (" + r.checkpoint_format + ")" : std::string(" (not quantized)"));
+  s += fmt::format("{:<{}}  {:>4}  {:>5}  {:>13}  {:>12}\n", "module", w, "bits", "group", "shape", "bytes");
+  for (const auto& m : r.modules)
+    s += fmt::format("{:<{}}  {:>4}  {:>5}  {:>13}  {:>12}\n", m.name, w, m.bits,
+                     m.group_size == 0 ? std::string("-") : std::to_string(m.group_size),
+                     std::to_string(m.out) + "x" + std::to_string(m.in), m.bytes);
+  s += "bits histogram:";
+  for (const auto& [b, n] : r.bits_histogram) s += fmt::format(" {}b x{}", b, n);
+  s += "\n";
+  s += fmt::format("avg bits per linear weight: {:.3f} (codes only), {:.3f} (with scales, zeros, g_idx)\n", r.avg_bits,
+                   r.avg_bits_with_overhead);
+  s += fmt::format("total size: {} ({} bytes) vs fp16 {} ({} bytes): compression {:.2f}x\n",
+                   util::format_bytes(r.total_bytes), r.total_bytes, util::format_bytes(r.fp16_bytes), r.fp16_bytes,
+                   r.compression_ratio);
+  return s;
+}
+
+}  // namespace mpqat::quant
