@@ -38,20 +38,6 @@ void add_sensitivity_command(CLI::App& app) {
   pending(sub, "mpqat sensitivity (issue #5, [M4])");
 }
 
-void add_allocate_command(CLI::App& app) {
-  auto p = std::make_shared<Pending>();
-  p->s4 = "qbo";
-  auto* sub = app.add_subcommand("allocate", "Choose bits per layer under a size budget "
-                                             "(QBO, MPQ, clustering presets) -> bitplan.json");
-  sub->add_option("--model", p->s1, "model folder")->required();
-  sub->add_option("--sensitivity", p->s2, "sensitivity.json")->required();
-  sub->add_option("--budget", p->s3, "avg_bits=3.0 | bytes=700KiB | compression=4")->required();
-  sub->add_option("--method", p->s4, "qbo, mpq, kmeans, percentile, hierarchical");
-  sub->add_option("--out", p->v1, "output bitplan.json")->required();
-  sub->add_flag("--json", p->b1, "print the result as JSON");
-  pending(sub, "mpqat allocate (issue #6, [M5])");
-}
-
 void add_train_command(CLI::App& app) {
   auto p = std::make_shared<Pending>();
   p->i1 = 128;
