@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
 
 namespace mpqat::data {
 
@@ -49,25 +50,6 @@ std::vector<Cp> utf8_decode(const std::string& s) {
   return out;
 }
 
-std::string utf8_encode(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return s;
-}
 
 // \s as Unicode White_Space.
 bool is_space(uint32_t c) {
@@ -335,7 +317,8 @@ HfBpeTokenizer::HfBpeTokenizer(const std::string& json_path) : path_(json_path) 
     for (int b = 0; b < 256; ++b) {
       const bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const uint32_t cp = keep ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + next++);
-      byte_to_char_[b] = utf8_encode(cp);
+      byte_to_char_[b].clear();
+      util::append_utf8(byte_to_char_[b], cp);
       char_to_byte_[cp] = b;
     }
 

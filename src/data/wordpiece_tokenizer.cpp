@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
 
 namespace mpqat::data {
 
@@ -42,23 +43,6 @@ std::vector<uint32_t> utf8_codepoints(const std::string& s) {
   return out;
 }
 
-void append_utf8(std::string& s, uint32_t cp) {
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
 
 // Unicode White_Space (char::is_whitespace).
 bool is_whitespace(uint32_t c) {
@@ -414,10 +398,10 @@ std::vector<std::string> WordPieceTokenizer::pre_tokenize(const std::string& tex
       flush();
     } else if (is_punctuation(c)) {
       flush();
-      append_utf8(cur, c);
+      util::append_utf8(cur, c);
       flush();
     } else {
-      append_utf8(cur, c);
+      util::append_utf8(cur, c);
     }
   }
   flush();
@@ -434,7 +418,7 @@ void WordPieceTokenizer::word_pieces(const std::string& word, std::vector<int32_
   std::vector<size_t> off{0};
   for (uint32_t c : cps) {
     std::string tmp;
-    append_utf8(tmp, c);
+    util::append_utf8(tmp, c);
     off.push_back(off.back() + tmp.size());
   }
   std::vector<int32_t> pieces;

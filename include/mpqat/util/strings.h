@@ -30,6 +30,9 @@ std::string to_lower(std::string s);
 bool starts_with(const std::string& s, const std::string& prefix);
 bool ends_with(const std::string& s, const std::string& suffix);
 
+// Appends code point `cp` encoded as UTF-8 (1 to 4 bytes).
+void append_utf8(std::string& s, uint32_t cp);
+
 // Writes `content` to `path` atomically (temp file in the same folder, fsync, rename), so a
 // crash never leaves a half-written file. Throws Error naming the path.
 void write_file_atomic(const std::string& path, const std::string& content);
