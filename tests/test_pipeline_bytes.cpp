@@ -86,3 +86,28 @@ TEST(PipelineBytes, PredictedEqualsWrittenCheckpoint) {
   }
   fs::remove_all(d);
 }
+
+TEST(PipelineBytes, DryRunShowsPlannedAllocation) {
+  const std::string shared = mpqat::testing::shared_dir();
+  if (shared.empty()) GTEST_SKIP() << "../shared/data absent: stories260K is needed";
+  const fs::path d = fs::temp_directory_path() / ("mpqat_dry_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  const fs::path src = fs::path(shared) / "data/models/stories260K";
+  mpqat::io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(),
+                             (d / "fp").string());
+  write_sensitivity(d / "sens.json");
+  std::ofstream(d / "r.yaml") << "model: {path: " << (d / "fp").string() << "}\n"
+                              << "sensitivity: {file: " << (d / "sens.json").string() << "}\n"
+                              << "allocation: {method: qbo, budget: {avg_bits: 3.0}, "
+                                 "group_sizes: [32]}\n";
+  auto r = run_mpqat("run " + (d / "r.yaml").string() + " --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("# planned allocation (qbo)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model.layers.4.mlp.down_proj"), std::string::npos) << r.out;
+  // An impossible budget is refused before any work, naming both limits.
+  r = run_mpqat("run " + (d / "r.yaml").string() + " allocation.budget.avg_bits=0.5 --dry-run");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("budget"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}

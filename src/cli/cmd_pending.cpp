@@ -21,23 +21,6 @@ void pending(CLI::App* sub, const std::string& what) {
 
 }  // namespace
 
-void add_sensitivity_command(CLI::App& app) {
-  auto p = std::make_shared<Pending>();
-  p->i1 = 128;
-  p->i2 = 512;
-  p->v1 = {"fisher"};
-  auto* sub = app.add_subcommand("sensitivity", "Measure per-layer / per-module sensitivity "
-                                                "(Fisher, SVCCA, PWCCA, CKA) -> sensitivity.json");
-  sub->add_option("model", p->s1, "model folder")->required();
-  sub->add_option("--calib", p->s2, "calibration text / JSONL / TSV file")->required();
-  sub->add_option("--samples", p->i1, "calibration sequences");
-  sub->add_option("--seqlen", p->i2, "tokens per sequence");
-  sub->add_option("--metrics", p->v1, "fisher, svcca, pwcca, cka, cka-rbf, cka-debiased")
-      ->delimiter(',');
-  sub->add_option("--out", p->s3, "output sensitivity.json")->required();
-  pending(sub, "mpqat sensitivity (issue #5, [M4])");
-}
-
 void add_train_command(CLI::App& app) {
   auto p = std::make_shared<Pending>();
   p->i1 = 128;

@@ -8,9 +8,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "mpqat/alloc/allocate.h"
 #include "mpqat/cli/commands.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
 
 namespace mpqat::cli {
 namespace {
@@ -38,6 +40,27 @@ std::string resolve_output_dir(const io::Recipe& r) {
   return dir;
 }
 
+// With sensitivities at hand (sensitivity.file), --dry-run also shows the bit plan the
+// allocation stage would choose and its predicted size against the budget, before any
+// training. Without them the plan depends on the sensitivity stage, so it is only announced.
+void print_planned_allocation(const io::Recipe& r) {
+  const std::string sens = r.str("sensitivity.file");
+  if (sens.empty()) {
+    std::cout << "# allocation: decided after the sensitivity stage (set sensitivity.file to "
+                 "preview the bit plan here)\n";
+    return;
+  }
+  const alloc::AllocOptions ao = alloc::alloc_options_from_recipe(r);
+  alloc::SizeOptions so;
+  so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  const std::string fd = r.str("output.float_dtype");
+  so.float_dtype = fd == "bfloat16" ? io::DType::BF16 : fd == "float32" ? io::DType::F32 : io::DType::F16;
+  const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), so);
+  const auto result = alloc::allocate(sm, alloc::load_sensitivity(sens), ao);
+  std::cout << "# planned allocation (" << alloc::method_name(ao.method) << ")\n"
+            << alloc::result_text(result);
+}
+
 void run(const RunArgs& a) {
   if (a.print_schema) {
     std::cout << io::recipe_schema_markdown();
@@ -49,6 +72,7 @@ void run(const RunArgs& a) {
   const io::Recipe recipe = io::Recipe::from_file(a.recipe, a.overrides);
   if (a.dry_run) {
     std::cout << "# resolved from " << a.recipe << "\n" << recipe.to_yaml();
+    print_planned_allocation(recipe);
     return;
   }
   const std::string out = resolve_output_dir(recipe);
