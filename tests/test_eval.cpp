@@ -26,6 +26,7 @@
 #include "mpqat/model/llama.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
+#include "eval_cli.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -631,20 +632,7 @@ TEST(EvalReport, WritesJsonAndAlignedText) {
 
 namespace {
 
-std::string run_eval_cli(const std::vector<std::string>& args) {
-  CLI::App app;
-  cli::add_eval_command(app);
-  std::vector<const char*> argv = {"mpqat", "eval"};
-  for (const auto& a : args) argv.push_back(a.c_str());
-  ::testing::internal::CaptureStdout();
-  try {
-    app.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (...) {
-    ::testing::internal::GetCapturedStdout();
-    throw;
-  }
-  return ::testing::internal::GetCapturedStdout();
-}
+using mpqat::testing::run_eval_cli;
 
 }  // namespace
 

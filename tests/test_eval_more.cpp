@@ -25,6 +25,8 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 
+#include "eval_cli.h"
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace mpqat;
@@ -113,20 +115,7 @@ void save_folder(torch::nn::Module& m, const json& cfg, const fs::path& dir) {
   for (const auto& t : kVocab) v << t << "\n";
 }
 
-std::string run_eval_cli(const std::vector<std::string>& args) {
-  CLI::App app;
-  cli::add_eval_command(app);
-  std::vector<const char*> argv = {"mpqat", "eval"};
-  for (const auto& a : args) argv.push_back(a.c_str());
-  ::testing::internal::CaptureStdout();
-  try {
-    app.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (...) {
-    ::testing::internal::GetCapturedStdout();
-    throw;
-  }
-  return ::testing::internal::GetCapturedStdout();
-}
+using mpqat::testing::run_eval_cli;
 
 template <typename E, typename F>
 std::string error_message(F&& f) {

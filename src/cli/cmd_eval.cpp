@@ -5,11 +5,9 @@
 #include <CLI/CLI.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include <torch/torch.h>
 
@@ -89,13 +87,6 @@ bool classifier_add_bos(const data::Tokenizer& tok) {
   return tok.bos_id() >= 0;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError("cannot open text file '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 }  // namespace
 
@@ -224,7 +215,7 @@ void add_eval_command(CLI::App& app) {
     report.set_meta("device", device.str());
     report.set_meta("ranks", comm->world_size());
     if (do_ppl) {
-      const auto ids = tok.encode(read_text(o->ppl_file), /*add_bos=*/true);
+      const auto ids = tok.encode(util::read_file(o->ppl_file), /*add_bos=*/true);
       const int context = o->context > 0 ? o->context : eval::default_context(cfg);
       const auto r = eval::evaluate_perplexity(logits_fn, ids, context, o->batch_size, o->json ? 0 : 1, device,
                                                comm.get());
