@@ -21,22 +21,6 @@ void pending(CLI::App* sub, const std::string& what) {
 
 }  // namespace
 
-void add_train_command(CLI::App& app) {
-  auto p = std::make_shared<Pending>();
-  p->i1 = 128;
-  p->i2 = 512;
-  auto* sub = app.add_subcommand("train", "Block-wise QAT (Block-AP with SGRA), optional "
-                                          "E2E-QP -> quantized checkpoint");
-  sub->add_option("model", p->s1, "model folder")->required();
-  sub->add_option("--plan", p->s2, "bitplan.json")->required();
-  sub->add_option("--calib", p->s3, "calibration data")->required();
-  sub->add_option("--samples", p->i1, "calibration sequences");
-  sub->add_option("--seqlen", p->i2, "tokens per sequence");
-  sub->add_flag("--e2e", p->b1, "run E2E-QP after Block-AP");
-  sub->add_option("--out", p->s4, "output checkpoint folder")->required();
-  pending(sub, "mpqat train (issue #7, [M6])");
-}
-
 void add_wizard_command(CLI::App& app) {
   auto p = std::make_shared<Pending>();
   p->s1 = "recipe.yaml";

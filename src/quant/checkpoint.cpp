@@ -123,14 +123,19 @@ const char* torch_dtype_name(io::DType dt) {
 
 }  // namespace
 
-void save_quantized_checkpoint(const model::TransformerModel& m, const std::string& out_dir,
-                               const SaveOptions& opts) {
+namespace {
+
+// The writer behind both public entry points: every block linear by full name, every parameter
+// by full name, and the model's config (used when the source folder has no config.json).
+void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& linears,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& params,
+                   const model::ModelConfig& model_cfg, const std::string& out_dir, const SaveOptions& opts) {
   torch::NoGradGuard ng;
   const auto fst = scalar_of(opts.float_dtype);
   // Packed modules, by full name.
   std::map<std::string, QuantLinearPtr> packed;
   std::vector<std::string> float_linears;
-  for (const auto& [name, lin] : m.named_linears()) {
+  for (const auto& [name, lin] : linears) {
     if (auto q = std::dynamic_pointer_cast<QuantLinearImpl>(lin)) packed[name] = q;
     else if (auto f = std::dynamic_pointer_cast<FakeQuantLinearImpl>(lin)) packed[name] = f->to_quant_linear();
     else float_linears.push_back(name);
@@ -165,11 +170,11 @@ void save_quantized_checkpoint(const model::TransformerModel& m, const std::stri
     return packed.count(mod) && leaf != "bias";
   };
   std::set<std::string> written;
-  for (const auto& item : m.named_parameters(true)) {
-    if (is_packed_internal(item.key())) continue;
-    std::string name = item.key();
+  for (const auto& [pname, value] : params) {
+    if (is_packed_internal(pname)) continue;
+    const std::string& name = pname;
     // A FakeQuantLinear's bias lives in the converted QuantLinear as well; same values.
-    owned.push_back({name, opts.float_dtype, item.value().detach().to(torch::kCPU).to(fst).contiguous()});
+    owned.push_back({name, opts.float_dtype, value.detach().to(torch::kCPU).to(fst).contiguous()});
     written.insert(name);
   }
   for (const auto& [name, q] : packed) {
@@ -194,7 +199,7 @@ void save_quantized_checkpoint(const model::TransformerModel& m, const std::stri
       throw InputError("'" + src_cfg.string() + "' is not valid JSON: " + e.what());
     }
   } else {
-    cfg = ojson::parse(model::model_config_to_json(m.config()).dump());
+    cfg = ojson::parse(model::model_config_to_json(model_cfg).dump());
   }
   cfg["torch_dtype"] = torch_dtype_name(opts.float_dtype);
   cfg["quantization_config"] = ojson{{"quant_method", "gptq"},
@@ -242,6 +247,32 @@ void save_quantized_checkpoint(const model::TransformerModel& m, const std::stri
     fs::remove_all(tmp);
     throw;
   }
+}
+
+}  // namespace
+
+void save_quantized_checkpoint(const model::TransformerModel& m, const std::string& out_dir,
+                               const SaveOptions& opts) {
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const auto& item : m.named_parameters(true)) params.emplace_back(item.key(), item.value());
+  save_contents(m.named_linears(), params, m.config(), out_dir, opts);
+}
+
+void save_quantized_checkpoint(const model::TransformerModel& shell, const model::ModelConfig& cfg,
+                               const std::vector<model::BlockPtr>& blocks, const std::string& out_dir,
+                               const SaveOptions& opts) {
+  if (static_cast<int64_t>(blocks.size()) != cfg.num_hidden_layers)
+    throw Error("save_quantized_checkpoint: " + std::to_string(blocks.size()) + " blocks given for a model of " +
+                std::to_string(cfg.num_hidden_layers));
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  std::vector<std::pair<std::string, model::LinearPtr>> linears;
+  for (const auto& item : shell.named_parameters(true)) params.emplace_back(item.key(), item.value());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const std::string prefix = model::family_block_prefix(cfg, static_cast<int64_t>(i));
+    for (const auto& item : blocks[i]->named_parameters(true)) params.emplace_back(prefix + item.key(), item.value());
+    for (const auto& [rel, lin] : blocks[i]->linears()) linears.emplace_back(prefix + rel, lin);
+  }
+  save_contents(linears, params, cfg, out_dir, opts);
 }
 
 // ---------------------------------------------------------------------------------------------

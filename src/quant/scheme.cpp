@@ -205,6 +205,28 @@ BitPlan parse_bit_plan(const nlohmann::json& j, const std::string& source) {
       if (!e["sym"].is_boolean()) throw InputError(ctx + ": \"sym\" must be true or false");
       m.sym = e["sym"].get<bool>();
     }
+    if (e.contains("sgra")) {
+      const auto& g = e["sgra"];
+      auto bad = [&] {
+        return InputError(ctx + ": \"sgra\" must be {\"epochs\": int >= 0, \"lr_scale\": number > 0, "
+                                "\"patience\": int >= 1}");
+      };
+      if (!g.is_object()) throw bad();
+      SgraPlan sp;
+      if (g.contains("epochs")) {
+        if (!g["epochs"].is_number_integer() || g["epochs"].get<int>() < 0) throw bad();
+        sp.epochs = g["epochs"].get<int>();
+      }
+      if (g.contains("lr_scale")) {
+        if (!g["lr_scale"].is_number() || !(g["lr_scale"].get<double>() > 0)) throw bad();
+        sp.lr_scale = g["lr_scale"].get<double>();
+      }
+      if (g.contains("patience")) {
+        if (!g["patience"].is_number_integer() || g["patience"].get<int>() < 1) throw bad();
+        sp.patience = g["patience"].get<int>();
+      }
+      m.sgra = sp;
+    }
     if (m.bits == 16 || m.bits == 32) {
       plan.modules[name] = m;
       continue;
@@ -232,7 +254,11 @@ BitPlan load_bit_plan(const std::string& path) {
 nlohmann::json bit_plan_to_json(const BitPlan& plan) {
   nlohmann::json mods = nlohmann::json::object();
   for (const auto& [name, m] : plan.modules)
+  {
     mods[name] = {{"bits", m.bits}, {"group_size", m.group_size}, {"sym", m.sym}};
+    if (m.sgra)
+      mods[name]["sgra"] = {{"epochs", m.sgra->epochs}, {"lr_scale", m.sgra->lr_scale}, {"patience", m.sgra->patience}};
+  }
   return {{"version", plan.version}, {"modules", mods}};
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,10 +23,18 @@
 
 namespace mpqat::quant {
 
+// SGRA's per-unit training settings ([M5] writes them, Block-AP reads them).
+struct SgraPlan {
+  int epochs = 2;
+  double lr_scale = 1.0;
+  int patience = 2;
+};
+
 struct ModulePlan {
   int bits = 16;  // 16 / 32 = not quantized
   int64_t group_size = 128;
   bool sym = false;
+  std::optional<SgraPlan> sgra;  // "sgra": {"epochs": E, "lr_scale": S, "patience": P}
   bool quantized() const { return bits < 16; }
   QuantSpec spec() const { return QuantSpec{bits, group_size, sym}; }
 };

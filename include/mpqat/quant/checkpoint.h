@@ -45,6 +45,12 @@ struct SaveOptions {
 void save_quantized_checkpoint(const model::TransformerModel& m, const std::string& out_dir,
                                const SaveOptions& opts = {});
 
+// The same from a model shell (embeddings, norms, head: load_any_model_shell) and its blocks held
+// separately (a block-at-a-time pass such as Block-AP): blocks[i] is written under
+// family_block_prefix(cfg, i); cfg is the full model's config.
+void save_quantized_checkpoint(const model::TransformerModel& shell, const model::ModelConfig& cfg,
+                               const std::vector<model::BlockPtr>& blocks, const std::string& out_dir,
+                               const SaveOptions& opts = {});
 // One `dynamic` entry: "-:re" excludes, "+:re" / "re" overrides (fields left unset inherit).
 struct DynamicRule {
   std::string key;  // as written
