@@ -1,0 +1,885 @@
+#include "mpqat/eval/run_report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <utility>
+
+#include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
+
+namespace mpqat::eval {
+
+using nlohmann::json;
+
+namespace {
+
+// ---------------------------------------------------------------- json access (lenient)
+
+const json& null_json() {
+  static const json n;
+  return n;
+}
+
+// obj[key] when obj is an object holding key, else null.
+const json& field(const json& obj, const char* key) {
+  if (!obj.is_object()) return null_json();
+  auto it = obj.find(key);
+  return it == obj.end() ? null_json() : *it;
+}
+
+std::optional<double> number(const json& v) {
+  if (!v.is_number()) return std::nullopt;  // bools are not numbers in nlohmann::json
+  return v.get<double>();
+}
+
+std::optional<double> number(const json& obj, const char* key) { return number(field(obj, key)); }
+
+std::optional<double> finite(const std::optional<double>& v) {
+  if (v && std::isfinite(*v)) return v;
+  return std::nullopt;
+}
+
+// A string field as text; numbers are dumped; absent or other types give "".
+std::string text_of(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number() || v.is_boolean()) return v.dump();
+  return "";
+}
+
+// ---------------------------------------------------------------- number formatting
+
+// 4 decimals for ordinary magnitudes, 4 significant digits for very large or small ones.
+std::string fnum(double v, int digits = 4) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  const double a = std::fabs(v);
+  if (a != 0 && (a >= 1e6 || a < 1e-3)) return fmt::format("{:.{}g}", v, digits);
+  return fmt::format("{:.{}f}", v, digits);
+}
+
+std::string fnum(const std::optional<double>& v, int digits = 4) { return v ? fnum(*v, digits) : "-"; }
+
+// An integer-valued field (bits, block, epochs) as an integer, else as a number, else "-".
+std::string inum(const json& v) {
+  auto d = number(v);
+  if (!d) return "-";
+  if (std::isfinite(*d) && std::floor(*d) == *d && std::fabs(*d) < 1e15)
+    return fmt::format("{}", static_cast<long long>(*d));
+  return fnum(*d);
+}
+
+std::string pct(const std::optional<double>& v) { return v ? fmt::format("{:.2f}%", *v) : "-"; }
+
+std::string seconds(const std::optional<double>& v) {
+  if (!v) return "-";
+  if (*v >= 100) return fmt::format("{:.0f}", *v);
+  return fmt::format("{:.2f}", *v);
+}
+
+std::string bytes_text(const std::optional<double>& v) {
+  if (!v || !std::isfinite(*v) || *v < 0) return "-";
+  const auto b = static_cast<uint64_t>(std::llround(*v));
+  return fmt::format("{} ({} bytes)", util::format_bytes(b), b);
+}
+
+std::string yes_no(const json& v) {
+  if (!v.is_boolean()) return "-";
+  return v.get<bool>() ? "yes" : "no";
+}
+
+// ---------------------------------------------------------------- the required fields
+
+void check_required(const json& r) {
+  if (!r.is_object()) throw InputError("run report: expected a JSON object (docs/reports.md), got " +
+                                       std::string(r.type_name()));
+  if (!r.contains("model") || !(r["model"].is_string() || r["model"].is_number()))
+    throw InputError("run report: 'model' is missing or not a string; expected the model's path or name");
+  for (const char* k : {"fp", "quantized"})
+    if (!r.contains(k) || !r[k].is_object())
+      throw InputError(std::string("run report: '") + k +
+                       "' is missing or not an object; expected {\"ppl\": .., \"tasks\": .., \"bytes\": ..}");
+}
+
+// ---------------------------------------------------------------- metrics
+
+bool skip_metric_field(const std::string& k) {
+  static const std::set<std::string> skip{"n", "support", "per_class", "confusion", "tokens", "windows",
+                                          "context", "seconds", "samples"};
+  return skip.count(k) || util::ends_with(k, "_stderr");
+}
+
+bool lower_is_better(const std::string& name) {
+  static const std::set<std::string> lower{"ppl", "perplexity", "nll", "loss", "mse", "bpc",
+                                           "bpb", "error", "wer", "cer", "error_rate"};
+  const auto words = util::split(util::to_lower(name), ' ');
+  return lower.count(words.front()) || lower.count(words.back());
+}
+
+using MetricList = std::vector<std::pair<std::string, double>>;
+
+void add_metric(MetricList& out, const std::string& name, const json& v) {
+  if (auto d = number(v)) out.emplace_back(name, *d);
+}
+
+void collect_fields(MetricList& out, const std::string& prefix, const json& obj) {
+  for (auto it = obj.begin(); it != obj.end(); ++it)
+    if (!skip_metric_field(it.key())) add_metric(out, prefix + " " + it.key(), it.value());
+}
+
+MetricList collect_metrics(const json& side) {
+  MetricList out;
+  const json& ppl = field(side, "ppl");
+  if (ppl.is_number()) {
+    add_metric(out, "ppl", ppl);
+  } else if (ppl.is_object()) {
+    for (auto it = ppl.begin(); it != ppl.end(); ++it) {
+      if (it.value().is_number()) {
+        add_metric(out, "ppl " + it.key(), it.value());
+      } else if (it.value().is_object()) {  // an `mpqat eval` perplexity result {"ppl", "nll", ..}
+        for (const char* k : {"ppl", "perplexity"})
+          if (number(it.value(), k)) {
+            add_metric(out, "ppl " + it.key(), it.value()[k]);
+            break;
+          }
+      }
+    }
+  }
+  const json& tasks = field(side, "tasks");
+  if (tasks.is_object())
+    for (auto it = tasks.begin(); it != tasks.end(); ++it) {
+      if (it.value().is_number()) add_metric(out, it.key(), it.value());
+      else if (it.value().is_object()) collect_fields(out, it.key(), it.value());
+    }
+  const json& cls = field(side, "classification");
+  if (cls.is_object()) {
+    bool nested = false;
+    for (const auto& v : cls) nested = nested || v.is_object();
+    if (nested) {  // {"imdb": {"accuracy": ..}, ..} as `mpqat eval` writes it
+      for (auto it = cls.begin(); it != cls.end(); ++it)
+        if (it.value().is_object()) collect_fields(out, it.key(), it.value());
+    } else {
+      collect_fields(out, "classification", cls);
+    }
+  }
+  static const std::set<std::string> not_metrics{"ppl", "tasks", "classification", "bytes", "avg_bits",
+                                                 "params", "parameters", "seconds", "n", "tokens", "bits"};
+  for (auto it = side.begin(); it != side.end(); ++it)
+    if (!not_metrics.count(it.key())) add_metric(out, it.key(), it.value());
+  return out;
+}
+
+// ---------------------------------------------------------------- text tables
+
+// Columns padded to their widest cell; the first column left-aligned, the rest right-aligned;
+// a rule under the header row (the layout of `mpqat eval`'s report).
+std::string table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> w;
+  for (const auto& r : rows) {
+    if (w.size() < r.size()) w.resize(r.size(), 0);
+    for (std::size_t c = 0; c < r.size(); ++c) w[c] = std::max(w[c], r[c].size());
+  }
+  std::string out;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    std::string line;
+    for (std::size_t c = 0; c < rows[i].size(); ++c) {
+      const auto& cell = rows[i][c];
+      const std::string pad(w[c] - cell.size(), ' ');
+      line += (c ? "  " : "") + (c == 0 ? cell + pad : pad + cell);
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+    if (i == 0) {
+      std::size_t total = 0;
+      for (std::size_t c = 0; c < w.size(); ++c) total += w[c] + (c ? 2 : 0);
+      out += std::string(total, '-') + "\n";
+    }
+  }
+  return out;
+}
+
+std::string key_values(const std::vector<std::pair<std::string, std::string>>& kv, const std::string& indent) {
+  std::size_t w = 0;
+  for (const auto& [k, v] : kv) w = std::max(w, k.size());
+  std::string out;
+  for (const auto& [k, v] : kv) out += indent + k + ":" + std::string(w - k.size() + 1, ' ') + v + "\n";
+  return out;
+}
+
+// ---------------------------------------------------------------- shared derived values
+
+struct SizeInfo {
+  std::optional<double> fp_bytes, q_bytes, fp_bits, q_bits, compression, reduction_pct;
+};
+
+SizeInfo size_info(const json& r) {
+  SizeInfo s;
+  s.fp_bytes = finite(number(r["fp"], "bytes"));
+  s.q_bytes = finite(number(r["quantized"], "bytes"));
+  s.fp_bits = finite(number(r["fp"], "avg_bits"));
+  s.q_bits = finite(number(r["quantized"], "avg_bits"));
+  s.compression = finite(number(r, "compression"));
+  if (!s.compression && s.fp_bytes && s.q_bytes && *s.q_bytes > 0) s.compression = *s.fp_bytes / *s.q_bytes;
+  if (s.fp_bytes && s.q_bytes && *s.fp_bytes > 0) s.reduction_pct = (1.0 - *s.q_bytes / *s.fp_bytes) * 100.0;
+  return s;
+}
+
+std::string budget_text(const json& r) {
+  const json& b = field(r, "budget");
+  if (!b.is_object()) return "";
+  const std::string kind = text_of(field(b, "kind"));
+  const auto value = number(b, "value");
+  std::string out;
+  if (kind == "bytes" && value) out = "bytes <= " + bytes_text(value);
+  else if (value) out = (kind.empty() ? std::string("budget") : kind) + " <= " + fmt::format("{:g}", *value);
+  else out = kind.empty() ? "-" : kind;
+  const json& met = field(b, "met");
+  if (met.is_boolean()) out += met.get<bool>() ? " (met)" : " (NOT met)";
+  return out;
+}
+
+// The "Size" section: label, value.
+std::vector<std::pair<std::string, std::string>> size_rows(const json& r) {
+  const SizeInfo s = size_info(r);
+  std::vector<std::pair<std::string, std::string>> size;
+  if (s.fp_bytes) size.emplace_back("FP model", bytes_text(s.fp_bytes));
+  if (s.q_bytes) size.emplace_back("quantized model", bytes_text(s.q_bytes));
+  if (s.reduction_pct) size.emplace_back("size reduction", pct(s.reduction_pct));
+  if (s.compression) size.emplace_back("compression ratio", fmt::format("{:.3f}x", *s.compression));
+  if (s.q_bits)
+    size.emplace_back("average bits", fmt::format("{:.3f}", *s.q_bits) +
+                                          (s.fp_bits ? fmt::format(" (FP {:.3g})", *s.fp_bits) : std::string()));
+  if (!budget_text(r).empty()) size.emplace_back("budget", budget_text(r));
+  return size;
+}
+
+std::map<std::string, int> bits_histogram(const json& layers) {
+  std::map<std::string, int> h;
+  if (!layers.is_array()) return h;
+  for (const auto& l : layers)
+    if (number(l, "bits")) ++h[inum(l["bits"])];
+  return h;
+}
+
+std::string histogram_text(const std::map<std::string, int>& h) {
+  // sorted by bits numerically
+  std::vector<std::pair<double, std::string>> keys;
+  for (const auto& [k, n] : h) keys.emplace_back(std::atof(k.c_str()), k);
+  std::sort(keys.begin(), keys.end());
+  std::string out;
+  for (const auto& [d, k] : keys) out += (out.empty() ? "" : ", ") + k + "-bit x" + std::to_string(h.at(k));
+  return out;
+}
+
+// Sensitivity metric names over all layers (sorted, as JSON objects are).
+std::vector<std::string> sensitivity_metrics(const json& layers) {
+  std::set<std::string> names;
+  if (layers.is_array())
+    for (const auto& l : layers) {
+      const json& s = field(l, "sensitivity");
+      if (s.is_object()) {
+        for (auto it = s.begin(); it != s.end(); ++it)
+          if (it.value().is_number()) names.insert(it.key());
+      } else if (s.is_number()) {
+        names.insert("sensitivity");
+      }
+    }
+  return {names.begin(), names.end()};
+}
+
+std::optional<double> sensitivity_of(const json& layer, const std::string& metric) {
+  const json& s = field(layer, "sensitivity");
+  if (s.is_number()) return metric == "sensitivity" ? number(s) : std::nullopt;
+  return number(s, metric.c_str());
+}
+
+std::optional<double> gain_pct(const json& b) {
+  auto start = finite(number(b, "start_val_mse"));
+  auto best = finite(number(b, "best_val_mse"));
+  if (!start || !best || *start == 0) return std::nullopt;
+  return (*start - *best) / *start * 100.0;
+}
+
+std::string metric_note() {
+  return "drop = quality lost: FP - quantized, or quantized - FP for ppl/nll/loss (lower is better);"
+         " negative = improved";
+}
+
+}  // namespace
+
+// ================================================================= public: metrics
+
+std::vector<MetricComparison> compare_run_metrics(const json& report) {
+  check_required(report);
+  const MetricList fp = collect_metrics(report["fp"]);
+  const MetricList q = collect_metrics(report["quantized"]);
+  std::vector<MetricComparison> out;
+  std::map<std::string, std::size_t> index;
+  auto slot = [&](const std::string& name) -> MetricComparison& {
+    auto it = index.find(name);
+    if (it != index.end()) return out[it->second];
+    index[name] = out.size();
+    out.push_back({});
+    out.back().name = name;
+    out.back().lower_is_better = lower_is_better(name);
+    return out.back();
+  };
+  for (const auto& [name, v] : fp) slot(name).fp = v;
+  for (const auto& [name, v] : q) slot(name).quantized = v;
+  for (auto& m : out) {
+    if (!m.fp || !m.quantized) continue;
+    m.drop = m.lower_is_better ? *m.quantized - *m.fp : *m.fp - *m.quantized;
+    if (*m.fp != 0) m.drop_pct = *m.drop / std::fabs(*m.fp) * 100.0;
+  }
+  return out;
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  out.reserve(s.size() + s.size() / 8);
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// ================================================================= text
+
+std::string render_run_report_text(const json& r) {
+  const auto metrics = compare_run_metrics(r);  // validates the required fields
+  std::string out = "mpqat run report\n================\n";
+  std::vector<std::pair<std::string, std::string>> head{{"model", text_of(r["model"])}};
+  for (const char* k : {"recipe", "created"})
+    if (!text_of(field(r, k)).empty()) head.emplace_back(k, text_of(r[k]));
+  if (!text_of(field(r, "mpqat_version")).empty()) head.emplace_back("mpqat", text_of(r["mpqat_version"]));
+  out += key_values(head, "");
+
+  out += "\nQuality: FP vs quantized\n";
+  if (metrics.empty()) {
+    out += "(no metrics in this report)\n";
+  } else {
+    std::vector<std::vector<std::string>> rows{{"metric", "fp", "quantized", "drop", "drop %"}};
+    for (const auto& m : metrics)
+      rows.push_back({m.name, fnum(m.fp), fnum(m.quantized), fnum(m.drop), pct(m.drop_pct)});
+    out += table(rows);
+    out += "(" + metric_note() + ")\n";
+  }
+
+  const auto size = size_rows(r);
+  if (!size.empty()) out += "\nSize\n" + key_values(size, "  ");
+
+  const json& layers = field(r, "layers");
+  if (layers.is_array() && !layers.empty()) {
+    const auto hist = bits_histogram(layers);
+    out += fmt::format("\nBits per layer ({} layers{})\n", layers.size(),
+                       hist.empty() ? std::string() : "; " + histogram_text(hist));
+    const auto sens = sensitivity_metrics(layers);
+    std::vector<std::vector<std::string>> rows{{"layer", "block", "bits", "group"}};
+    for (const auto& m : sens) rows[0].push_back(m);
+    for (const auto& l : layers) {
+      std::vector<std::string> row{text_of(field(l, "name")), inum(field(l, "block")), inum(field(l, "bits")),
+                                   inum(field(l, "group_size"))};
+      for (const auto& m : sens) row.push_back(fnum(sensitivity_of(l, m)));
+      rows.push_back(std::move(row));
+    }
+    out += table(rows);
+  }
+
+  const json& blocks = field(r, "blocks");
+  if (blocks.is_array() && !blocks.empty()) {
+    out += "\nBlock training (validation MSE)\n";
+    std::vector<std::vector<std::string>> rows{
+        {"block", "epochs", "start mse", "best mse", "end mse", "gain %", "kept RTN", "seconds"}};
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const json& b = blocks[i];
+      rows.push_back({number(b, "block") ? inum(b["block"]) : std::to_string(i), inum(field(b, "epochs")),
+                      fnum(number(b, "start_val_mse")), fnum(number(b, "best_val_mse")),
+                      fnum(number(b, "end_val_mse")), pct(gain_pct(b)), yes_no(field(b, "kept_rtn")),
+                      seconds(number(b, "seconds"))});
+    }
+    out += table(rows);
+  }
+
+  const json& stages = field(r, "stages");
+  if (stages.is_array() && !stages.empty()) {
+    out += "\nTime per stage\n";
+    std::vector<std::vector<std::string>> rows{{"stage", "seconds", "reused"}};
+    double total = 0;
+    for (const auto& st : stages) {
+      const auto sec = finite(number(st, "seconds"));
+      if (sec) total += *sec;
+      const json& reused = field(st, "reused");
+      rows.push_back({text_of(field(st, "name")), seconds(sec),
+                      reused.is_boolean() ? (reused.get<bool>() ? "reused" : "") : ""});
+    }
+    rows.push_back({"total", seconds(total), ""});
+    out += table(rows);
+  }
+  return out;
+}
+
+// ================================================================= HTML / SVG
+
+namespace {
+
+const char* const kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd",
+                                "#ff7f0e", "#17becf", "#8c564b", "#e377c2"};
+
+const char* series_colour(std::size_t i) { return kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))]; }
+
+const char* bits_colour(double bits) {
+  if (bits <= 2) return "#d62728";
+  if (bits <= 3) return "#ff7f0e";
+  if (bits <= 4) return "#bcbd22";
+  if (bits <= 5) return "#2ca02c";
+  if (bits <= 6) return "#17becf";
+  if (bits <= 8) return "#1f77b4";
+  return "#7f7f7f";
+}
+
+std::string c(double v) { return fmt::format("{:.1f}", v); }  // an SVG coordinate
+
+// The frame of every chart: a viewBox of W x H, the plot inside the margins.
+struct Frame {
+  double W = 900, H = 320, L = 64, R = 16, T = 40, B = 44;
+  double pw() const { return W - L - R; }
+  double ph() const { return H - T - B; }
+};
+
+std::string svg_open(const std::string& id, const std::string& title, const Frame& f) {
+  return fmt::format(
+      "<svg id=\"{0}\" class=\"chart\" viewBox=\"0 0 {1} {2}\" role=\"img\" aria-labelledby=\"{0}-title\">\n"
+      "<title id=\"{0}-title\">{3}</title>\n"
+      "<rect x=\"{4}\" y=\"{5}\" width=\"{6}\" height=\"{7}\" class=\"plot\"/>\n",
+      id, c(f.W), c(f.H), html_escape(title), c(f.L), c(f.T), c(f.pw()), c(f.ph()));
+}
+
+// Horizontal grid lines with their labels on the left; `y` maps a value to a coordinate.
+template <class Map>
+std::string y_axis(const std::vector<std::pair<double, std::string>>& ticks, Map y, const Frame& f,
+                   const std::string& label) {
+  std::string out;
+  for (const auto& [v, text] : ticks) {
+    const double yy = y(v);
+    out += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" class=\"grid\"/>", c(f.L), c(yy),
+                       c(f.L + f.pw()), c(yy));
+    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{}</text>\n", c(f.L - 6),
+                       c(yy + 4), html_escape(text));
+  }
+  out += fmt::format("<text x=\"14\" y=\"{}\" class=\"axis\" transform=\"rotate(-90 14 {})\" "
+                     "text-anchor=\"middle\">{}</text>\n",
+                     c(f.T + f.ph() / 2), c(f.T + f.ph() / 2), html_escape(label));
+  return out;
+}
+
+// Legend entries left to right above the plot.
+std::string legend(const std::vector<std::pair<std::string, std::string>>& items, const Frame& f) {
+  std::string out;
+  double x = f.L;
+  for (const auto& [colour, name] : items) {
+    out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\" class=\"swatch\"/>", c(x),
+                       c(f.T - 26), colour);
+    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n", c(x + 16), c(f.T - 16),
+                       html_escape(name));
+    x += 28 + 7.0 * static_cast<double>(name.size());
+  }
+  return out;
+}
+
+// Label positions along x so that labels are at least `min_gap` apart.
+std::size_t label_stride(std::size_t n, double width, double min_gap) {
+  if (n == 0) return 1;
+  const double per = width / static_cast<double>(n);
+  return std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil(min_gap / std::max(per, 1e-9))));
+}
+
+// Alternating bands for the blocks under a per-layer chart, with block labels under the axis.
+// Without block numbers the layers are labelled by index.
+std::string layer_axis(const json& layers, const Frame& f, const std::string& label) {
+  const std::size_t n = layers.size();
+  const double step = f.pw() / static_cast<double>(n);
+  std::string out;
+  // runs of equal "block"
+  std::vector<std::pair<std::size_t, std::size_t>> runs;  // [begin, end)
+  std::vector<std::string> names;
+  bool have_blocks = false;
+  for (std::size_t i = 0; i < n;) {
+    const std::string b = inum(field(layers[i], "block"));
+    have_blocks = have_blocks || b != "-";
+    std::size_t j = i + 1;
+    while (j < n && inum(field(layers[j], "block")) == b) ++j;
+    runs.emplace_back(i, j);
+    names.push_back(b);
+    i = j;
+  }
+  if (have_blocks) {
+    std::size_t stride = label_stride(runs.size(), f.pw(), 28);
+    for (std::size_t k = 0; k < runs.size(); ++k) {
+      const double x0 = f.L + runs[k].first * step, x1 = f.L + runs[k].second * step;
+      if (k % 2 == 1)
+        out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"band\"/>", c(x0), c(f.T),
+                           c(x1 - x0), c(f.ph()));
+      if (k % stride == 0)
+        out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
+                           c((x0 + x1) / 2), c(f.T + f.ph() + 14), html_escape(names[k]));
+    }
+  } else {
+    std::size_t stride = label_stride(n, f.pw(), 28);
+    for (std::size_t i = 0; i < n; i += stride)
+      out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
+                         c(f.L + (i + 0.5) * step), c(f.T + f.ph() + 14), i);
+  }
+  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">{}</text>\n",
+                     c(f.L + f.pw() / 2), c(f.H - 8),
+                     html_escape(have_blocks ? label + " (grouped by block)" : label + " (index)"));
+  return out;
+}
+
+// A polyline path through the points, broken where a value is missing.
+std::string broken_path(const std::vector<std::optional<std::pair<double, double>>>& pts) {
+  std::string d;
+  bool pen = false;
+  for (const auto& p : pts) {
+    if (!p) {
+      pen = false;
+      continue;
+    }
+    d += fmt::format("{}{} {} ", pen ? "L" : "M", c(p->first), c(p->second));
+    pen = true;
+  }
+  return d;
+}
+
+double nice_ceil(double v) {
+  if (!(v > 0)) return 1;
+  const double e = std::pow(10.0, std::floor(std::log10(v)));
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+    if (m * e >= v * (1 - 1e-12)) return m * e;
+  return 10 * e;
+}
+
+std::string note(const std::string& text) { return "<p class=\"note\">" + html_escape(text) + "</p>\n"; }
+
+// (1) per-layer sensitivity, one series per metric, each normalised to [0, 1] (min-max; on
+// log10 values when a metric is positive and spans more than 100x).
+std::string chart_sensitivity(const json& layers) {
+  const auto metrics = layers.is_array() ? sensitivity_metrics(layers) : std::vector<std::string>{};
+  if (metrics.empty()) return note("No per-layer sensitivity in this report: sensitivity chart omitted.");
+  const Frame f;
+  const std::size_t n = layers.size();
+  const double step = f.pw() / static_cast<double>(n);
+  std::string out = svg_open("chart-sensitivity", "Per-layer sensitivity by metric (normalised per metric to [0, 1])", f);
+  out += layer_axis(layers, f, "layer");
+  auto y = [&](double v) { return f.T + f.ph() * (1.0 - v); };
+  out += y_axis({{0, "0"}, {0.25, "0.25"}, {0.5, "0.5"}, {0.75, "0.75"}, {1, "1"}}, y, f, "normalised sensitivity");
+  std::vector<std::pair<std::string, std::string>> leg;
+  for (std::size_t m = 0; m < metrics.size(); ++m) {
+    std::vector<std::optional<double>> raw(n);
+    double lo = INFINITY, hi = -INFINITY;
+    bool positive = true;
+    for (std::size_t i = 0; i < n; ++i) {
+      raw[i] = finite(sensitivity_of(layers[i], metrics[m]));
+      if (!raw[i]) continue;
+      lo = std::min(lo, *raw[i]);
+      hi = std::max(hi, *raw[i]);
+      positive = positive && *raw[i] > 0;
+    }
+    if (!(lo <= hi)) continue;  // no finite value
+    const bool logv = positive && hi / lo > 100;
+    auto t = [&](double v) { return logv ? std::log10(v) : v; };
+    const double tlo = t(lo), thi = t(hi);
+    std::vector<std::optional<std::pair<double, double>>> pts(n);
+    std::string marks;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!raw[i]) continue;
+      const double v = thi > tlo ? (t(*raw[i]) - tlo) / (thi - tlo) : 0.5;
+      pts[i] = std::make_pair(f.L + (i + 0.5) * step, y(v));
+      if (n <= 80)
+        marks += fmt::format("<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"{}\"><title>{}: {} {}</title></circle>",
+                             c(pts[i]->first), c(pts[i]->second), series_colour(m),
+                             html_escape(text_of(field(layers[i], "name"))), html_escape(metrics[m]), fnum(*raw[i]));
+    }
+    out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" class=\"series\"/>\n",
+                       broken_path(pts), series_colour(m));
+    out += marks + "\n";
+    leg.emplace_back(series_colour(m), metrics[m] + (logv ? " (log)" : ""));
+  }
+  out += legend(leg, f);
+  return out + "</svg>\n";
+}
+
+// (2) bits per layer: one bar per layer that has bits, coloured by bits.
+std::string chart_bits(const json& layers) {
+  std::size_t with_bits = 0;
+  double max_bits = 0;
+  if (layers.is_array())
+    for (const auto& l : layers)
+      if (auto b = finite(number(l, "bits"))) {
+        ++with_bits;
+        max_bits = std::max(max_bits, *b);
+      }
+  if (with_bits == 0) return note("No per-layer bits in this report: bits chart omitted.");
+  const Frame f;
+  const std::size_t n = layers.size();
+  const double step = f.pw() / static_cast<double>(n);
+  const double top = std::max(8.0, max_bits);
+  auto y = [&](double v) { return f.T + f.ph() * (1.0 - std::max(0.0, v) / top); };
+  std::string out = svg_open("chart-bits", "Bits per layer", f);
+  out += layer_axis(layers, f, "layer");
+  std::set<double> levels{0, top};
+  for (const auto& l : layers)
+    if (auto b = finite(number(l, "bits"))) levels.insert(*b);
+  std::vector<std::pair<double, std::string>> ticks;
+  double last = -1e9;
+  for (double v : levels)  // skip labels that would overlap
+    if (y(last) - y(v) >= 12 || ticks.empty()) {
+      ticks.emplace_back(v, inum(json(v)));
+      last = v;
+    }
+  out += y_axis(ticks, y, f, "bits");
+  const double w = std::max(step * 0.8, 0.5);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto b = finite(number(layers[i], "bits"));
+    if (!b) continue;
+    const double x = f.L + (i + 0.5) * step - w / 2;
+    std::string tip = text_of(field(layers[i], "name")) + ": " + inum(layers[i]["bits"]) + " bits";
+    if (number(layers[i], "group_size")) tip += ", group " + inum(layers[i]["group_size"]);
+    out += fmt::format("<rect class=\"bar\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{}</title></rect>\n",
+                       c(x), c(y(*b)), fmt::format("{:.2f}", w), c(y(0) - y(*b)), bits_colour(*b), html_escape(tip));
+  }
+  std::set<double> present;
+  for (const auto& l : layers)
+    if (auto b = finite(number(l, "bits"))) present.insert(*b);
+  std::vector<std::pair<std::string, std::string>> leg;
+  for (double v : present) leg.emplace_back(bits_colour(v), inum(json(v)) + "-bit");
+  out += legend(leg, f);
+  return out + "</svg>\n";
+}
+
+// (3) validation MSE per block: start (before training) vs best; log scale when the values
+// span more than 100x.
+std::string chart_loss(const json& blocks) {
+  std::vector<std::optional<double>> start, best;
+  double lo = INFINITY, hi = -INFINITY;
+  if (blocks.is_array())
+    for (const auto& b : blocks) {
+      start.push_back(finite(number(b, "start_val_mse")));
+      best.push_back(finite(number(b, "best_val_mse")));
+      for (const auto& v : {start.back(), best.back()})
+        if (v) {
+          lo = std::min(lo, *v);
+          hi = std::max(hi, *v);
+        }
+    }
+  if (!(lo <= hi)) return note("No block training losses in this report: loss chart omitted.");
+  const bool logy = lo > 0 && hi / lo > 100;
+  const Frame f;
+  const std::size_t n = blocks.size();
+  const double step = f.pw() / static_cast<double>(n);
+  std::vector<std::pair<double, std::string>> ticks;
+  std::function<double(double)> y;
+  if (logy) {
+    const double dlo = std::floor(std::log10(lo)), dhi = std::max(std::ceil(std::log10(hi)), dlo + 1);
+    y = [=](double v) { return f.T + f.ph() * (1.0 - (std::log10(v) - dlo) / (dhi - dlo)); };
+    const int stride = std::max(1, static_cast<int>(std::ceil((dhi - dlo) / 8)));
+    for (int d = static_cast<int>(dlo); d <= static_cast<int>(dhi); d += stride)
+      ticks.emplace_back(std::pow(10.0, d), fmt::format("1e{}", d));
+  } else {
+    const double ymin = std::min(0.0, lo), ymax = nice_ceil(hi);
+    y = [=](double v) { return f.T + f.ph() * (1.0 - (v - ymin) / (ymax - ymin)); };
+    for (int k = 0; k <= 4; ++k) {
+      const double v = ymin + (ymax - ymin) * k / 4;
+      ticks.emplace_back(v, fnum(v, 3));
+    }
+  }
+  std::string out = svg_open("chart-loss", std::string("Validation MSE per block: start vs best") +
+                                               (logy ? " (log scale)" : ""), f);
+  out += y_axis(ticks, y, f, logy ? "val MSE (log)" : "val MSE");
+  const std::size_t stride = label_stride(n, f.pw(), 28);
+  for (std::size_t i = 0; i < n; i += stride)
+    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
+                       c(f.L + (i + 0.5) * step), c(f.T + f.ph() + 14),
+                       number(blocks[i], "block") ? inum(blocks[i]["block"]) : std::to_string(i));
+  out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">block</text>\n",
+                     c(f.L + f.pw() / 2), c(f.H - 8));
+  const std::pair<const char*, const std::vector<std::optional<double>>*> series[] = {{"start", &start},
+                                                                                    {"best", &best}};
+  const char* colours[] = {"#7f7f7f", "#1f77b4"};
+  for (int s = 0; s < 2; ++s) {
+    std::vector<std::optional<std::pair<double, double>>> pts(n);
+    std::string marks;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& v = (*series[s].second)[i];
+      if (!v || (logy && *v <= 0)) continue;
+      pts[i] = std::make_pair(f.L + (i + 0.5) * step, y(*v));
+      const bool kept = field(blocks[i], "kept_rtn").is_boolean() && blocks[i]["kept_rtn"].get<bool>();
+      marks += fmt::format(
+          "<circle cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{}\" stroke=\"{}\"><title>block {} {}: {}{}</title></circle>",
+          c(pts[i]->first), c(pts[i]->second), s == 1 && kept ? "#ffffff" : colours[s], colours[s],
+          number(blocks[i], "block") ? inum(blocks[i]["block"]) : std::to_string(i), series[s].first, fnum(*v),
+          kept ? " (kept RTN)" : "");
+    }
+    out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" class=\"series\"/>\n",
+                       broken_path(pts), colours[s]);
+    out += marks + "\n";
+  }
+  out += legend({{colours[0], "start (before training)"}, {colours[1], "best (hollow: kept RTN)"}}, f);
+  return out + "</svg>\n";
+}
+
+std::string td(const std::string& s, const char* cls = nullptr) {
+  return cls ? fmt::format("<td class=\"{}\">{}</td>", cls, html_escape(s)) : "<td>" + html_escape(s) + "</td>";
+}
+
+std::string th_row(const std::vector<std::string>& cells) {
+  std::string out = "<tr>";
+  for (const auto& h : cells) out += "<th>" + html_escape(h) + "</th>";
+  return out + "</tr>\n";
+}
+
+const char* kStyle = R"css(
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th{background:#f5f5f5}th:first-child,td:first-child{text-align:left}
+table.meta td,table.meta th{text-align:left;border:none;background:none}
+td.worse{color:#b00020}td.better{color:#1b7f2a}
+.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:9em}
+.card .v{font-size:1.4em;font-weight:600}.card .k{font-size:.8em;color:#666}
+.scroll{overflow-x:auto}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+svg.chart{width:100%;height:auto;background:#fff}
+svg .plot{fill:#fff;stroke:#999}svg .grid{stroke:#e4e4e4}svg .band{fill:#f3f3f3}
+svg text{font-family:inherit;font-size:11px;fill:#333}svg .axis{font-size:12px}
+p.note{color:#666;font-style:italic}
+)css";
+
+}  // namespace
+
+std::string render_run_report_html(const json& r) {
+  const auto metrics = compare_run_metrics(r);  // validates the required fields
+  const std::string model = text_of(r["model"]);
+  std::string out;
+  out += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
+  out += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
+  out += "<title>mpqat run report: " + html_escape(model) + "</title>\n";
+  out += std::string("<style>") + kStyle + "</style>\n</head>\n<body>\n";
+  out += "<h1>mpqat run report</h1>\n<table class=\"meta\">\n";
+  out += "<tr><th>model</th><td>" + html_escape(model) + "</td></tr>\n";
+  for (const char* k : {"recipe", "created", "mpqat_version"})
+    if (!text_of(field(r, k)).empty())
+      out += fmt::format("<tr><th>{}</th><td>{}</td></tr>\n", k == std::string("mpqat_version") ? "mpqat" : k,
+                         html_escape(text_of(r[k])));
+  out += "</table>\n";
+
+  // headline cards
+  const SizeInfo s = size_info(r);
+  std::string cards;
+  auto card = [&](const std::string& k, const std::string& v) {
+    cards += "<div class=\"card\"><div class=\"v\">" + html_escape(v) + "</div><div class=\"k\">" + html_escape(k) +
+             "</div></div>\n";
+  };
+  if (s.compression) card("compression", fmt::format("{:.2f}x", *s.compression));
+  if (s.q_bits) card("average bits", fmt::format("{:.2f}", *s.q_bits));
+  if (s.q_bytes) card("quantized size", util::format_bytes(static_cast<uint64_t>(std::llround(std::max(0.0, *s.q_bytes)))));
+  if (!budget_text(r).empty()) card("budget", budget_text(r));
+  for (const auto& m : metrics)
+    if (m.fp && m.quantized) {
+      card(m.name + " (FP -> quantized)", fnum(*m.fp, 3) + " -> " + fnum(*m.quantized, 3));
+      break;
+    }
+  if (!cards.empty()) out += "<div class=\"cards\">\n" + cards + "</div>\n";
+
+  out += "<h2>Quality: FP vs quantized</h2>\n";
+  if (metrics.empty()) {
+    out += note("No metrics in this report.");
+  } else {
+    out += "<table class=\"metrics\">\n" + th_row({"metric", "fp", "quantized", "drop", "drop %"});
+    for (const auto& m : metrics) {
+      const char* cls = !m.drop ? nullptr : (*m.drop > 0 ? "worse" : (*m.drop < 0 ? "better" : nullptr));
+      out += "<tr>" + td(m.name) + td(fnum(m.fp)) + td(fnum(m.quantized)) + td(fnum(m.drop), cls) +
+             td(pct(m.drop_pct), cls) + "</tr>\n";
+    }
+    out += "</table>\n<p class=\"note\">" + html_escape(metric_note()) + "</p>\n";
+  }
+
+  const auto size = size_rows(r);
+  if (!size.empty()) {
+    out += "<h2>Size</h2>\n<table class=\"size\">\n";
+    for (const auto& [k, v] : size) out += "<tr>" + td(k) + td(v) + "</tr>\n";
+    out += "</table>\n";
+  }
+
+  const json& layers = field(r, "layers");
+  const json& blocks = field(r, "blocks");
+  out += "<h2>Charts</h2>\n";
+  out += "<figure>\n" + chart_sensitivity(layers) +
+         "<figcaption>Each metric scaled to [0, 1] over the layers (min-max; on log10 values when a metric "
+         "spans more than 100x). Higher = more sensitive.</figcaption>\n</figure>\n";
+  out += "<figure>\n" + chart_bits(layers) + "<figcaption>Bits given to each layer, in model order.</figcaption>\n</figure>\n";
+  out += "<figure>\n" + chart_loss(blocks) +
+         "<figcaption>Validation MSE of each block's output before training (start) and at its best epoch."
+         "</figcaption>\n</figure>\n";
+
+  if (layers.is_array() && !layers.empty()) {
+    const auto hist = bits_histogram(layers);
+    out += fmt::format("<h2>Bits per layer</h2>\n<p>{} layers{}</p>\n", layers.size(),
+                       hist.empty() ? std::string() : html_escape(": " + histogram_text(hist)));
+    const auto sens = sensitivity_metrics(layers);
+    std::vector<std::string> head{"layer", "block", "bits", "group"};
+    head.insert(head.end(), sens.begin(), sens.end());
+    out += "<div class=\"scroll\"><table class=\"layers\">\n" + th_row(head);
+    for (const auto& l : layers) {
+      out += "<tr>" + td(text_of(field(l, "name"))) + td(inum(field(l, "block"))) + td(inum(field(l, "bits"))) +
+             td(inum(field(l, "group_size")));
+      for (const auto& m : sens) out += td(fnum(sensitivity_of(l, m)));
+      out += "</tr>\n";
+    }
+    out += "</table></div>\n";
+  }
+
+  if (blocks.is_array() && !blocks.empty()) {
+    out += "<h2>Block training</h2>\n<table class=\"blocks\">\n" +
+           th_row({"block", "epochs", "start val MSE", "best val MSE", "end val MSE", "gain %", "kept RTN", "seconds"});
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const json& b = blocks[i];
+      out += "<tr>" + td(number(b, "block") ? inum(b["block"]) : std::to_string(i)) + td(inum(field(b, "epochs"))) +
+             td(fnum(number(b, "start_val_mse"))) + td(fnum(number(b, "best_val_mse"))) +
+             td(fnum(number(b, "end_val_mse"))) + td(pct(gain_pct(b))) + td(yes_no(field(b, "kept_rtn"))) +
+             td(seconds(number(b, "seconds"))) + "</tr>\n";
+    }
+    out += "</table>\n";
+  }
+
+  const json& stages = field(r, "stages");
+  if (stages.is_array() && !stages.empty()) {
+    out += "<h2>Time per stage</h2>\n<table class=\"stages\">\n" + th_row({"stage", "seconds", "reused"});
+    double total = 0;
+    for (const auto& st : stages) {
+      const auto sec = finite(number(st, "seconds"));
+      if (sec) total += *sec;
+      const json& reused = field(st, "reused");
+      out += "<tr>" + td(text_of(field(st, "name"))) + td(seconds(sec)) +
+             td(reused.is_boolean() && reused.get<bool>() ? "reused" : "") + "</tr>\n";
+    }
+    out += "<tr><th>total</th><th>" + seconds(total) + "</th><th></th></tr>\n</table>\n";
+  }
+  out += "</body>\n</html>\n";
+  return out;
+}
+
+}  // namespace mpqat::eval
