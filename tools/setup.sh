@@ -14,7 +14,7 @@ pkgs=(
   libeigen3-dev libgtest-dev libgmock-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev
-  sentencepiece libbz2-dev python3
+  sentencepiece libbz2-dev python3 bible-kjv-text bible-kjv
 )
 
 if [ "${MPQAT_SKIP_APT:-0}" != 1 ]; then

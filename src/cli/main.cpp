@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
     mpqat::cli::add_similarity_command(app);
     mpqat::cli::add_wizard_command(app);
     mpqat::cli::add_launch_command(app);
+    mpqat::cli::add_fit_command(app);
 
     app.parse(argc, argv);
   } catch (const mpqat::cli::ExitRequest& e) {
