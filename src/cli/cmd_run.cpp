@@ -10,6 +10,7 @@
 
 #include "mpqat/alloc/allocate.h"
 #include "mpqat/cli/commands.h"
+#include "mpqat/cli/run_pipeline.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -75,12 +76,7 @@ void run(const RunArgs& a) {
     print_planned_allocation(recipe);
     return;
   }
-  const std::string out = resolve_output_dir(recipe);
-  recipe.write_resolved(out);
-  spdlog::info("resolved recipe written to {}/recipe.yaml", out);
-  throw NotImplementedError(
-      "mpqat run's pipeline (sensitivity -> allocation -> QAT -> eval, issues M4-M7); "
-      "the recipe was validated and written to " + out + "/recipe.yaml, and --dry-run works");
+  run_pipeline(recipe, resolve_output_dir(recipe));
 }
 
 }  // namespace

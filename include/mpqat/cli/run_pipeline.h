@@ -1,0 +1,19 @@
+// `mpqat run`'s pipeline (docs/pipeline.md): FP baseline eval -> sensitivity -> allocation ->
+// quantization (RTN or Block-AP [+ E2E-QP]) -> save -> reload through the loader -> eval ->
+// report. Every stage records a hash of its inputs in OUT/stages.json; a re-run reuses a
+// stage whose hash and outputs are unchanged.
+#pragma once
+
+#include <string>
+
+namespace mpqat::io {
+class Recipe;
+}
+
+namespace mpqat::cli {
+
+// Runs the recipe into `out_dir` (created; an existing folder must be an earlier mpqat run or
+// empty unless output.overwrite). Returns the path of report.json.
+std::string run_pipeline(const io::Recipe& recipe, const std::string& out_dir);
+
+}  // namespace mpqat::cli

@@ -1,0 +1,41 @@
+// One sensitivity measurement end to end, as `mpqat sensitivity` and `mpqat run` do it: load the
+// model, sample calibration data (token windows for causal LMs, labelled examples for
+// classifiers), compute Fisher (Omega tables) and / or the CCA family in output mode, combine
+// "a+b" metrics by mean normalised rank, and return the report (sensitivity_json.h writes it).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpqat/sensitivity/sensitivity_json.h"
+
+namespace mpqat::dist {
+class Communicator;
+}
+
+namespace mpqat::sensitivity {
+
+struct SensitivityRunOptions {
+  std::string model;  // float model folder
+  std::string calib;  // text / JSONL (causal LMs) or TSV / CSV / JSONL with labels (classifiers)
+  int64_t samples = 128, seqlen = 512;
+  uint64_t seed = 0;
+  std::string sampling = "random";  // classifiers: random | stratified
+  std::string text_field = "sentence", label_field = "label";  // classifiers' columns
+  std::vector<std::string> metrics = {"fisher"};  // the first is the score
+  std::string mode = "output";
+  std::vector<int> bits = {2, 3, 4, 5, 6, 8};
+  std::vector<int64_t> group_sizes = {128};  // the first is the score's
+  int probe_bits = 3;
+  int svcca_k = 20;
+  double svcca_variance = 0.99;
+  int64_t max_rows = 4096;
+  bool progress = false;
+};
+
+// Validates the options (InputError naming the bad value and the accepted ones), then measures.
+// Every rank computes the same report (Fisher is all-reduced).
+SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Communicator* comm = nullptr);
+
+}  // namespace mpqat::sensitivity

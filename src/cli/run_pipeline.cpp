@@ -1,0 +1,637 @@
+// The `mpqat run` pipeline (include/mpqat/cli/run_pipeline.h, docs/pipeline.md).
+#include "mpqat/cli/run_pipeline.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "mpqat/alloc/allocate.h"
+#include "mpqat/data/calibration.h"
+#include "mpqat/data/hf_tokenizer.h"
+#include "mpqat/data/wordpiece_tokenizer.h"
+#include "mpqat/dist/communicator.h"
+#include "mpqat/eval/classification.h"
+#include "mpqat/eval/multiple_choice.h"
+#include "mpqat/eval/perplexity.h"
+#include "mpqat/eval/report.h"
+#include "mpqat/eval/run_report.h"
+#include "mpqat/eval/tasks.h"
+#include "mpqat/io/recipe.h"
+#include "mpqat/model/loader.h"
+#include "mpqat/quant/bitplan.h"
+#include "mpqat/quant/checkpoint.h"
+#include "mpqat/quant/inspect.h"
+#include "mpqat/sensitivity/run_sensitivity.h"
+#include "mpqat/train/block_ap.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace mpqat::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string fnv(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
+
+// Identity of a file or folder for stage hashes: path, size and modification time of each file.
+std::string file_identity(const std::string& path) {
+  if (path.empty()) return "-";
+  std::ostringstream os;
+  auto one = [&](const fs::path& p) {
+    struct stat st{};
+    if (::stat(p.c_str(), &st) == 0)
+      os << fs::absolute(p).lexically_normal().string() << ":" << st.st_size << ":" << st.st_mtim.tv_sec << "."
+         << st.st_mtim.tv_nsec << ";";
+    else
+      os << p.string() << ":missing;";
+  };
+  if (fs::is_directory(path)) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(path))
+      if (e.is_regular_file()) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) one(f);
+  } else {
+    one(path);
+  }
+  return os.str();
+}
+
+// The recipe's values under the given key prefixes, as canonical text.
+std::string keys_text(const io::Recipe& r, const std::vector<std::string>& prefixes) {
+  const json all = r.to_json();
+  std::ostringstream os;
+  for (const auto& k : io::recipe_schema()) {
+    bool match = false;
+    for (const auto& p : prefixes) match = match || util::starts_with(k.path, p);
+    if (!match) continue;
+    std::string ptr = "/" + k.path;
+    std::replace(ptr.begin(), ptr.end(), '.', '/');
+    const auto jp = json::json_pointer(ptr);
+    os << k.path << "=" << (all.contains(jp) ? all.at(jp).dump() : "null") << "\n";
+  }
+  return os.str();
+}
+
+// OUT/stages.json: per stage its input hash, seconds and whether this run reused it.
+class Stages {
+ public:
+  Stages(fs::path dir, bool main) : dir_(std::move(dir)), main_(main) {
+    const auto p = dir_ / "stages.json";
+    if (fs::exists(p)) {
+      try {
+        state_ = json::parse(util::read_file(p.string()));
+      } catch (const json::exception&) {
+        state_ = json::object();
+      }
+    }
+    if (!state_.is_object()) state_ = json::object();
+  }
+  // True when `name` finished earlier with `hash` and its outputs still exist.
+  bool reusable(const std::string& name, const std::string& hash, const std::vector<fs::path>& outputs) const {
+    if (!state_.contains(name) || state_[name].value("hash", "") != hash) return false;
+    for (const auto& o : outputs)
+      if (!fs::exists(o)) return false;
+    return true;
+  }
+  void done(const std::string& name, const std::string& hash, double seconds, bool reused) {
+    if (!reused) state_[name] = {{"hash", hash}, {"seconds", seconds}};
+    report_.push_back({{"name", name},
+                       {"seconds", reused ? state_[name].value("seconds", 0.0) : seconds},
+                       {"reused", reused}});
+    if (main_) util::write_file_atomic((dir_ / "stages.json").string(), state_.dump(2) + "\n");
+  }
+  void forget(const std::string& name) { state_.erase(name); }
+  const json& report() const { return report_; }
+
+ private:
+  fs::path dir_;
+  bool main_;
+  json state_;
+  json report_ = json::array();
+};
+
+torch::Device pick_device(const std::string& name, const dist::Communicator& comm) {
+  const bool cuda = torch::cuda::is_available();
+  if (name == "cpu" || (name == "auto" && !cuda)) return torch::kCPU;
+  if (name == "cuda" && !cuda) throw InputError("model.device cuda: LibTorch sees no CUDA device (use cpu or auto)");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm.distributed() ? comm.local_rank() : 0));
+}
+
+bool add_bos_for_classifier(const data::Tokenizer& tok) {
+  if (const auto* bpe = dynamic_cast<const data::HfBpeTokenizer*>(&tok)) return bpe->default_add_bos();
+  return tok.bos_id() >= 0;
+}
+
+// Every configured evaluation of the model in `dir` (float or quantized).
+json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
+  const model::ModelFolder folder(dir);
+  const auto& cfg = folder.config();
+  const auto device = pick_device(r.str("model.device"), comm);
+  model::LoadOptions lo;
+  lo.device = device;
+  auto m = model::load_any_model(folder, lo);
+  const auto& tok = folder.tokenizer();
+  const int batch = static_cast<int>(r.integer("evaluation.batch_size"));
+  json out = json::object();
+  torch::NoGradGuard ng;
+  if (m->is_causal_lm()) {
+    const eval::LogitsFn logits = [&](const torch::Tensor& x) { return m->forward(x, torch::Tensor()); };
+    for (const auto& f : r.strings("evaluation.perplexity")) {
+      const auto ids = tok.encode(util::read_file(f), true);
+      int ctx = static_cast<int>(r.integer("evaluation.context"));
+      const int dflt = eval::default_context(cfg);
+      ctx = ctx <= 0 ? dflt : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
+      const auto res = eval::evaluate_perplexity(logits, ids, ctx, batch, 0, device, &comm);
+      const std::string name = fs::path(f).filename().string();
+      out["ppl_files"][name] = res.ppl;
+      out["nll_files"][name] = res.nll;
+    }
+    // One file: "ppl" is its number (the documented contract); several: a map by file name.
+    if (out.contains("ppl_files")) {
+      out["ppl"] = out["ppl_files"].size() == 1 ? out["ppl_files"].begin().value() : out["ppl_files"];
+      out.erase("ppl_files");
+      out.erase("nll_files");
+    }
+    const auto tasks = r.strings("evaluation.tasks");
+    if (!tasks.empty()) {
+      eval::MultipleChoiceOptions mo;
+      mo.batch_size = batch;
+      mo.max_length = cfg.max_position_embeddings;
+      mo.limit = r.integer("evaluation.task_limit");
+      mo.progress = false;
+      mo.device = device;
+      mo.comm = &comm;
+      eval::EvalReport rep(dir);
+      std::string tdir = r.str("evaluation.task_dir");
+      if (tdir.empty()) tdir = "../shared/data/tasks";
+      for (const auto& t : tasks) {
+        const auto res = eval::evaluate_task(logits, tok, eval::load_task(t, tdir), mo);
+        rep.add_multiple_choice(res);
+        out["tasks"][res.task] = rep.json()["tasks"][res.task];
+      }
+    }
+  } else {
+    const std::string path = r.str("evaluation.classification.path");
+    if (!path.empty()) {
+      eval::ClassificationReadOptions ro;
+      ro.text_field = r.str("evaluation.classification.text_field");
+      ro.label_field = r.str("evaluation.classification.label_field");
+      auto data = eval::read_classification_file(path, ro);
+      const int64_t limit = r.integer("evaluation.classification.limit");
+      if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
+        data.texts.resize(static_cast<size_t>(limit));
+        data.labels.resize(static_cast<size_t>(limit));
+      }
+      if (m->num_labels() != static_cast<int64_t>(data.label_names.size()))
+        throw InputError("evaluation.classification.path '" + path + "' has " +
+                         std::to_string(data.label_names.size()) + " labels but the model classifies into " +
+                         std::to_string(m->num_labels()));
+      eval::PredictOptions po;
+      po.batch_size = std::max(batch, 8);
+      po.max_length = cfg.max_position_embeddings;
+      const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
+      int64_t pad = cfg.pad_token_id;
+      if (pad < 0 && wp) pad = wp->pad_id();
+      po.pad_id = static_cast<int32_t>(std::max<int64_t>(pad, 0));
+      po.keep_last_token = tok.kind() == "wordpiece";
+      po.progress = false;
+      po.device = device;
+      po.comm = &comm;
+      const bool bos = add_bos_for_classifier(tok);
+      const eval::EncodeFn encode = [&](const std::string& t) { return tok.encode(t, bos); };
+      const eval::ClassifyFn classify = [&](const torch::Tensor& ids, const torch::Tensor& mask) {
+        return m->forward(ids, mask);
+      };
+      const auto metrics = eval::evaluate_classifier(classify, encode, data, po);
+      out["classification"] = metrics.to_json();
+    }
+  }
+  return out;
+}
+
+// Calibration for Block-AP: token windows (causal LMs) or labelled examples padded to one
+// length with a mask (classifiers).
+train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::Recipe& r, int64_t samples,
+                                    int64_t seqlen, uint64_t seed) {
+  const std::string path = r.str("data.calibration.path");
+  const auto& cfg = folder.config();
+  const auto& tok = folder.tokenizer();
+  if (!cfg.is_sequence_classifier()) {
+    data::CalibrationOptions co;
+    co.samples = samples;
+    co.seqlen = std::min<int64_t>(seqlen, cfg.max_position_embeddings);
+    co.seed = seed;
+    const auto cal = data::load_token_calibration(path, tok, co);
+    return train::stack_sequences(cal.sequences);
+  }
+  eval::ClassificationReadOptions ro;
+  ro.text_field = r.str("data.calibration.text_field");
+  ro.label_field = r.str("data.calibration.label_field");
+  const auto cal = data::load_labelled_calibration(path, samples, data::parse_sampling(r.str("data.calibration.sampling")),
+                                                   seed, ro);
+  const bool bos = add_bos_for_classifier(tok);
+  const int64_t max_len = std::min<int64_t>(seqlen, cfg.max_position_embeddings);
+  std::vector<std::vector<int32_t>> seqs;
+  int64_t L = 1;
+  for (const auto& t : cal.texts) {
+    auto v = tok.encode(t, bos);
+    if (static_cast<int64_t>(v.size()) > max_len) {
+      const int32_t last = v.back();
+      v.resize(static_cast<size_t>(max_len));
+      if (tok.kind() == "wordpiece") v.back() = last;
+    }
+    if (v.empty()) v.push_back(0);
+    L = std::max<int64_t>(L, static_cast<int64_t>(v.size()));
+    seqs.push_back(std::move(v));
+  }
+  const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
+  int64_t pad = cfg.pad_token_id;
+  if (pad < 0 && wp) pad = wp->pad_id();
+  pad = std::max<int64_t>(pad, 0);
+  train::TokenBatch b;
+  b.ids = torch::full({static_cast<int64_t>(seqs.size()), L}, pad, torch::kLong);
+  b.mask = torch::zeros({static_cast<int64_t>(seqs.size()), L}, torch::kLong);
+  for (size_t i = 0; i < seqs.size(); ++i)
+    for (size_t t = 0; t < seqs[i].size(); ++t) {
+      b.ids[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = seqs[i][t];
+      b.mask[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = 1;
+    }
+  return b;
+}
+
+io::DType float_dtype_of(const io::Recipe& r) {
+  const auto d = r.str("output.float_dtype");
+  return d == "bfloat16" ? io::DType::BF16 : d == "float32" ? io::DType::F32 : io::DType::F16;
+}
+
+uint64_t folder_safetensors_bytes(const std::string& dir) {
+  uint64_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") n += e.file_size();
+  return n;
+}
+
+json read_json(const fs::path& p) { return json::parse(util::read_file(p.string())); }
+
+void write_json(const fs::path& p, const json& j) { util::write_file_atomic(p.string(), j.dump(2) + "\n"); }
+
+}  // namespace
+
+std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
+  const auto t_run = Clock::now();
+  dist::Options dopt;
+  dopt.backend = r.str("distributed.backend");
+  dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
+  auto comm = dist::Communicator::from_env(dopt);
+  const bool main = comm->is_main();
+  const fs::path out(out_dir);
+  const std::string model_dir = r.str("model.path");
+  if (model_dir.empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
+  if (quant::is_quantized_folder(model_dir))
+    throw InputError("model.path '" + model_dir + "' is already quantized; mpqat run needs the float model");
+  const model::ModelFolder folder(model_dir);
+  const auto& cfg = folder.config();
+  const bool causal = !cfg.is_sequence_classifier();
+
+  if (fs::exists(out) && fs::is_directory(out) && !fs::is_empty(out) && !fs::exists(out / "stages.json") &&
+      !r.flag("output.overwrite"))
+    throw InputError("output folder '" + out_dir +
+                     "' exists, is not empty and is not an mpqat run (set output.overwrite=true to use it)");
+  if (main) {
+    fs::create_directories(out);
+    r.write_resolved(out.string());
+  }
+  comm->barrier();
+  Stages stages(out, main);
+  const std::string model_id = file_identity(model_dir);
+  const std::string calib_path = r.str("data.calibration.path");
+  auto stage_time = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  auto eval_inputs = [&] {
+    std::string s = keys_text(r, {"evaluation.", "model.device"});
+    for (const auto& f : r.strings("evaluation.perplexity")) s += file_identity(f);
+    s += file_identity(r.str("evaluation.classification.path"));
+    return s;
+  };
+
+  // 1. FP baseline.
+  json fp = json::object();
+  if (r.flag("evaluation.fp_baseline")) {
+    const auto t0 = Clock::now();
+    const std::string h = fnv(model_id + eval_inputs());
+    const bool reuse = stages.reusable("fp_eval", h, {out / "fp_eval.json"});
+    if (reuse) {
+      fp = read_json(out / "fp_eval.json");
+    } else {
+      spdlog::info("stage fp_eval: evaluating the float model");
+      fp = evaluate_folder(model_dir, r, *comm);
+      if (main) write_json(out / "fp_eval.json", fp);
+    }
+    stages.done("fp_eval", h, stage_time(t0), reuse);
+  }
+
+  // 2. Sensitivity.
+  std::string sens_path = r.str("sensitivity.file");
+  const auto alloc_bits = r.integers("allocation.bits");
+  std::vector<int64_t> groups{r.integer("sensitivity.group_size")};
+  for (auto g : r.integers("allocation.group_sizes"))
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+  std::string sens_hash;
+  const bool need_sens = r.str("allocation.method") != "plan" && r.str("allocation.method") != "uniform";
+  if (!sens_path.empty()) {
+    sens_hash = fnv(file_identity(sens_path));
+  } else if (need_sens) {
+    const auto t0 = Clock::now();
+    if (calib_path.empty())
+      throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
+    sens_hash = fnv(model_id + file_identity(calib_path) +
+                    keys_text(r, {"data.calibration.", "sensitivity.", "allocation.bits", "allocation.group_sizes"}));
+    sens_path = (out / "sensitivity.json").string();
+    const bool reuse = stages.reusable("sensitivity", sens_hash, {sens_path});
+    if (!reuse) {
+      spdlog::info("stage sensitivity: {} on {}", fmt::format("{}", fmt::join(r.strings("sensitivity.metrics"), ", ")), calib_path);
+      sensitivity::SensitivityRunOptions so;
+      so.model = model_dir;
+      so.calib = calib_path;
+      so.samples = r.integer("data.calibration.samples");
+      so.seqlen = std::min<int64_t>(r.integer("data.calibration.seqlen"), cfg.max_position_embeddings);
+      so.seed = static_cast<uint64_t>(r.integer("data.calibration.seed"));
+      so.sampling = r.str("data.calibration.sampling");
+      so.text_field = r.str("data.calibration.text_field");
+      so.label_field = r.str("data.calibration.label_field");
+      so.metrics = r.strings("sensitivity.metrics");
+      so.mode = r.str("sensitivity.mode");
+      so.bits.assign(alloc_bits.begin(), alloc_bits.end());
+      so.bits.erase(std::remove_if(so.bits.begin(), so.bits.end(), [](int b) { return b >= 16; }), so.bits.end());
+      so.probe_bits = static_cast<int>(r.integer("sensitivity.probe_bits"));
+      if (std::find(so.bits.begin(), so.bits.end(), so.probe_bits) == so.bits.end()) so.bits.push_back(so.probe_bits);
+      std::sort(so.bits.begin(), so.bits.end());
+      so.group_sizes = groups;
+      so.svcca_k = static_cast<int>(r.integer("sensitivity.svcca_k"));
+      so.svcca_variance = r.number("sensitivity.svcca_variance");
+      so.max_rows = r.integer("sensitivity.max_rows");
+      const auto rep = sensitivity::compute_sensitivity(so, comm.get());
+      if (main) sensitivity::write_sensitivity(rep, sens_path);
+      comm->barrier();
+    }
+    stages.done("sensitivity", sens_hash, stage_time(t0), reuse);
+  }
+
+  // 3. Allocation.
+  const fs::path plan_path = out / "bitplan.json";
+  const auto ao = alloc::alloc_options_from_recipe(r);
+  alloc::SizeOptions szo;
+  szo.float_dtype = float_dtype_of(r);
+  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
+  std::string plan_hash;
+  json alloc_summary;
+  {
+    const auto t0 = Clock::now();
+    plan_hash = fnv(sens_hash + model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
+                    file_identity(r.str("allocation.plan")));
+    const bool reuse = stages.reusable("allocation", plan_hash, {plan_path, out / "allocation.json"});
+    if (reuse) {
+      alloc_summary = read_json(out / "allocation.json");
+    } else {
+      spdlog::info("stage allocation: {}", r.str("allocation.method"));
+      const alloc::Sensitivity sens = sens_path.empty() ? alloc::Sensitivity{} : alloc::load_sensitivity(sens_path);
+      const auto res = alloc::allocate(sm, sens, ao);
+      alloc_summary = alloc::summary_json(res);
+      if (main) {
+        alloc::write_plan(plan_path.string(), res, sm, ao);
+        util::write_file_atomic((out / "bitplan.txt").string(), alloc::result_text(res));
+        write_json(out / "allocation.json", alloc_summary);
+      }
+      comm->barrier();
+    }
+    stages.done("allocation", plan_hash, stage_time(t0), reuse);
+  }
+  const auto plan = quant::load_bit_plan(plan_path.string());
+
+  // 4. Quantization (RTN or Block-AP [+ E2E-QP]) -> checkpoint.
+  const fs::path ckpt = out / "checkpoint";
+  const std::string method = r.str("training.method");
+  const bool e2e = r.flag("training.e2e.enabled");
+  const std::string qat_hash =
+      fnv(plan_hash + model_id + file_identity(calib_path) +
+          keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
+                        "output.shard_size"}));
+  json train_logs = json::array();
+  {
+    const auto t0 = Clock::now();
+    std::vector<fs::path> outs{ckpt / "config.json"};
+    if (method == "block-ap") outs.push_back(out / "train_log.jsonl");
+    const bool reuse = stages.reusable("quantize", qat_hash, outs);
+    if (!reuse) {
+      stages.forget("reload_eval");
+      quant::SaveOptions so;
+      so.source_dir = model_dir;
+      so.float_dtype = float_dtype_of(r);
+      so.max_shard_bytes = szo.max_shard_bytes;
+      so.plan = &plan;
+      so.force = true;
+      quant::InitOptions init;
+      init.clip_search = r.str("training.init") == "mse";
+      if (method == "rtn") {
+        spdlog::info("stage quantize: RTN");
+        auto m = model::load_any_model(folder);
+        quant::rtn_quantize(*m, plan, init);
+        so.method = init.clip_search ? "rtn+clip" : "rtn";
+        if (main) quant::save_quantized_checkpoint(*m, ckpt.string(), so);
+      } else {
+        if (calib_path.empty())
+          throw InputError(r.source() + ": data.calibration.path is required for training.method block-ap");
+        spdlog::info("stage quantize: Block-AP{}", e2e ? " + E2E-QP" : "");
+        const int64_t samples = r.integer("data.calibration.samples");
+        const auto data = calibration_batch(folder, r, samples, r.integer("data.calibration.seqlen"),
+                                            static_cast<uint64_t>(r.integer("data.calibration.seed")));
+        train::BlockApOptions bo;
+        bo.epochs = static_cast<int>(r.integer("training.epochs"));
+        bo.use_sgra = r.flag("allocation.sgra.enabled");
+        bo.batch_size = r.integer("training.batch_size");
+        bo.lr_weights = r.number("training.lr_weights");
+        bo.lr_quant = r.number("training.lr_quant");
+        bo.min_lr_ratio = r.number("training.min_lr_ratio");
+        bo.train_norm = r.flag("training.train_norm");
+        bo.init = init;
+        const double nval = static_cast<double>(r.integer("data.validation_samples"));
+        bo.val_fraction = data.size() > 1 ? std::min(0.5, nval / static_cast<double>(data.size())) : 0.0;
+        const auto cdt = r.str("training.cache_dtype");
+        bo.cache_dtype = cdt == "bfloat16" ? torch::kBFloat16 : cdt == "float32" ? torch::kFloat : torch::kHalf;
+        bo.cache_memory_limit = util::parse_bytes(r.str("training.cache_memory_limit"), "training.cache_memory_limit");
+        bo.cache_dir = r.str("training.cache_dir");
+        bo.nan_lr_backoff = r.number("training.nan_lr_backoff");
+        bo.state_dir = (out / "train_state").string();
+        bo.resume = r.flag("training.resume");
+        bo.seed = static_cast<uint64_t>(r.integer("seed"));
+        bo.device = pick_device(r.str("model.device"), *comm);
+        bo.comm = comm.get();
+        auto res = train::block_ap(folder, plan, data, bo);
+        if (e2e) {
+          if (!causal) throw InputError(r.source() + ": training.e2e needs a causal LM (next-token loss)");
+          const auto edata = calibration_batch(folder, r, r.integer("training.e2e.samples"),
+                                               r.integer("training.e2e.seqlen"),
+                                               static_cast<uint64_t>(r.integer("data.calibration.seed")) + 1);
+          train::E2eOptions eo;
+          eo.epochs = static_cast<int>(r.integer("training.e2e.epochs"));
+          eo.lr = r.number("training.e2e.lr");
+          eo.warmup_ratio = r.number("training.e2e.warmup_ratio");
+          eo.grad_clip = r.number("training.e2e.grad_clip");
+          eo.batch_size = r.integer("training.e2e.batch_size");
+          eo.seed = bo.seed;
+          train::e2e_qp(res, edata, eo, comm.get());
+        }
+        so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
+        if (main) {
+          quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
+          std::ostringstream log;
+          for (const auto& l : res.logs) log << train::block_log_to_json(l).dump() << "\n";
+          if (res.e2e)
+            log << json{{"e2e", {{"steps", res.e2e->steps}, {"start_loss", res.e2e->start_loss},
+                                 {"end_loss", res.e2e->end_loss}, {"nan_steps", res.e2e->nan_steps},
+                                 {"seconds", res.e2e->seconds}}}}
+                       .dump()
+                << "\n";
+          util::write_file_atomic((out / "train_log.jsonl").string(), log.str());
+          std::cout << train::summary_table(res);
+          fs::remove_all(bo.state_dir);
+        }
+      }
+      comm->barrier();
+    }
+    stages.done("quantize", qat_hash, stage_time(t0), reuse);
+  }
+  if (fs::exists(out / "train_log.jsonl")) {
+    std::istringstream ls(util::read_file((out / "train_log.jsonl").string()));
+    for (std::string line; std::getline(ls, line);)
+      if (!line.empty()) train_logs.push_back(json::parse(line));
+  }
+
+  // 5. Reload through the loader and evaluate.
+  json qm = json::object();
+  {
+    const auto t0 = Clock::now();
+    const std::string h = fnv(qat_hash + file_identity(ckpt.string()) + eval_inputs());
+    const bool reuse = stages.reusable("reload_eval", h, {out / "quantized_eval.json"});
+    if (reuse) {
+      qm = read_json(out / "quantized_eval.json");
+    } else {
+      spdlog::info("stage reload_eval: loading {} and evaluating", ckpt.string());
+      qm = evaluate_folder(ckpt.string(), r, *comm);
+      if (main) write_json(out / "quantized_eval.json", qm);
+    }
+    stages.done("reload_eval", h, stage_time(t0), reuse);
+  }
+
+  // 6. Report.
+  const auto insp = quant::inspect_checkpoint(ckpt.string());
+  json report;
+  report["model"] = model_dir;
+  report["recipe"] = r.source();
+  report["name"] = r.str("output.name");
+  {
+    const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+    std::tm tm{};
+    ::gmtime_r(&now, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    report["created"] = buf;
+  }
+  report["mpqat_version"] = MPQAT_VERSION;
+  report["architecture"] = cfg.architecture;
+  report["method"] = {{"allocation", r.str("allocation.method")}, {"training", method}, {"e2e", e2e}};
+  fp["bytes"] = insp.fp16_bytes;
+  report["fp"] = fp;
+  qm["bytes"] = insp.total_bytes;
+  qm["avg_bits"] = insp.avg_bits;
+  report["quantized"] = qm;
+  report["size"] = {{"file_bytes", folder_safetensors_bytes(ckpt.string())},
+                    {"tensor_bytes", insp.total_bytes},
+                    {"fp16_bytes", insp.fp16_bytes},
+                    {"avg_bits_with_overhead", insp.avg_bits_with_overhead},
+                    {"bits_histogram", insp.bits_histogram}};
+  report["compression"] = insp.compression_ratio;
+  if (alloc_summary.contains("budget")) {
+    const uint64_t budget = alloc_summary.value("budget_bytes", uint64_t{0});
+    const std::string metric = alloc_summary.value("budget_metric", "");
+    const uint64_t actual = metric == "file_bytes" ? folder_safetensors_bytes(ckpt.string())
+                                             : alloc_summary.value("predicted_metric_bytes", uint64_t{0});
+    report["budget"] = {{"kind", metric},
+                        {"text", alloc_summary["budget"]},
+                        {"value", budget},
+                        {"actual", actual},
+                        {"met", actual <= budget}};
+  }
+  report["allocation"] = alloc_summary;
+  // Layers: plan bits + sensitivity metrics per module.
+  json sens_modules = json::object();
+  if (!sens_path.empty() && fs::exists(sens_path)) {
+    const auto sj = read_json(sens_path);
+    if (sj.contains("modules")) sens_modules = sj["modules"];
+  }
+  json layers = json::array();
+  for (int64_t b = 0; b < cfg.num_hidden_layers; ++b)
+    for (const auto& rel : model::family_block_linear_names(cfg)) {
+      const std::string name = model::family_block_prefix(cfg, b) + rel;
+      json e{{"name", name}, {"block", b}};
+      auto it = plan.modules.find(name);
+      e["bits"] = it == plan.modules.end() ? 16 : it->second.bits;
+      if (it != plan.modules.end() && it->second.quantized()) e["group_size"] = it->second.group_size;
+      if (sens_modules.contains(name) && sens_modules[name].contains("metrics"))
+        e["sensitivity"] = sens_modules[name]["metrics"];
+      layers.push_back(e);
+    }
+  report["layers"] = layers;
+  json blocks = json::array();
+  for (const auto& l : train_logs)
+    if (l.contains("block"))
+      blocks.push_back({{"block", l["block"]},
+                        {"epochs", l["epochs_run"]},
+                        {"start_val_mse", l["start_val_mse"]},
+                        {"best_val_mse", l["best_val_mse"]},
+                        {"end_val_mse", l["end_val_mse"]},
+                        {"kept_rtn", l["kept_rtn"]},
+                        {"seconds", l["seconds"]},
+                        {"val_curve", l["val_curve"]}});
+    else if (l.contains("e2e"))
+      report["e2e"] = l["e2e"];
+  if (!blocks.empty()) report["blocks"] = blocks;
+  report["stages"] = stages.report();
+  report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
+  const fs::path rj = out / "report.json";
+  if (main) {
+    const auto formats = r.strings("output.report_formats");
+    auto want = [&](const std::string& f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
+    write_json(rj, report);  // always: the machine-readable result
+    const std::string text = eval::render_run_report_text(report);
+    if (want("txt")) util::write_file_atomic((out / "report.txt").string(), text);
+    if (want("html")) util::write_file_atomic((out / "report.html").string(), eval::render_run_report_html(report));
+    std::cout << text;
+    std::cout << "run folder: " << out.string() << " (report.json"
+              << (want("txt") ? ", report.txt" : "") << (want("html") ? ", report.html" : "") << ")\n";
+  }
+  comm->barrier();
+  return rj.string();
+}
+
+}  // namespace mpqat::cli

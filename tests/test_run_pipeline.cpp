@@ -1,0 +1,85 @@
+// `mpqat run` end to end on the bundled model (checkpoints/kjv-llama, in the repository): every
+// stage runs, the checkpoint is reloaded from disk and evaluated, the report holds the contract
+// fields, the budget is met, and a re-run reuses finished stages.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "mpqat/quant/inspect.h"
+#include "run_command.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+const std::string kSource = MPQAT_SOURCE_DIR;
+}
+
+TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
+  const fs::path out = fs::temp_directory_path() / ("mpqat_run_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::string base = "run " + kSource + "/recipes/quickstart.yaml model.path=" + kSource +
+                           "/checkpoints/kjv-llama data.calibration.path=" + kSource +
+                           "/checkpoints/kjv-llama/calib.txt 'evaluation.perplexity=[" + kSource +
+                           "/checkpoints/kjv-llama/heldout.txt]' data.calibration.samples=12 training.epochs=1 "
+                           "allocation.sgra.enabled=false output.dir=" + out.string();
+  auto r = mpqat::testing::run_mpqat(base);
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  for (const char* f : {"recipe.yaml", "sensitivity.json", "sensitivity.txt", "bitplan.json", "train_log.jsonl",
+                        "report.json", "report.txt", "report.html", "checkpoint/config.json", "stages.json"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  const json rep = json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  const double fp_ppl = rep["fp"]["ppl"].get<double>();
+  const double q_ppl = rep["quantized"]["ppl"].get<double>();
+  EXPECT_GT(fp_ppl, 1.0);
+  EXPECT_GT(q_ppl, fp_ppl * 0.95);  // quantization does not make it much better
+  EXPECT_LT(q_ppl, fp_ppl * 3.0);   // nor wreck it at ~3 bits
+  // The quantized numbers describe the checkpoint on disk.
+  const auto insp = mpqat::quant::inspect_checkpoint((out / "checkpoint").string());
+  EXPECT_EQ(rep["quantized"]["bytes"].get<uint64_t>(), insp.total_bytes);
+  EXPECT_DOUBLE_EQ(rep["quantized"]["avg_bits"].get<double>(), insp.avg_bits);
+  EXPECT_LT(rep["quantized"]["bytes"].get<uint64_t>(), rep["fp"]["bytes"].get<uint64_t>());
+  ASSERT_TRUE(rep.contains("budget"));
+  EXPECT_TRUE(rep["budget"]["met"].get<bool>());
+  EXPECT_LE(rep["budget"]["actual"].get<uint64_t>(), rep["budget"]["value"].get<uint64_t>());
+  EXPECT_EQ(rep["layers"].size(), 28u);  // 4 blocks x 7 linears
+  EXPECT_EQ(rep["blocks"].size(), 4u);
+  for (const auto& b : rep["blocks"]) EXPECT_LT(b["end_val_mse"].get<double>(), b["start_val_mse"].get<double>());
+  const std::string html = mpqat::testing::slurp((out / "report.html").string());
+  EXPECT_NE(html.find("chart-bits"), std::string::npos);
+  EXPECT_NE(html.find("chart-loss"), std::string::npos);
+
+  // Re-run with a changed evaluation setting: only the evaluations run again.
+  r = mpqat::testing::run_mpqat(base + " evaluation.context=128");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json rep2 = json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  std::map<std::string, bool> reused;
+  for (const auto& s : rep2["stages"]) reused[s["name"].get<std::string>()] = s["reused"].get<bool>();
+  EXPECT_FALSE(reused.at("fp_eval"));
+  EXPECT_TRUE(reused.at("sensitivity"));
+  EXPECT_TRUE(reused.at("allocation"));
+  EXPECT_TRUE(reused.at("quantize"));
+  EXPECT_FALSE(reused.at("reload_eval"));
+
+  // An infeasible budget: one clear line, exit 2.
+  r = mpqat::testing::run_mpqat(base + " allocation.budget.avg_bits=0.5 output.dir=" + (out / "x").string());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("budget"), std::string::npos) << r.err;
+  fs::remove_all(out);
+}
+
+TEST(RunPipeline, RefusesAForeignNonEmptyOutputFolder) {
+  const fs::path out = fs::temp_directory_path() / ("mpqat_run_foreign_" + std::to_string(::getpid()));
+  fs::create_directories(out);
+  std::ofstream(out / "precious.txt") << "keep me";
+  const auto r = mpqat::testing::run_mpqat("run " + kSource + "/recipes/quickstart.yaml model.path=" + kSource +
+                                           "/checkpoints/kjv-llama output.dir=" + out.string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("not an mpqat run"), std::string::npos) << r.err;
+  EXPECT_EQ(mpqat::testing::slurp((out / "precious.txt").string()), "keep me");
+  fs::remove_all(out);
+}
