@@ -83,13 +83,14 @@ TEST(Cli, MisspeltRecipeKeyFailsWithSuggestion) {
   fs::remove_all(d);
 }
 
-TEST(Cli, RunWritesResolvedRecipeIntoOutputFolder) {
+TEST(Cli, RunWithMissingModelFolderFailsBeforeWritingAnything) {
   const fs::path d = temp_dir("mpqat_cli_out");
-  write(d / "r.yaml", "model: {path: /m}\nallocation: {budget: {avg_bits: 3}}\n");
+  write(d / "r.yaml", "model: {path: /nonexistent/model}\nallocation: {budget: {avg_bits: 3}}\n");
   const auto r = run_mpqat("run " + (d / "r.yaml").string() + " output.dir=" + (d / "out").string());
-  // The pipeline stages are not built yet: exit 2 with a clear line, recipe written first.
   EXPECT_EQ(r.code, 2) << r.err;
-  EXPECT_TRUE(fs::exists(d / "out" / "recipe.yaml"));
+  EXPECT_NE(r.err.find("/nonexistent/model"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(fs::exists(d / "out"));
   fs::remove_all(d);
 }
 
