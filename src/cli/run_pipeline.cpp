@@ -1,6 +1,7 @@
 // The `mpqat run` pipeline (include/mpqat/cli/run_pipeline.h, docs/pipeline.md).
 #include "mpqat/cli/run_pipeline.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -115,9 +116,13 @@ class Stages {
   }
   void done(const std::string& name, const std::string& hash, double seconds, bool reused) {
     if (!reused) state_[name] = {{"hash", hash}, {"seconds", seconds}};
+    // Peak resident memory of this process so far (getrusage; monotone over the stages).
+    struct rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
     report_.push_back({{"name", name},
                        {"seconds", reused ? state_[name].value("seconds", 0.0) : seconds},
-                       {"reused", reused}});
+                       {"reused", reused},
+                       {"peak_rss_mib", static_cast<double>(ru.ru_maxrss) / 1024.0}});
     if (main_) util::write_file_atomic((dir_ / "stages.json").string(), state_.dump(2) + "\n");
   }
   void forget(const std::string& name) { state_.erase(name); }
@@ -356,7 +361,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   for (auto g : r.integers("allocation.group_sizes"))
     if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
   std::string sens_hash;
-  const bool need_sens = r.str("allocation.method") != "plan" && r.str("allocation.method") != "uniform";
+  const bool need_sens = r.str("allocation.method") != "plan";
   if (!sens_path.empty()) {
     sens_hash = fnv(file_identity(sens_path));
   } else if (need_sens) {

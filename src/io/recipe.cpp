@@ -74,6 +74,13 @@ void check_choice(const std::string& source, const KeySpec& k, const std::string
                   const std::string& shown) {
   if (k.choices.empty()) return;
   if (std::find(k.choices.begin(), k.choices.end(), v) != k.choices.end()) return;
+  // sensitivity.metrics also takes combinations "a+b" (mean normalised rank of the parts).
+  if (k.path == "sensitivity.metrics" && v.find('+') != std::string::npos) {
+    bool all = true;
+    for (const auto& part : util::split(v, '+'))
+      all = all && std::find(k.choices.begin(), k.choices.end(), part) != k.choices.end();
+    if (all) return;
+  }
   std::string allowed;
   for (std::size_t i = 0; i < k.choices.size(); ++i) allowed += (i ? "|" : "") + k.choices[i];
   const std::string near = util::closest_match(v, k.choices);

@@ -60,7 +60,7 @@ std::vector<KeySpec> build_schema() {
       key("sensitivity.file", K::String, "''",
           "reuse an existing sensitivity.json instead of measuring"),
       key("sensitivity.metrics", K::StringList, "[fisher]",
-          "metrics to measure; several are combined by mean normalised rank",
+          "metrics to measure (the first is the score); a+b combines by mean normalised rank",
           {"fisher", "svcca", "pwcca", "cka", "cka-rbf", "cka-debiased"}),
       key("sensitivity.mode", K::String, "output",
           "CCA-family mode: output = 1 - similarity(FP output, output with the layer quantized); "
