@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -28,6 +29,7 @@
 #include "mpqat/eval/perplexity.h"
 #include "mpqat/eval/report.h"
 #include "mpqat/eval/run_report.h"
+#include "mpqat/eval/seed_outputs.h"
 #include "mpqat/eval/tasks.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/model/loader.h"
@@ -621,6 +623,16 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     else if (l.contains("e2e"))
       report["e2e"] = l["e2e"];
   if (!blocks.empty()) report["blocks"] = blocks;
+  if (!causal) {
+    std::string data_name = fs::path(r.str("evaluation.classification.path")).parent_path().filename().string();
+    for (auto& c : data_name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    report["data"] = data_name.empty() ? "DATA" : data_name;
+    report["sensitivity_metric"] = r.strings("sensitivity.metrics").front();
+    report["calibration"] = {{"samples", r.integer("data.calibration.samples")},
+                             {"sampling", r.str("data.calibration.sampling")}};
+    report["evaluation"] = {{"path", r.str("evaluation.classification.path")},
+                            {"samples", qm.contains("classification") ? qm["classification"].value("n", 0) : 0}};
+  }
   report["stages"] = stages.report();
   report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
   const fs::path rj = out / "report.json";
@@ -631,6 +643,32 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     const std::string text = eval::render_run_report_text(report);
     if (want("txt")) util::write_file_atomic((out / "report.txt").string(), text);
     if (want("html")) util::write_file_atomic((out / "report.html").string(), eval::render_run_report_html(report));
+    if (!causal) {
+      // The seeds' file layout as well: Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt
+      // (per-block score) and Evaluation/eval_<MODEL>_<DATA>_<method>_<k>groups_<timestamp>.txt.
+      const std::string mname = fs::path(model_dir).lexically_normal().filename().string();
+      const std::string dname = report["data"].get<std::string>();
+      if (!sens_path.empty() && fs::exists(sens_path)) {
+        const auto sj = read_json(sens_path);
+        std::vector<double> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0.0);
+        if (sj.contains("blocks"))
+          for (const auto& [k, v] : sj["blocks"].items())
+            if (std::stoul(k) < per_block.size()) per_block[std::stoul(k)] = v.value("score", 0.0);
+        eval::write_seed_sensitivity(out.string(), mname, dname, report["sensitivity_metric"].get<std::string>(),
+                                     per_block);
+      }
+      const std::string am = r.str("allocation.method");
+      std::set<int> distinct;
+      for (const auto& [n, m] : plan.modules) distinct.insert(m.bits);
+      const int k = (am == "kmeans" || am == "percentile" || am == "hierarchical") ? static_cast<int>(r.integer("allocation.groups"))
+                                                                                    : static_cast<int>(distinct.size());
+      if (fp.contains("classification") && qm.contains("classification")) {
+        auto in = eval::seed_eval_from_report(report, am, k, eval::seed_timestamp());
+        in.model = mname;
+        in.data = dname;
+        eval::write_seed_evaluation(out.string(), in);
+      }
+    }
     std::cout << text;
     std::cout << "run folder: " << out.string() << " (report.json"
               << (want("txt") ? ", report.txt" : "") << (want("html") ? ", report.html" : "") << ")\n";

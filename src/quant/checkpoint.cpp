@@ -234,7 +234,8 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
     util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
     if (!opts.source_dir.empty())
       for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                            "special_tokens_map.json", "generation_config.json"}) {
+                            "special_tokens_map.json", "generation_config.json", "vocab.txt", "vocab.json",
+                            "merges.txt"}) {
         const fs::path p = fs::path(opts.source_dir) / f;
         if (fs::exists(p)) fs::copy_file(p, tmp / f, fs::copy_options::overwrite_existing);
       }
