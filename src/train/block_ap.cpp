@@ -108,6 +108,16 @@ void restore(const std::vector<torch::Tensor>& ts, const std::vector<torch::Tens
 // Sums gradients over ranks (the loss is already divided by the global element count), making
 // undefined gradients zero first. Returns false when any gradient is not finite.
 bool reduce_grads(const std::vector<torch::Tensor>& params, dist::Communicator* comm) {
+  if (!comm || !comm->distributed()) {
+    // One process: check in place (no flattened copy of every gradient).
+    bool finite = true;
+    for (const auto& p : params) {
+      auto& g = p.mutable_grad();
+      if (!g.defined()) g = torch::zeros_like(p);
+      finite = finite && torch::isfinite(g).all().item<bool>();
+    }
+    return finite;
+  }
   std::vector<torch::Tensor> flat;
   for (const auto& p : params) {
     auto& g = p.mutable_grad();
@@ -115,7 +125,7 @@ bool reduce_grads(const std::vector<torch::Tensor>& params, dist::Communicator* 
     flat.push_back(g.reshape(-1));
   }
   auto all = torch::cat(flat);
-  if (comm && comm->distributed()) {
+  {
     auto cpu = all.to(torch::kCPU);
     comm->all_reduce_sum(cpu);
     all = cpu.to(all.device());
