@@ -89,7 +89,7 @@ void add_allocate_command(CLI::App& app) {
       ao.pins.emplace_back(p.substr(0, eq), static_cast<int>(ints(p.substr(eq + 1), "--pin bits").at(0)));
     }
     alloc::SizeOptions so;
-    so.float_dtype = o->dtype == "bf16" ? io::DType::BF16 : o->dtype == "f32" ? io::DType::F32 : io::DType::F16;
+    so.float_dtype = io::parse_float_dtype(o->dtype, "--dtype");
     const alloc::SizeModel sm(alloc::layout_from_folder(o->model), so);
     const auto sens = alloc::load_sensitivity(o->sens);
     const auto r = alloc::allocate(sm, sens, ao);

@@ -21,6 +21,7 @@
 #include "mpqat/eval/tasks.h"
 #include "mpqat/data/hf_tokenizer.h"
 #include "mpqat/data/wordpiece_tokenizer.h"
+#include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -55,23 +56,6 @@ struct EvalOpts {
   bool streaming = false;
 };
 
-// auto = CUDA when LibTorch sees a GPU; with several ranks on CUDA each takes cuda:LOCAL_RANK.
-torch::Device resolve_device(const std::string& name, const dist::Communicator& comm) {
-  const bool cuda_ok = torch::cuda::is_available();
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" && !cuda_ok)
-    throw InputError("--device cuda: LibTorch sees no CUDA device (use --device cpu or auto)");
-  if (name != "cuda" && name != "auto")
-    throw InputError("--device must be auto, cpu or cuda, got '" + name + "'");
-  if (!cuda_ok) return torch::kCPU;
-  const auto n = static_cast<int>(torch::cuda::device_count());
-  const int idx = comm.distributed() ? comm.local_rank() : 0;
-  if (idx >= n)
-    throw InputError("rank with LOCAL_RANK " + std::to_string(idx) + " has no GPU (" + std::to_string(n) +
-                     " visible); launch at most one rank per GPU or use --device cpu");
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(idx));
-}
-
 std::string family_name(model::Family f) {
   switch (f) {
     case model::Family::Llama: return "Llama";
@@ -82,12 +66,6 @@ std::string family_name(model::Family f) {
 }
 
 // Whether a classifier's input starts with the tokenizer's BOS / [CLS] the way its HF tokenizer does.
-bool classifier_add_bos(const data::Tokenizer& tok) {
-  if (const auto* bpe = dynamic_cast<const data::HfBpeTokenizer*>(&tok)) return bpe->default_add_bos();
-  return tok.bos_id() >= 0;
-}
-
-
 }  // namespace
 
 void add_eval_command(CLI::App& app) {
@@ -181,7 +159,7 @@ void add_eval_command(CLI::App& app) {
                                 cfg.architecture + "); generation supports Llama-family models");
     // Ranks launched by `mpqat launch` / torchrun split the work; a plain run is one rank.
     auto comm = dist::Communicator::from_env();
-    const torch::Device device = resolve_device(o->device, *comm);
+    const torch::Device device = dist::resolve_device(o->device, *comm, "--device");
     const bool main_rank = comm->is_main();
     const auto& tok = folder.tokenizer();
     model::LoadOptions lo;
@@ -257,20 +235,16 @@ void add_eval_command(CLI::App& app) {
         throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
                          " labels but " + o->dir + " classifies into " + std::to_string(m->num_labels()) +
                          " (give the label order with --labels)");
+      const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
       eval::PredictOptions po;
       po.batch_size = o->batch_size;
-      po.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
-      // The config's pad id first: OPT's head finds each row's last token by it.
-      const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
-      int64_t pad = cfg.pad_token_id;
-      if (pad < 0 && wp) pad = wp->pad_id();
-      po.pad_id = static_cast<int32_t>(std::max<int64_t>(pad, 0));
-      po.keep_last_token = tok.kind() == "wordpiece";  // BERT inputs end in [SEP]
+      po.max_length = o->max_length > 0 ? o->max_length : enc.max_length;
+      po.pad_id = enc.pad_id;  // the config's pad id first: OPT's head finds each row's last token by it
+      po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
       po.progress = !o->json;
       po.device = device;
       po.comm = comm.get();
-      const bool add_bos = classifier_add_bos(tok);
-      const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, add_bos); };
+      const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, enc.add_bos); };
       auto metrics = eval::evaluate_classifier(run_model, encode, cls_data, po);
       const auto mj = metrics.to_json();
       for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();

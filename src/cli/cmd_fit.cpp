@@ -78,12 +78,6 @@ void add_common(CLI::App* c, FitCliOpts& o) {
   c->add_option("--summary", o.summary, "write a JSON summary (losses, validation, time, parameters) to this file");
 }
 
-io::DType parse_dtype_opt(const std::string& s) {
-  if (s == "f16") return io::DType::F16;
-  if (s == "bf16") return io::DType::BF16;
-  return io::DType::F32;
-}
-
 void setup_runtime(FitCliOpts& o) {
   if (o.config.empty() == o.model.empty())
     throw InputError("fit: give exactly one of --config CONFIG.json (new model) or --model DIR (start from a folder)");
@@ -209,7 +203,7 @@ void add_lm_command(CLI::App* fit) {
     log.attach(o->fit);
     const auto r = train::fit_causal_lm(*s.model, tokens, o->fit, valid);
     train::SaveOptions so;
-    so.dtype = parse_dtype_opt(o->dtype);
+    so.dtype = io::parse_float_dtype(o->dtype, "--dtype");
     so.force = o->force;
     train::save_float_model_folder(*s.model, s.config, files, o->out, so);
     auto summary = summary_json(r, *s.model, *o);
@@ -314,7 +308,7 @@ void add_classifier_command(CLI::App* fit) {
     const auto r = train::fit_classifier(*s.model, *s.tok, train_data.texts, train_data.labels, o->fit, enc,
                                          valid_data.texts, valid_data.labels);
     train::SaveOptions so;
-    so.dtype = parse_dtype_opt(o->dtype);
+    so.dtype = io::parse_float_dtype(o->dtype, "--dtype");
     so.force = o->force;
     train::save_float_model_folder(*s.model, s.config, files, o->out, so);
     auto summary = summary_json(r, *s.model, *o);

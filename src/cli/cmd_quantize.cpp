@@ -35,11 +35,7 @@ void add_quantize_command(CLI::App& app) {
     if (o->method != "rtn")
       throw InputError("--method '" + o->method + "' is not supported by quantize (accepted: rtn; QAT is `mpqat train`)");
     quant::SaveOptions so;
-    const auto d = util::to_lower(o->dtype);
-    if (d == "f16" || d == "fp16" || d == "float16") so.float_dtype = io::DType::F16;
-    else if (d == "bf16" || d == "bfloat16") so.float_dtype = io::DType::BF16;
-    else if (d == "f32" || d == "fp32" || d == "float32") so.float_dtype = io::DType::F32;
-    else throw InputError("--dtype '" + o->dtype + "' is not supported (accepted: f16, bf16, f32)");
+    so.float_dtype = io::parse_float_dtype(o->dtype, "--dtype");
     so.max_shard_bytes = o->shard == "0" ? 0 : util::parse_bytes(o->shard, "--max-shard-size");
     if (quant::is_quantized_folder(o->model))
       throw InputError("model folder '" + o->model + "' is already quantized (quantize needs a float model)");

@@ -54,8 +54,7 @@ void print_planned_allocation(const io::Recipe& r) {
   const alloc::AllocOptions ao = alloc::alloc_options_from_recipe(r);
   alloc::SizeOptions so;
   so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  const std::string fd = r.str("output.float_dtype");
-  so.float_dtype = fd == "bfloat16" ? io::DType::BF16 : fd == "float32" ? io::DType::F32 : io::DType::F16;
+  so.float_dtype = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
   const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), so);
   const auto result = alloc::allocate(sm, alloc::load_sensitivity(sens), ao);
   std::cout << "# planned allocation (" << alloc::method_name(ao.method) << ")\n"

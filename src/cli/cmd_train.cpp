@@ -49,7 +49,7 @@ void add_train_command(CLI::App& app) {
   auto* o_seqlen = sub->add_option("--seqlen", o->seqlen, "tokens per sequence")->capture_default_str();
   auto* o_e2e = sub->add_flag("--e2e", o->e2e, "run E2E-QP (step sizes only, next-token loss) after Block-AP");
   auto* o_epochs = sub->add_option("--epochs", o->epochs, "epochs per block without SGRA")->capture_default_str();
-  auto* o_pat = sub->add_option("--patience", o->patience, "early-stopping patience without SGRA (0 = off)")
+  sub->add_option("--patience", o->patience, "early-stopping patience without SGRA (0 = off)")
                     ->capture_default_str();
   auto* o_batch = sub->add_option("--batch-size", o->batch, "global sequences per step")->capture_default_str();
   auto* o_lrw = sub->add_option("--lr-weights", o->lr_w, "AdamW lr of the weights")->capture_default_str();
@@ -99,19 +99,13 @@ void add_train_command(CLI::App& app) {
       if (take(o_e2e_warm)) o->e2e_warmup = r.number("training.e2e.warmup_ratio");
       if (!r.flag("allocation.sgra.enabled")) o->no_sgra = true;
       if (!r.flag("training.resume")) o->no_resume = true;
-      (void)o_pat;
     } else if (!o->overrides.empty()) {
       throw InputError("'" + o->overrides.front() + "': key=value overrides need --recipe");
     }
     if (o->init != "minmax" && o->init != "mse")
       throw InputError("--init '" + o->init + "' is not supported (accepted: minmax, mse)");
     if (o->val < 0 || o->val >= 1) throw InputError("--val-fraction must be in [0, 1)");
-    io::DType dt;
-    const auto d = util::to_lower(o->dtype);
-    if (d == "f16" || d == "fp16" || d == "float16") dt = io::DType::F16;
-    else if (d == "bf16" || d == "bfloat16") dt = io::DType::BF16;
-    else if (d == "f32" || d == "fp32" || d == "float32") dt = io::DType::F32;
-    else throw InputError("--dtype '" + o->dtype + "' is not supported (accepted: f16, bf16, f32)");
+    const io::DType dt = io::parse_float_dtype(o->dtype, "--dtype");
     if (o->device != "cpu" && o->device != "cuda")
       throw InputError("--device must be cpu or cuda, got '" + o->device + "'");
     if (o->device == "cuda" && !torch::cuda::is_available())

@@ -21,8 +21,6 @@
 
 #include "mpqat/alloc/allocate.h"
 #include "mpqat/data/calibration.h"
-#include "mpqat/data/hf_tokenizer.h"
-#include "mpqat/data/wordpiece_tokenizer.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/eval/classification.h"
 #include "mpqat/eval/multiple_choice.h"
@@ -32,6 +30,7 @@
 #include "mpqat/eval/seed_outputs.h"
 #include "mpqat/eval/tasks.h"
 #include "mpqat/io/recipe.h"
+#include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/checkpoint.h"
@@ -137,23 +136,11 @@ class Stages {
   json report_ = json::array();
 };
 
-torch::Device pick_device(const std::string& name, const dist::Communicator& comm) {
-  const bool cuda = torch::cuda::is_available();
-  if (name == "cpu" || (name == "auto" && !cuda)) return torch::kCPU;
-  if (name == "cuda" && !cuda) throw InputError("model.device cuda: LibTorch sees no CUDA device (use cpu or auto)");
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm.distributed() ? comm.local_rank() : 0));
-}
-
-bool add_bos_for_classifier(const data::Tokenizer& tok) {
-  if (const auto* bpe = dynamic_cast<const data::HfBpeTokenizer*>(&tok)) return bpe->default_add_bos();
-  return tok.bos_id() >= 0;
-}
-
 // Every configured evaluation of the model in `dir` (float or quantized).
 json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
   const model::ModelFolder folder(dir);
   const auto& cfg = folder.config();
-  const auto device = pick_device(r.str("model.device"), comm);
+  const auto device = dist::resolve_device(r.str("model.device"), comm, "model.device");
   model::LoadOptions lo;
   lo.device = device;
   auto m = model::load_any_model(folder, lo);
@@ -213,19 +200,16 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
         throw InputError("evaluation.classification.path '" + path + "' has " +
                          std::to_string(data.label_names.size()) + " labels but the model classifies into " +
                          std::to_string(m->num_labels()));
+      const auto enc = model::classifier_encoding(cfg, tok);
       eval::PredictOptions po;
       po.batch_size = std::max(batch, 8);
-      po.max_length = cfg.max_position_embeddings;
-      const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
-      int64_t pad = cfg.pad_token_id;
-      if (pad < 0 && wp) pad = wp->pad_id();
-      po.pad_id = static_cast<int32_t>(std::max<int64_t>(pad, 0));
-      po.keep_last_token = tok.kind() == "wordpiece";
+      po.max_length = enc.max_length;
+      po.pad_id = enc.pad_id;
+      po.keep_last_token = enc.keep_last_token;
       po.progress = false;
       po.device = device;
       po.comm = &comm;
-      const bool bos = add_bos_for_classifier(tok);
-      const eval::EncodeFn encode = [&](const std::string& t) { return tok.encode(t, bos); };
+      const eval::EncodeFn encode = [&](const std::string& t) { return tok.encode(t, enc.add_bos); };
       const eval::ClassifyFn classify = [&](const torch::Tensor& ids, const torch::Tensor& mask) {
         return m->forward(ids, mask);
       };
@@ -256,25 +240,12 @@ train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::
   ro.label_field = r.str("data.calibration.label_field");
   const auto cal = data::load_labelled_calibration(path, samples, data::parse_sampling(r.str("data.calibration.sampling")),
                                                    seed, ro);
-  const bool bos = add_bos_for_classifier(tok);
-  const int64_t max_len = std::min<int64_t>(seqlen, cfg.max_position_embeddings);
-  std::vector<std::vector<int32_t>> seqs;
+  auto enc = model::classifier_encoding(cfg, tok);
+  enc.max_length = std::min<int64_t>(seqlen, enc.max_length);
+  const auto seqs = model::encode_for_classifier(tok, cal.texts, enc);
   int64_t L = 1;
-  for (const auto& t : cal.texts) {
-    auto v = tok.encode(t, bos);
-    if (static_cast<int64_t>(v.size()) > max_len) {
-      const int32_t last = v.back();
-      v.resize(static_cast<size_t>(max_len));
-      if (tok.kind() == "wordpiece") v.back() = last;
-    }
-    if (v.empty()) v.push_back(0);
-    L = std::max<int64_t>(L, static_cast<int64_t>(v.size()));
-    seqs.push_back(std::move(v));
-  }
-  const auto* wp = dynamic_cast<const data::WordPieceTokenizer*>(&tok);
-  int64_t pad = cfg.pad_token_id;
-  if (pad < 0 && wp) pad = wp->pad_id();
-  pad = std::max<int64_t>(pad, 0);
+  for (const auto& v : seqs) L = std::max<int64_t>(L, static_cast<int64_t>(v.size()));
+  const int64_t pad = enc.pad_id;
   train::TokenBatch b;
   b.ids = torch::full({static_cast<int64_t>(seqs.size()), L}, pad, torch::kLong);
   b.mask = torch::zeros({static_cast<int64_t>(seqs.size()), L}, torch::kLong);
@@ -287,8 +258,7 @@ train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::
 }
 
 io::DType float_dtype_of(const io::Recipe& r) {
-  const auto d = r.str("output.float_dtype");
-  return d == "bfloat16" ? io::DType::BF16 : d == "float32" ? io::DType::F32 : io::DType::F16;
+  return io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
 }
 
 uint64_t folder_safetensors_bytes(const std::string& dir) {
@@ -491,7 +461,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
         bo.state_dir = (out / "train_state").string();
         bo.resume = r.flag("training.resume");
         bo.seed = static_cast<uint64_t>(r.integer("seed"));
-        bo.device = pick_device(r.str("model.device"), *comm);
+        bo.device = dist::resolve_device(r.str("model.device"), *comm, "model.device");
         bo.comm = comm.get();
         auto res = train::block_ap(folder, plan, data, bo);
         if (e2e) {

@@ -236,4 +236,20 @@ double Communicator::all_reduce_max(double v) {
   return t.item<double>();
 }
 
+c10::Device resolve_device(const std::string& name, const Communicator& comm, const std::string& context) {
+  const bool cuda_ok = torch::cuda::is_available();
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  if (name == "cuda" && !cuda_ok)
+    throw InputError(context + " cuda: LibTorch sees no CUDA device (use cpu or auto)");
+  if (name != "cuda" && name != "auto")
+    throw InputError(context + " must be auto, cpu or cuda, got '" + name + "'");
+  if (!cuda_ok) return c10::Device(c10::kCPU);
+  const auto n = static_cast<int>(torch::cuda::device_count());
+  const int idx = comm.distributed() ? comm.local_rank() : 0;
+  if (idx >= n)
+    throw InputError("rank with LOCAL_RANK " + std::to_string(idx) + " has no GPU (" + std::to_string(n) +
+                     " visible); launch at most one rank per GPU or set " + context + " cpu");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(idx));
+}
+
 }  // namespace mpqat::dist

@@ -30,6 +30,7 @@
 #include <utility>
 
 #include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
 
 namespace mpqat::io {
 
@@ -110,6 +111,14 @@ std::string errno_str(int e) { return std::strerror(e); }
 
 // ---------------------------------------------------------------------------------------------
 // dtypes
+
+DType parse_float_dtype(const std::string& name, const std::string& context) {
+  const auto d = util::to_lower(name);
+  if (d == "f16" || d == "fp16" || d == "float16") return DType::F16;
+  if (d == "bf16" || d == "bfloat16") return DType::BF16;
+  if (d == "f32" || d == "fp32" || d == "float32") return DType::F32;
+  throw InputError(context + " '" + name + "' is not supported (accepted: f16, bf16, f32)");
+}
 
 std::size_t dtype_size(DType dt) {
   switch (dt) {

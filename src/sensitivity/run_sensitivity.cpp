@@ -10,8 +10,8 @@
 #include <torch/torch.h>
 
 #include "mpqat/data/calibration.h"
-#include "mpqat/data/hf_tokenizer.h"
 #include "mpqat/dist/communicator.h"
+#include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/sensitivity/fisher.h"
@@ -96,22 +96,11 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     if (m->num_labels() != static_cast<int64_t>(calib.label_names.size()))
       throw InputError("'" + o.calib + "' has " + std::to_string(calib.label_names.size()) + " labels but " +
                        o.model + " classifies into " + std::to_string(m->num_labels()));
-    bool add_bos = tok.bos_id() >= 0;
-    if (const auto* bpe = dynamic_cast<const data::HfBpeTokenizer*>(&tok)) add_bos = bpe->default_add_bos();
-    const int64_t max_len = std::min<int64_t>(o.seqlen, cfg.max_position_embeddings);
-    std::vector<std::vector<int32_t>>& ids = seqs;
+    auto enc = model::classifier_encoding(cfg, tok);
+    enc.max_length = std::min<int64_t>(o.seqlen, enc.max_length);
+    seqs = model::encode_for_classifier(tok, calib.texts, enc);
     labels = calib.labels;
-    for (const auto& t : calib.texts) {
-      auto v = tok.encode(t, add_bos);
-      if (static_cast<int64_t>(v.size()) > max_len) {
-        const int32_t last = v.back();
-        v.resize(static_cast<std::size_t>(max_len));
-        if (tok.kind() == "wordpiece") v.back() = last;  // BERT inputs end in [SEP]
-      }
-      if (v.empty()) v.push_back(std::max<int32_t>(0, static_cast<int32_t>(cfg.pad_token_id)));
-      ids.push_back(std::move(v));
-    }
-    rep.samples = static_cast<int64_t>(ids.size());
+    rep.samples = static_cast<int64_t>(seqs.size());
     rep.sampling = o.sampling;
   }
   sensitivity::FisherResult fr;

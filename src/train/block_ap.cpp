@@ -54,7 +54,6 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 int world_of(dist::Communicator* c) { return c ? c->world_size() : 1; }
 int rank_of(dist::Communicator* c) { return c ? c->rank() : 0; }
 double reduce_sum(dist::Communicator* c, double v) { return c && c->distributed() ? c->all_reduce_sum(v) : v; }
-double reduce_max(dist::Communicator* c, double v) { return c && c->distributed() ? c->all_reduce_max(v) : v; }
 void barrier(dist::Communicator* c) {
   if (c && c->distributed()) c->barrier();
 }

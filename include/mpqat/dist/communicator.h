@@ -72,4 +72,10 @@ class Communicator {
   std::string backend_ = "none";
 };
 
+// The compute device of this rank for a device setting `name` (auto | cpu | cuda; `context`
+// names the setting in errors): auto = CUDA when LibTorch sees a GPU; with several ranks each
+// takes cuda:LOCAL_RANK. Throws InputError for cuda without a GPU, a rank without its own GPU,
+// or an unknown name.
+c10::Device resolve_device(const std::string& name, const Communicator& comm, const std::string& context);
+
 }  // namespace mpqat::dist

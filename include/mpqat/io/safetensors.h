@@ -20,6 +20,10 @@ enum class DType { F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
 
 // Bytes per element.
 std::size_t dtype_size(DType dt);
+
+// A floating-point storage dtype by name: f16 / fp16 / float16, bf16 / bfloat16, f32 / fp32 /
+// float32 (case-insensitive). Throws InputError naming `context` otherwise.
+DType parse_float_dtype(const std::string& name, const std::string& context);
 // The safetensors spelling: "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL".
 const char* dtype_name(DType dt);
 // Parses the safetensors spelling; throws InputError naming `context` and the accepted list.

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/io/safetensors.h"
+#include "mpqat/model/classifier_input.h"
 #include "mpqat/model/model.h"
 
 namespace mpqat::data {
@@ -103,22 +104,11 @@ std::vector<std::string> load_matching_parameters(model::TransformerModel& m, co
 FitResult fit_causal_lm(model::TransformerModel& m, const std::vector<int32_t>& tokens, const FitOptions& opts,
                         const std::vector<int32_t>& valid = {});
 
-// How texts become classifier inputs; the same rules `mpqat eval --classify` applies.
-struct ClassifierEncoding {
-  bool add_bos = true;           // prepend BOS / [CLS] (WordPiece also appends [SEP])
-  int32_t pad_id = 0;            // id written into padded positions
-  bool keep_last_token = false;  // truncation keeps the final token (BERT's [SEP])
-  int64_t max_length = 512;
-};
-// The encoding `mpqat eval --classify` uses for a model with `cfg` and tokenizer `tok`: BOS when
-// the tokenizer adds one by default, pad = config pad_token_id, else the WordPiece [PAD], else 0;
-// keep_last_token for WordPiece; max_length = max_position_embeddings.
-ClassifierEncoding classifier_encoding(const model::ModelConfig& cfg, const data::Tokenizer& tok);
-
-// Token ids of each text under `enc` (truncated to enc.max_length).
-std::vector<std::vector<int32_t>> encode_for_classifier(const data::Tokenizer& tok,
-                                                        const std::vector<std::string>& texts,
-                                                        const ClassifierEncoding& enc);
+// Classifier inputs (ClassifierEncoding, classifier_encoding, encode_for_classifier) live in
+// model/classifier_input.h; the names are available here too.
+using model::ClassifierEncoding;
+using model::classifier_encoding;
+using model::encode_for_classifier;
 
 // Trains a sequence classifier on (texts, labels); label ids in [0, num_labels). The optional
 // validation set is scored (loss, accuracy) every eval_every steps and at the end.
