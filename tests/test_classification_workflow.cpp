@@ -95,6 +95,15 @@ void run_workflow(const std::string& tag, const json& cfg) {
   }
   EXPECT_EQ(sens_files, 1);
   EXPECT_EQ(eval_files, 1);
+  // QAT on the classifier: Block-AP on padded, masked calibration examples.
+  const auto q = mpqat::testing::run_mpqat("run " + s + "/recipe.yaml training.method=block-ap training.epochs=2 "
+                                           "allocation.sgra.enabled=false output.dir=" + s + "/run_qat");
+  ASSERT_EQ(q.code, 0) << q.out << q.err;
+  const json qrep = json::parse(mpqat::testing::slurp(s + "/run_qat/report.json"));
+  ASSERT_EQ(qrep["blocks"].size(), 2u);
+  for (const auto& b : qrep["blocks"])
+    EXPECT_LE(b["end_val_mse"].get<double>(), b["start_val_mse"].get<double>() * (1 + 1e-9)) << b.dump();
+  EXPECT_GT(qrep["quantized"]["classification"]["accuracy"].get<double>(), 0.85);
   fs::remove_all(d);
 }
 
