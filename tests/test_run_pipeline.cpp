@@ -72,6 +72,23 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
   fs::remove_all(out);
 }
 
+TEST(RunPipeline, StopAfterSensitivityWritesOnlyThatStage) {
+  const fs::path out = fs::temp_directory_path() / ("mpqat_run_stop_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const auto r = mpqat::testing::run_mpqat("run " + kSource + "/recipes/quickstart.yaml model.path=" + kSource +
+                                           "/checkpoints/kjv-llama data.calibration.path=" + kSource +
+                                           "/checkpoints/kjv-llama/calib.txt 'evaluation.perplexity=[" + kSource +
+                                           "/checkpoints/kjv-llama/heldout.txt]' data.calibration.samples=8 "
+                                           "evaluation.fp_baseline=false output.stop_after=sensitivity output.dir=" +
+                                           out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out / "sensitivity.json"));
+  EXPECT_FALSE(fs::exists(out / "bitplan.json"));
+  EXPECT_FALSE(fs::exists(out / "checkpoint"));
+  EXPECT_NE(r.out.find("stopped after the sensitivity stage"), std::string::npos) << r.out;
+  fs::remove_all(out);
+}
+
 TEST(RunPipeline, RefusesAForeignNonEmptyOutputFolder) {
   const fs::path out = fs::temp_directory_path() / ("mpqat_run_foreign_" + std::to_string(::getpid()));
   fs::create_directories(out);

@@ -234,6 +234,7 @@ TEST(Wizard, PhaseOneAndPhaseTwoAskTheirOwnQuestions) {
   EXPECT_EQ(r.strings("sensitivity.metrics"), (std::vector<std::string>{"fisher"}));
   EXPECT_EQ(r.str("evaluation.classification.path"), "");
   EXPECT_FALSE(contains(s.transcript, "-- grouping")) << s.transcript;
+  EXPECT_EQ(r.str("output.stop_after"), "sensitivity");
 
   // Phase 2: the sensitivity file of phase 1 instead of calibration data.
   const fs::path sens = f.dir / "sensitivity.json";

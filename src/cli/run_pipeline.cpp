@@ -268,6 +268,13 @@ uint64_t folder_safetensors_bytes(const std::string& dir) {
   return n;
 }
 
+// The ranking written next to sensitivity.json, for the user.
+std::string sensitivity_text_path(const std::string& json_path) {
+  fs::path t(json_path);
+  t.replace_extension(".txt");
+  return fs::exists(t) ? util::read_file(t.string()) : std::string();
+}
+
 json read_json(const fs::path& p) { return json::parse(util::read_file(p.string())); }
 
 void write_json(const fs::path& p, const json& j) { util::write_file_atomic(p.string(), j.dump(2) + "\n"); }
@@ -373,6 +380,34 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     stages.done("sensitivity", sens_hash, stage_time(t0), reuse);
   }
 
+  const std::string stop_after = r.str("output.stop_after");
+  auto stop_here = [&](const std::string& stage, const std::string& last_output) {
+    if (stop_after != stage) return false;
+    if (main) std::cout << "stopped after the " << stage << " stage (output.stop_after): " << last_output << "\n";
+    comm->barrier();
+    return true;
+  };
+  if (stop_after == "sensitivity") {
+    if (sens_path.empty())
+      throw InputError(r.source() + ": output.stop_after is sensitivity but no sensitivity is measured "
+                                    "(allocation.method plan); use allocation or later");
+    if (main && !causal) {
+      // The seeds' phase-1 files.
+      const auto sj = read_json(sens_path);
+      std::vector<double> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0.0);
+      if (sj.contains("blocks"))
+        for (const auto& [k, v] : sj["blocks"].items())
+          if (std::stoul(k) < per_block.size()) per_block[std::stoul(k)] = v.value("score", 0.0);
+      std::string dname = fs::path(calib_path).parent_path().filename().string();
+      for (auto& c : dname) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      eval::write_seed_sensitivity(out.string(), fs::path(model_dir).lexically_normal().filename().string(),
+                                   dname.empty() ? "DATA" : dname, r.strings("sensitivity.metrics").front(), per_block);
+    }
+    if (main) std::cout << sensitivity_text_path(sens_path);
+    stop_here("sensitivity", sens_path);
+    return sens_path;
+  }
+
   // 3. Allocation.
   const fs::path plan_path = out / "bitplan.json";
   const auto ao = alloc::alloc_options_from_recipe(r);
@@ -403,6 +438,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     }
     stages.done("allocation", plan_hash, stage_time(t0), reuse);
   }
+  if (stop_here("allocation", plan_path.string())) return plan_path.string();
   const auto plan = quant::load_bit_plan(plan_path.string());
 
   // 4. Quantization (RTN or Block-AP [+ E2E-QP]) -> checkpoint.
@@ -498,6 +534,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     }
     stages.done("quantize", qat_hash, stage_time(t0), reuse);
   }
+  if (stop_here("quantize", ckpt.string())) return ckpt.string();
   if (fs::exists(out / "train_log.jsonl")) {
     std::istringstream ls(util::read_file((out / "train_log.jsonl").string()));
     for (std::string line; std::getline(ls, line);)

@@ -618,6 +618,7 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
       });
   e.push_back({"output.dir", yaml_string(out_dir), ""});
   e.push_back({"output.name", yaml_string(run_name_of(model)), "model folder's name"});
+  if (phase == 1) e.push_back({"output.stop_after", "sensitivity", "phase 1 only"});
 
   static const char* kPhase[] = {"", "phase 1: sensitivity analysis",
                                  "phase 2: quantization and evaluation",
@@ -625,10 +626,7 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
   std::vector<std::string> header = {
       fmt::format("mpqat recipe written by `mpqat wizard` ({})", kPhase[phase]),
       fmt::format("run it with: {} run {}", o.command_name, shell_quote(o.out_path))};
-  if (phase == 1) {
-    header.push_back("note: mpqat run has no key yet to stop after the sensitivity stage, so this "
-                     "recipe also groups (K-means, 3 groups, [16, 8, 4]) and quantizes (RTN)");
-  }
+
   WizardResult r;
   r.path = o.out_path;
   r.yaml = emit_yaml(e, header);

@@ -186,6 +186,9 @@ std::vector<KeySpec> build_schema() {
           {"float16", "bfloat16", "float32"}),
       key("output.report_formats", K::StringList, "[txt, json, html]", "report files written",
           {"txt", "json", "html"}),
+      key("output.stop_after", K::String, "report",
+          "last stage to run: sensitivity (the seeds' phase 1), allocation, quantize, or report (all)",
+          {"sensitivity", "allocation", "quantize", "report"}),
       // ---- distributed
       key("distributed.backend", K::String, "auto",
           "c10d backend: auto = NCCL when tensors are on CUDA, else Gloo",

@@ -13,7 +13,8 @@ class Recipe;
 namespace mpqat::cli {
 
 // Runs the recipe into `out_dir` (created; an existing folder must be an earlier mpqat run or
-// empty unless output.overwrite). Returns the path of report.json.
+// empty unless output.overwrite). Returns the path of report.json, or with output.stop_after the
+// last output written (sensitivity.json, bitplan.json or checkpoint/).
 std::string run_pipeline(const io::Recipe& recipe, const std::string& out_dir);
 
 }  // namespace mpqat::cli
