@@ -595,13 +595,23 @@ TEST(SensitivityCli, Stories260KEndToEnd) {
     for (const auto& [k, v] : e["omega"].items())
       EXPECT_NEAR(jc["modules"][name]["omega"][k].get<double>(), v.get<double>(), 1e-5 * std::abs(v.get<double>()) + 1e-15)
           << name << " " << k;
-  // Errors: unknown metric, unbuilt mode, too-short calibration file.
+  // The seeds' layer-to-layer profile: per-block change and statistics in the file.
+  r = mpqat::testing::run_mpqat("sensitivity " + model + " --calib " + calib +
+                                " --samples 4 --seqlen 64 --metrics pwcca+cka --mode profile --group-sizes 32 --quiet --out " + c);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json jp = json::parse(mpqat::testing::slurp(c));
+  for (const auto& [b, e] : jp["blocks"].items()) {
+    ASSERT_TRUE(e.contains("stats")) << b;
+    EXPECT_GT(e["stats"]["std"].get<double>(), 0.0) << b;
+    EXPECT_TRUE(e["stats"]["change"].contains("cka")) << b;
+  }
+  // Errors: unknown metric, unknown mode, too-short calibration file.
   r = mpqat::testing::run_mpqat("sensitivity " + model + " --calib " + calib + " --metrics fisher,foo --out " + c);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("foo"), std::string::npos) << r.err;
-  r = mpqat::testing::run_mpqat("sensitivity " + model + " --calib " + calib + " --mode profile --out " + c);
+  r = mpqat::testing::run_mpqat("sensitivity " + model + " --calib " + calib + " --mode sideways --out " + c);
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("not implemented"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("accepted: output, profile"), std::string::npos) << r.err;
   std::ofstream((dir / "short.txt").string()) << "Once upon a time";
   r = mpqat::testing::run_mpqat("sensitivity " + model + " --calib " + (dir / "short.txt").string() + " --out " + c);
   EXPECT_EQ(r.code, 2);

@@ -2,7 +2,7 @@
 // (docs/formats.md "sensitivity.json"). Metrics: fisher (Omega table, score = Omega at the probe
 // bits and first group size) and the CCA family in output mode (1 - similarity of a module's
 // full-precision and probe-quantized outputs); "a+b" combines metrics by mean normalised rank.
-// The first metric listed is the "score". The layer-to-layer profile mode is not built yet.
+// The first metric listed is the "score". --mode profile: the seeds' layer-to-layer profile (block_profile.h).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -54,7 +54,7 @@ void add_sensitivity_command(CLI::App& app) {
   sub->add_option("--metrics", o->metrics, "fisher, cka, cca, svcca, pwcca, cka-rbf, cka-debiased; "
                                            "a+b = mean normalised rank; the first is the score")
       ->delimiter(',');
-  sub->add_option("--mode", o->mode, "CCA family: output (1 - sim of FP vs quantized module output)");
+  sub->add_option("--mode", o->mode, "CCA family: output (1 - sim of FP vs quantized module output) or profile (the seeds' layer-to-layer: 1 - sim of block input vs output, plus layer statistics)");
   sub->add_option("--max-rows", o->max_rows, "tokens subsampled for cca, svcca, pwcca, cka-rbf, cka-debiased");
   sub->add_option("--svcca-k", o->svcca_k, "SVCCA: top-k directions (0 = by --svcca-variance)");
   sub->add_option("--svcca-variance", o->svcca_variance, "SVCCA: variance fraction kept when k is 0");

@@ -65,7 +65,7 @@ std::vector<KeySpec> build_schema() {
       key("sensitivity.mode", K::String, "output",
           "CCA-family mode: output = 1 - similarity(FP output, output with the layer quantized); "
           "layer-to-layer = the seeds' profile of how much each layer changes its input",
-          {"output", "layer-to-layer"}),
+          {"output", "layer-to-layer", "profile"}),
       key("sensitivity.unit", K::String, "module", "report per linear module or per block",
           {"module", "block"}),
       key("sensitivity.probe_bits", K::Int, "3", "bit-width used to probe CCA/CKA sensitivity",

@@ -14,6 +14,7 @@
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/scheme.h"
+#include "mpqat/sensitivity/block_profile.h"
 #include "mpqat/sensitivity/fisher.h"
 #include "mpqat/sensitivity/output_sensitivity.h"
 #include "mpqat/sensitivity/similarity.h"
@@ -23,8 +24,9 @@
 namespace mpqat::sensitivity {
 
 SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Communicator* comm) {
-  if (o.mode == "profile") throw NotImplementedError("sensitivity --mode profile (layer-to-layer similarity)");
-  if (o.mode != "output") throw InputError("unknown --mode '" + o.mode + "' (accepted: output)");
+  const bool profile = o.mode == "profile" || o.mode == "layer-to-layer";
+  if (!profile && o.mode != "output")
+    throw InputError("unknown sensitivity mode '" + o.mode + "' (accepted: output, profile / layer-to-layer)");
   if (o.metrics.empty()) throw InputError("--metrics is empty");
   bool need_fisher = false;
   std::vector<std::string> out_metrics;
@@ -108,7 +110,24 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     fr = m->is_causal_lm() ? sensitivity::fisher_causal_lm(*m, seqs, comm, progress)
                            : sensitivity::fisher_classifier(*m, seqs, labels, comm, progress);
   sensitivity::OutputSensitivity osens;
-  if (!out_metrics.empty()) {
+  if (!out_metrics.empty() && profile) {
+    // The seeds' layer-to-layer profile: every module of block i gets block i's change.
+    sensitivity::BlockProfileOptions po;
+    po.metrics = out_metrics;
+    po.svcca_k = o.svcca_k;
+    po.svcca_variance = o.svcca_variance;
+    po.max_rows = o.max_rows;
+    po.seed = o.seed;
+    const auto bp = sensitivity::block_profile(*m, seqs, po);
+    rep.block_stats = bp.stats;
+    for (const auto& [name, lin] : m->named_linears()) {
+      int64_t blk = 0;
+      for (int64_t b = 0; b < m->num_blocks(); ++b)
+        if (util::starts_with(name, m->block_prefix(b))) blk = b;
+      osens.names.push_back(name);
+      for (const auto& metric : out_metrics) osens.metric[metric].push_back(bp.change[static_cast<size_t>(blk)].at(metric));
+    }
+  } else if (!out_metrics.empty()) {
     sensitivity::OutputSensitivityOptions so;
     so.metrics = out_metrics;
     so.probe_bits = o.probe_bits;

@@ -52,6 +52,11 @@ nlohmann::json sensitivity_to_json(const SensitivityReport& r) {
   for (const auto& [i, s] : block_sums(r)) {
     nlohmann::json e = {{"score", s.score}};
     if (!s.omega.empty()) e["omega"] = s.omega;
+    if (i >= 0 && static_cast<size_t>(i) < r.block_stats.size()) {
+      const auto& b = r.block_stats[static_cast<size_t>(i)];
+      e["stats"] = {{"mean", b.mean}, {"std", b.std}, {"max_abs", b.max_abs}, {"sparsity", b.sparsity},
+                    {"change", b.change}};
+    }
     blocks[std::to_string(i)] = e;
   }
   j["blocks"] = blocks;

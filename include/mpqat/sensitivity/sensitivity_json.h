@@ -20,6 +20,12 @@ struct ModuleEntry {
   std::map<std::string, double> metrics; // every measured metric ("fisher", "cka", "pwcca+cka")
 };
 
+// Statistics of one block's output hidden states (mode profile; docs/sensitivity.md).
+struct BlockStats {
+  double mean = 0.0, std = 0.0, max_abs = 0.0, sparsity = 0.0;
+  std::map<std::string, double> change;  // metric -> 1 - similarity(block input, block output)
+};
+
 struct SensitivityReport {
   // model
   std::string model_path, architecture;
@@ -36,6 +42,7 @@ struct SensitivityReport {
   std::string sampling;         // classifiers: random | stratified; empty for token windows
   int world_size = 1;
   std::vector<ModuleEntry> modules;  // model order
+  std::vector<BlockStats> block_stats;  // mode profile: per block (written as blocks[i].stats)
 };
 
 // The whole document. Blocks: per block index, score and omega summed over its modules. No
