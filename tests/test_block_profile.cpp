@@ -9,6 +9,8 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/model/llama.h"
 #include "mpqat/sensitivity/block_profile.h"
+#include "mpqat/sensitivity/layer_profile.h"
+#include "mpqat/sensitivity/sensitivity_json.h"
 #include "mpqat/util/error.h"
 
 using namespace mpqat;
@@ -119,4 +121,27 @@ TEST(BlockProfile, StatsAreWrittenUnderBlocksInSensitivityJson) {
   EXPECT_DOUBLE_EQ(s["max_abs"].get<double>(), 9.0);
   EXPECT_DOUBLE_EQ(s["sparsity"].get<double>(), 0.125);
   EXPECT_DOUBLE_EQ(s["change"]["cka"].get<double>(), 0.25);
+}
+
+TEST(BlockProfile, CarriesAttentionStatisticsIntoTheReport) {
+  auto m = tiny(4);
+  const auto data = seqs(2, 10, 7);
+  sensitivity::BlockProfileOptions o;
+  o.metrics = {"cka"};
+  const auto p = sensitivity::block_profile(*m, data, o);
+  const auto direct = sensitivity::attention_profile(*m, data);
+  ASSERT_EQ(p.stats.size(), direct.size());
+  for (size_t i = 0; i < direct.size(); ++i) {
+    EXPECT_EQ(p.stats[i].attention.rows, 20);
+    EXPECT_EQ(p.stats[i].attention.head_entropy, direct[i].head_entropy);
+    EXPECT_EQ(p.stats[i].attention.specialisation, direct[i].specialisation);
+  }
+  sensitivity::SensitivityReport r;
+  r.modules.push_back({"model.layers.0.self_attn.q_proj", 0, 1.0, {}, {}});
+  r.block_stats = p.stats;
+  const auto j = sensitivity::sensitivity_to_json(r);
+  const auto& a = j["blocks"]["0"]["stats"]["attention"];
+  EXPECT_DOUBLE_EQ(a["entropy"].get<double>(), direct[0].entropy);
+  EXPECT_EQ(a["head_entropy"].size(), 4u);
+  EXPECT_EQ(a["rows"].get<int64_t>(), 20);
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "mpqat/model/attention_observer.h"
 #include "mpqat/util/error.h"
 
 namespace mpqat::model {
@@ -137,6 +138,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
       scores.masked_fill_(kpos > qpos, -std::numeric_limits<float>::infinity());
     }
     auto probs = torch::softmax(scores.to(torch::kFloat), -1);
+    if (const auto* obs = attention_observer()) (*obs)(probs);
     outs.push_back(torch::matmul(probs, vc));  // (B, H, tc, D)
   }
   auto out = outs.size() == 1 ? outs[0] : torch::cat(outs, 2);  // (B, H, T, D)

@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "mpqat/model/attention_observer.h"
 #include "mpqat/util/error.h"
 
 namespace mpqat::model {
@@ -124,8 +125,22 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   auto scores = torch::matmul(q, k.transpose(-2, -1));  // (B, H, T, S)
   if (bias.defined()) scores = scores + bias;
   auto probs = torch::softmax(scores.to(torch::kFloat), -1);
+  if (const auto* obs = attention_observer()) (*obs)(probs);
   return torch::matmul(probs, v);  // (B, H, T, D)
 }
+
+namespace {
+thread_local const AttentionObserver* t_attention_observer = nullptr;
+}  // namespace
+
+const AttentionObserver* attention_observer() { return t_attention_observer; }
+
+ScopedAttentionObserver::ScopedAttentionObserver(AttentionObserver fn)
+    : fn_(std::move(fn)), previous_(t_attention_observer) {
+  t_attention_observer = &fn_;
+}
+
+ScopedAttentionObserver::~ScopedAttentionObserver() { t_attention_observer = previous_; }
 
 std::vector<std::string> family_block_linear_names(const ModelConfig& cfg) {
   switch (cfg.family) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "mpqat/sensitivity/layer_profile.h"
 #include "mpqat/sensitivity/output_sensitivity.h"
 #include "mpqat/sensitivity/similarity.h"
 #include "mpqat/util/error.h"
@@ -50,12 +51,17 @@ BlockProfile block_profile(model::TransformerModel& m, const std::vector<std::ve
   std::vector<double> sum(static_cast<size_t>(nb), 0), sumsq(static_cast<size_t>(nb), 0), maxabs(static_cast<size_t>(nb), 0);
   std::vector<std::vector<torch::Tensor>> kept(static_cast<size_t>(nb));
   const int64_t C = m.config().hidden_size;
+  AttentionRecorder attention(nb);
   for (const auto& seq : sequences) {
     auto ids = torch::tensor(std::vector<int64_t>(seq.begin(), seq.end()), torch::kLong).unsqueeze(0);
     auto ctx = m.context(ids, torch::Tensor());
     auto h = m.embed(ids, ctx);
     for (int64_t i = 0; i < nb; ++i) {
-      auto out = m.run_block(i, h, ctx);
+      torch::Tensor out;
+      {
+        auto watching = attention.watch(i);
+        out = m.run_block(i, h, ctx);
+      }
       auto x = h.reshape({-1, C}), y = out.reshape({-1, C});
       cka[static_cast<size_t>(i)].add(to_eigen(x), to_eigen(y));
       sum[static_cast<size_t>(i)] += y.sum().item<double>();
@@ -77,8 +83,10 @@ BlockProfile block_profile(model::TransformerModel& m, const std::vector<std::ve
   if (subsample)
     for (int64_t i = 0; i <= nb; ++i)
       sampled[static_cast<size_t>(i)] = to_eigen(torch::cat(rows_in[static_cast<size_t>(i)]).index_select(0, chosen_t));
+  const auto att = attention.result();
   for (int64_t i = 0; i < nb; ++i) {
     BlockStats st;
+    st.attention = att[static_cast<size_t>(i)];
     st.mean = sum[static_cast<size_t>(i)] / n;
     st.std = std::sqrt(std::max(0.0, sumsq[static_cast<size_t>(i)] / n - st.mean * st.mean));
     st.max_abs = maxabs[static_cast<size_t>(i)];
@@ -88,27 +96,10 @@ BlockProfile block_profile(model::TransformerModel& m, const std::vector<std::ve
     st.sparsity = near_zero / n;
     std::map<std::string, double> ch;
     for (const auto& name : opts.metrics) {
-      double sim = 0.0;
-      const auto& X = sampled[static_cast<size_t>(i)];
-      const auto& Y = sampled[static_cast<size_t>(i + 1)];
-      if (name == "cka") {
-        sim = cka[static_cast<size_t>(i)].result();
-      } else if (name == "cca") {
-        sim = cca(X, Y).mean_rho();
-      } else if (name == "svcca") {
-        SvccaOptions svo;
-        svo.k = opts.svcca_k;
-        svo.var_fraction = opts.svcca_variance;
-        sim = svcca(X, Y, svo).mean_rho;
-      } else if (name == "pwcca") {
-        sim = pwcca(X, Y).value;
-      } else if (name == "cka-rbf") {
-        SubsampleOptions all;
-        all.max_rows = 0;
-        sim = rbf_cka(X, Y, 0.5, false, all);
-      } else {
-        sim = debiased_linear_cka(X, Y);
-      }
+      const double sim = name == "cka" ? cka[static_cast<size_t>(i)].result()
+                                       : subsample_similarity(name, sampled[static_cast<size_t>(i)],
+                                                              sampled[static_cast<size_t>(i + 1)], opts.svcca_k,
+                                                              opts.svcca_variance);
       ch[name] = 1.0 - sim;
     }
     st.change = ch;

@@ -21,6 +21,25 @@ bool is_output_metric(const std::string& name) {
   return std::find(n.begin(), n.end(), name) != n.end();
 }
 
+double subsample_similarity(const std::string& name, const Eigen::MatrixXd& X, const Eigen::MatrixXd& Y,
+                            int svcca_k, double svcca_variance) {
+  if (name == "cca") return cca(X, Y).mean_rho();
+  if (name == "svcca") {
+    SvccaOptions so;
+    so.k = svcca_k;
+    so.var_fraction = svcca_variance;
+    return svcca(X, Y, so).mean_rho;
+  }
+  if (name == "pwcca") return pwcca(X, Y).value;
+  if (name == "cka-rbf") {
+    SubsampleOptions all;
+    all.max_rows = 0;
+    return rbf_cka(X, Y, 0.5, false, all);
+  }
+  if (name == "cka-debiased") return debiased_linear_cka(X, Y);
+  throw InputError("unknown similarity metric '" + name + "' (accepted: cca, svcca, pwcca, cka-rbf, cka-debiased)");
+}
+
 namespace {
 
 using RowMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -162,25 +181,7 @@ OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vect
       Q = ObserveLinear::stack(o.sub_q_);
     }
     for (const auto& name : opts.metrics) {
-      double sim = 0.0;
-      if (name == "cka") {
-        sim = o.cka_.result();
-      } else if (name == "cca") {
-        sim = cca(Y, Q).mean_rho();
-      } else if (name == "svcca") {
-        SvccaOptions so;
-        so.k = opts.svcca_k;
-        so.var_fraction = opts.svcca_variance;
-        sim = svcca(Y, Q, so).mean_rho;
-      } else if (name == "pwcca") {
-        sim = pwcca(Y, Q).value;
-      } else if (name == "cka-rbf") {
-        SubsampleOptions all;
-        all.max_rows = 0;
-        sim = rbf_cka(Y, Q, 0.5, false, all);
-      } else {
-        sim = debiased_linear_cka(Y, Q);
-      }
+      const double sim = name == "cka" ? o.cka_.result() : subsample_similarity(name, Y, Q, opts.svcca_k, opts.svcca_variance);
       r.metric[name].push_back(1.0 - sim);
     }
   }

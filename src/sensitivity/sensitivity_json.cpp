@@ -56,6 +56,16 @@ nlohmann::json sensitivity_to_json(const SensitivityReport& r) {
       const auto& b = r.block_stats[static_cast<size_t>(i)];
       e["stats"] = {{"mean", b.mean}, {"std", b.std}, {"max_abs", b.max_abs}, {"sparsity", b.sparsity},
                     {"change", b.change}};
+      if (b.attention.rows > 0) {
+        const auto& a = b.attention;
+        e["stats"]["attention"] = {{"entropy", a.entropy},
+                                   {"entropy_std", a.entropy_std},
+                                   {"specialisation", a.specialisation},
+                                   {"max_entropy", a.max_entropy},
+                                   {"rows", a.rows},
+                                   {"head_entropy", a.head_entropy},
+                                   {"head_specialisation", a.head_specialisation}};
+      }
     }
     blocks[std::to_string(i)] = e;
   }

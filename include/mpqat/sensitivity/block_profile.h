@@ -6,8 +6,8 @@
 // cka-debiased on a seeded subsample of max_rows tokens, the same rows for every block), and
 // statistics of H_{i+1} over every token: mean, standard deviation, max |x|, and sparsity (the
 // fraction of entries with |x| < 1e-3 * max |x| of that block, a scale-free "near zero").
-// Not measured: attention entropy and head specialisation (they need the attention
-// probabilities, which the blocks do not expose).
+// In the same pass, stats[i].attention: the attention entropy and head specialisation of
+// block i (layer_profile.h), empty for blocks that compute no attention.
 #pragma once
 
 #include <cstdint>

@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include <Eigen/Dense>
+
 #include "mpqat/model/model.h"
 
 namespace mpqat::sensitivity {
@@ -41,6 +43,10 @@ struct OutputSensitivityOptions {
 // The metric names accepted above.
 const std::vector<std::string>& output_metric_names();
 bool is_output_metric(const std::string& name);
+// Similarity of two row-aligned matrices by metric name for the subsampled metrics (cca, svcca,
+// pwcca, cka-rbf, cka-debiased; "cka" is streamed by its callers and is not handled here).
+double subsample_similarity(const std::string& name, const Eigen::MatrixXd& X, const Eigen::MatrixXd& Y,
+                            int svcca_k, double svcca_variance);
 
 struct OutputSensitivity {
   std::vector<std::string> names;  // full linear names, named_linears() order

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "mpqat/sensitivity/layer_profile.h"  // AttentionStats (no torch)
+
 namespace mpqat::sensitivity {
 
 struct ModuleEntry {
@@ -24,6 +26,7 @@ struct ModuleEntry {
 struct BlockStats {
   double mean = 0.0, std = 0.0, max_abs = 0.0, sparsity = 0.0;
   std::map<std::string, double> change;  // metric -> 1 - similarity(block input, block output)
+  AttentionStats attention;              // seed 003 attention entropy; rows == 0: none measured
 };
 
 struct SensitivityReport {
