@@ -180,17 +180,7 @@ void add_train_command(CLI::App& app) {
       so.plan = &plan;
       so.force = o->force;
       quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, o->out, so);
-      std::ostringstream log;
-      for (const auto& l : res.logs) log << train::block_log_to_json(l).dump() << "\n";
-      if (res.e2e)
-        log << nlohmann::json{{"e2e", {{"steps", res.e2e->steps},
-                                       {"start_loss", res.e2e->start_loss},
-                                       {"end_loss", res.e2e->end_loss},
-                                       {"nan_steps", res.e2e->nan_steps},
-                                       {"seconds", res.e2e->seconds}}}}
-                   .dump()
-            << "\n";
-      util::write_file_atomic((fs::path(o->out) / "train_log.jsonl").string(), log.str());
+      util::write_file_atomic((fs::path(o->out) / "train_log.jsonl").string(), train::train_log_jsonl(res));
       std::cout << train::summary_table(res);
       const auto r = quant::inspect_checkpoint(o->out);
       std::cout << "trained " << res.blocks.size() << " blocks -> " << o->out << " (" << util::format_bytes(r.total_bytes)

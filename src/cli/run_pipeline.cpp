@@ -279,6 +279,26 @@ json read_json(const fs::path& p) { return json::parse(util::read_file(p.string(
 
 void write_json(const fs::path& p, const json& j) { util::write_file_atomic(p.string(), j.dump(2) + "\n"); }
 
+// The seeds' name of a data set: the folder holding `path`, upper case ("SST2"); "DATA" without.
+std::string seed_data_name(const std::string& path) {
+  std::string name = fs::path(path).parent_path().filename().string();
+  for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name.empty() ? "DATA" : name;
+}
+
+// Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt from sensitivity.json's
+// per-block scores.
+void write_seed_sensitivity_file(const fs::path& out, const std::string& sens_path, const model::ModelConfig& cfg,
+                                 const std::string& model_dir, const std::string& data_name, const std::string& metric) {
+  const auto sj = read_json(sens_path);
+  std::vector<double> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0.0);
+  if (sj.contains("blocks"))
+    for (const auto& [k, v] : sj["blocks"].items())
+      if (std::stoul(k) < per_block.size()) per_block[std::stoul(k)] = v.value("score", 0.0);
+  eval::write_seed_sensitivity(out.string(), fs::path(model_dir).lexically_normal().filename().string(), data_name,
+                               metric, per_block);
+}
+
 }  // namespace
 
 std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
@@ -393,15 +413,8 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
                                     "(allocation.method plan); use allocation or later");
     if (main && !causal) {
       // The seeds' phase-1 files.
-      const auto sj = read_json(sens_path);
-      std::vector<double> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0.0);
-      if (sj.contains("blocks"))
-        for (const auto& [k, v] : sj["blocks"].items())
-          if (std::stoul(k) < per_block.size()) per_block[std::stoul(k)] = v.value("score", 0.0);
-      std::string dname = fs::path(calib_path).parent_path().filename().string();
-      for (auto& c : dname) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      eval::write_seed_sensitivity(out.string(), fs::path(model_dir).lexically_normal().filename().string(),
-                                   dname.empty() ? "DATA" : dname, r.strings("sensitivity.metrics").front(), per_block);
+      write_seed_sensitivity_file(out, sens_path, cfg, model_dir, seed_data_name(calib_path),
+                                  r.strings("sensitivity.metrics").front());
     }
     if (main) std::cout << sensitivity_text_path(sens_path);
     stop_here("sensitivity", sens_path);
@@ -517,15 +530,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
         so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
         if (main) {
           quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
-          std::ostringstream log;
-          for (const auto& l : res.logs) log << train::block_log_to_json(l).dump() << "\n";
-          if (res.e2e)
-            log << json{{"e2e", {{"steps", res.e2e->steps}, {"start_loss", res.e2e->start_loss},
-                                 {"end_loss", res.e2e->end_loss}, {"nan_steps", res.e2e->nan_steps},
-                                 {"seconds", res.e2e->seconds}}}}
-                       .dump()
-                << "\n";
-          util::write_file_atomic((out / "train_log.jsonl").string(), log.str());
+          util::write_file_atomic((out / "train_log.jsonl").string(), train::train_log_jsonl(res));
           std::cout << train::summary_table(res);
           fs::remove_all(bo.state_dir);
         }
@@ -631,9 +636,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       report["e2e"] = l["e2e"];
   if (!blocks.empty()) report["blocks"] = blocks;
   if (!causal) {
-    std::string data_name = fs::path(r.str("evaluation.classification.path")).parent_path().filename().string();
-    for (auto& c : data_name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    report["data"] = data_name.empty() ? "DATA" : data_name;
+    report["data"] = seed_data_name(r.str("evaluation.classification.path"));
     report["sensitivity_metric"] = r.strings("sensitivity.metrics").front();
     report["calibration"] = {{"samples", r.integer("data.calibration.samples")},
                              {"sampling", r.str("data.calibration.sampling")}};
@@ -653,17 +656,9 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     if (!causal) {
       // The seeds' file layout as well: Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt
       // (per-block score) and Evaluation/eval_<MODEL>_<DATA>_<method>_<k>groups_<timestamp>.txt.
-      const std::string mname = fs::path(model_dir).lexically_normal().filename().string();
       const std::string dname = report["data"].get<std::string>();
-      if (!sens_path.empty() && fs::exists(sens_path)) {
-        const auto sj = read_json(sens_path);
-        std::vector<double> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0.0);
-        if (sj.contains("blocks"))
-          for (const auto& [k, v] : sj["blocks"].items())
-            if (std::stoul(k) < per_block.size()) per_block[std::stoul(k)] = v.value("score", 0.0);
-        eval::write_seed_sensitivity(out.string(), mname, dname, report["sensitivity_metric"].get<std::string>(),
-                                     per_block);
-      }
+      if (!sens_path.empty() && fs::exists(sens_path))
+        write_seed_sensitivity_file(out, sens_path, cfg, model_dir, dname, report["sensitivity_metric"].get<std::string>());
       const std::string am = r.str("allocation.method");
       std::set<int> distinct;
       for (const auto& [n, m] : plan.modules) distinct.insert(m.bits);
@@ -671,7 +666,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
                                                                                     : static_cast<int>(distinct.size());
       if (fp.contains("classification") && qm.contains("classification")) {
         auto in = eval::seed_eval_from_report(report, am, k, eval::seed_timestamp());
-        in.model = mname;
+        in.model = fs::path(model_dir).lexically_normal().filename().string();
         in.data = dname;
         eval::write_seed_evaluation(out.string(), in);
       }

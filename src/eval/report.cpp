@@ -16,32 +16,6 @@ namespace mpqat::eval {
 namespace {
 
 
-// Columns padded to their widest cell; the first column left-aligned, the rest right-aligned.
-std::string table(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<std::size_t> w;
-  for (const auto& r : rows) {
-    if (w.size() < r.size()) w.resize(r.size(), 0);
-    for (std::size_t c = 0; c < r.size(); ++c) w[c] = std::max(w[c], r[c].size());
-  }
-  std::string out;
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    std::string line;
-    for (std::size_t c = 0; c < rows[i].size(); ++c) {
-      const auto& cell = rows[i][c];
-      const std::string pad(w[c] - cell.size(), ' ');
-      line += (c ? "  " : "") + (c == 0 ? cell + pad : pad + cell);
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    out += line + "\n";
-    if (i == 0) {
-      std::size_t total = 0;
-      for (std::size_t c = 0; c < w.size(); ++c) total += w[c] + (c ? 2 : 0);
-      out += std::string(total, '-') + "\n";
-    }
-  }
-  return out;
-}
-
 std::string num(const nlohmann::json& v, int digits = 4) {
   if (v.is_number_float()) return fmt::format("{:.{}f}", v.get<double>(), digits);
   if (v.is_number()) return v.dump();
@@ -83,7 +57,7 @@ std::string EvalReport::to_text() const {
                       num(t.value("acc_stderr", nlohmann::json(0.0))), num(t.value("acc_norm", nlohmann::json(0.0))),
                       num(t.value("acc_norm_stderr", nlohmann::json(0.0)))});
     }
-    out += table(rows);
+    out += util::text_table(rows);
   }
   if (j_.contains("classification")) {
     for (auto it = j_["classification"].begin(); it != j_["classification"].end(); ++it) {
@@ -95,7 +69,7 @@ std::string EvalReport::to_text() const {
       std::vector<std::vector<std::string>> rows{{"label", "precision", "recall", "f1", "support"}};
       for (const auto& e : c["per_class"])
         rows.push_back({num(e["label"]), num(e["precision"]), num(e["recall"]), num(e["f1"]), num(e["support"])});
-      out += table(rows);
+      out += util::text_table(rows);
       std::vector<std::vector<std::string>> cm{{"true \\ pred"}};
       for (const auto& e : c["per_class"]) cm[0].push_back(num(e["label"]));
       for (std::size_t t = 0; t < c["confusion"].size(); ++t) {
@@ -103,7 +77,7 @@ std::string EvalReport::to_text() const {
         for (const auto& v : c["confusion"][t]) row.push_back(num(v));
         cm.push_back(row);
       }
-      out += table(cm);
+      out += util::text_table(cm);
     }
   }
   for (auto it = j_.begin(); it != j_.end(); ++it) {

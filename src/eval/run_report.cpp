@@ -176,32 +176,6 @@ MetricList collect_metrics(const json& side) {
 
 // ---------------------------------------------------------------- text tables
 
-// Columns padded to their widest cell; the first column left-aligned, the rest right-aligned;
-// a rule under the header row (the layout of `mpqat eval`'s report).
-std::string table(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<std::size_t> w;
-  for (const auto& r : rows) {
-    if (w.size() < r.size()) w.resize(r.size(), 0);
-    for (std::size_t c = 0; c < r.size(); ++c) w[c] = std::max(w[c], r[c].size());
-  }
-  std::string out;
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    std::string line;
-    for (std::size_t c = 0; c < rows[i].size(); ++c) {
-      const auto& cell = rows[i][c];
-      const std::string pad(w[c] - cell.size(), ' ');
-      line += (c ? "  " : "") + (c == 0 ? cell + pad : pad + cell);
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    out += line + "\n";
-    if (i == 0) {
-      std::size_t total = 0;
-      for (std::size_t c = 0; c < w.size(); ++c) total += w[c] + (c ? 2 : 0);
-      out += std::string(total, '-') + "\n";
-    }
-  }
-  return out;
-}
 
 std::string key_values(const std::vector<std::pair<std::string, std::string>>& kv, const std::string& indent) {
   std::size_t w = 0;
@@ -373,7 +347,7 @@ std::string render_run_report_text(const json& r) {
     std::vector<std::vector<std::string>> rows{{"metric", "fp", "quantized", "drop", "drop %"}};
     for (const auto& m : metrics)
       rows.push_back({m.name, fnum(m.fp), fnum(m.quantized), fnum(m.drop), pct(m.drop_pct)});
-    out += table(rows);
+    out += util::text_table(rows);
     out += "(" + metric_note() + ")\n";
   }
 
@@ -394,7 +368,7 @@ std::string render_run_report_text(const json& r) {
       for (const auto& m : sens) row.push_back(fnum(sensitivity_of(l, m)));
       rows.push_back(std::move(row));
     }
-    out += table(rows);
+    out += util::text_table(rows);
   }
 
   const json& blocks = field(r, "blocks");
@@ -409,7 +383,7 @@ std::string render_run_report_text(const json& r) {
                       fnum(number(b, "end_val_mse")), pct(gain_pct(b)), yes_no(field(b, "kept_rtn")),
                       seconds(number(b, "seconds"))});
     }
-    out += table(rows);
+    out += util::text_table(rows);
   }
 
   const json& stages = field(r, "stages");
@@ -425,7 +399,7 @@ std::string render_run_report_text(const json& r) {
                       reused.is_boolean() ? (reused.get<bool>() ? "reused" : "") : ""});
     }
     rows.push_back({"total", seconds(total), ""});
-    out += table(rows);
+    out += util::text_table(rows);
   }
   return out;
 }

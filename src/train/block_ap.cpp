@@ -867,6 +867,20 @@ void e2e_qp(QatResult& r, const TokenBatch& data, const E2eOptions& o, dist::Com
   r.seconds += log.seconds;
 }
 
+std::string train_log_jsonl(const QatResult& r) {
+  std::ostringstream log;
+  for (const auto& l : r.logs) log << block_log_to_json(l).dump() << "\n";
+  if (r.e2e)
+    log << json{{"e2e", {{"steps", r.e2e->steps},
+                         {"start_loss", r.e2e->start_loss},
+                         {"end_loss", r.e2e->end_loss},
+                         {"nan_steps", r.e2e->nan_steps},
+                         {"seconds", r.e2e->seconds}}}}
+               .dump()
+        << "\n";
+  return log.str();
+}
+
 std::string summary_table(const QatResult& r) {
   std::ostringstream os;
   os << fmt::format("{:>5} {:>8} {:>6} {:>9} {:>11} {:>11} {:>11} {:>7} {:>8}\n", "block", "avg bits", "epochs",

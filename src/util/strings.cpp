@@ -181,4 +181,30 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+std::string text_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> w;
+  for (const auto& r : rows) {
+    if (w.size() < r.size()) w.resize(r.size(), 0);
+    for (std::size_t c = 0; c < r.size(); ++c) w[c] = std::max(w[c], r[c].size());
+  }
+  std::string out;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    std::string line;
+    for (std::size_t c = 0; c < rows[i].size(); ++c) {
+      const auto& cell = rows[i][c];
+      const std::string pad(w[c] - cell.size(), ' ');
+      line += (c ? "  " : "") + (c == 0 ? cell + pad : pad + cell);
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+    if (i == 0) {
+      std::size_t total = 0;
+      for (std::size_t c = 0; c < w.size(); ++c) total += w[c] + (c ? 2 : 0);
+      out += std::string(total, '-') + "\n";
+    }
+  }
+  return out;
+}
+
+
 }  // namespace mpqat::util

@@ -131,6 +131,9 @@ void e2e_qp(QatResult& result, const TokenBatch& data, const E2eOptions& opts, d
 
 nlohmann::json block_log_to_json(const BlockLog& log);
 BlockLog block_log_from_json(const nlohmann::json& j);
+// train_log.jsonl (docs/training.md): one block_log_to_json line per block, then with E2E-QP
+// {"e2e": {"steps", "start_loss", "end_loss", "nan_steps", "seconds"}}.
+std::string train_log_jsonl(const QatResult& r);
 // Fixed-width table: block, bits, epochs, lr, start / best / end val MSE, kept, seconds.
 std::string summary_table(const QatResult& r);
 

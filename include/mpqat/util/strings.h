@@ -22,6 +22,10 @@ uint64_t parse_bytes(const std::string& text, const std::string& context);
 // "1.23 MiB" style rendering (binary units, 3 significant digits).
 std::string format_bytes(uint64_t bytes);
 
+// A plain-text table: columns padded to their widest cell, the first left-aligned and the rest
+// right-aligned, a rule of '-' under the first (header) row, trailing spaces trimmed.
+std::string text_table(const std::vector<std::vector<std::string>>& rows);
+
 // Splits on a single character; keeps empty fields.
 std::vector<std::string> split(const std::string& s, char sep);
 
