@@ -32,5 +32,5 @@ PY
   kb=$( { /usr/bin/time -f "%M" "$MPQAT" train "$d" --plan "$OUT/plan_L$L.json" --calib checkpoints/kjv-llama/calib.txt \
           --samples 16 --seqlen 128 --epochs 1 --batch-size 4 --out "$OUT/q_L$L" --force > /dev/null 2>"$OUT/time_L$L.txt"; } 2>&1; tail -1 "$OUT/time_L$L.txt")
   secs=$(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$start")
-  printf "| %d | %d | %.0f | %.0f | %s |\n" "$L" "$params" "$(echo "$params*4/1048576" | bc -l)" "$(echo "$kb/1024" | bc -l)" "$secs"
+  python3 -c "import sys; L, p, kb, s = sys.argv[1:]; print(f'| {L} | {p} | {int(p)*4/1048576:.0f} | {int(kb)/1024:.0f} | {s} |')" "$L" "$params" "$kb" "$secs"
 done
