@@ -20,6 +20,7 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/train/block_ap.h"
+#include "mpqat/train/e2e_qp.h"
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "test_util.h"
@@ -278,10 +279,12 @@ TEST(BlockAp, CachesSpilledToDiskGiveTheSameResult) {
   const auto data = random_batch(8, 16, 64, 4);
   auto o = fast_opts();
   const auto mem = train::block_ap(folder, plan, data, o);
-  o.cache_memory_limit = 1024;  // far below the caches' size
-  o.cache_dir = (dir / "cache").string();
+  o.cache.memory_limit = 1024;  // far below the caches' size
+  o.cache.dir = (dir / "cache").string();
   const auto disk = train::block_ap(folder, plan, data, o);
-  EXPECT_TRUE(fs::exists(dir / "cache" / "rank0_xq.bin"));
+  EXPECT_EQ(mem.cache_disk_bytes, 0u);
+  EXPECT_EQ(disk.cache_disk_bytes, 2u * 8 * 16 * 64 * 2);  // Xq and Y, 8 x 16 x 64 fp16 each
+  EXPECT_TRUE(fs::is_empty(dir / "cache"));                 // unlinked files: nothing left behind
   expect_same_blocks(mem, disk);
 }
 

@@ -165,10 +165,7 @@ uint64_t numel_of(const std::vector<int64_t>& s) {
   return n;
 }
 // The writer's metadata for every shard.
-const std::map<std::string, std::string>& writer_metadata() {
-  static const std::map<std::string, std::string> m{{"format", "pt"}};
-  return m;
-}
+const std::map<std::string, std::string>& writer_metadata() { return quant::checkpoint_file_metadata(); }
 }  // namespace
 
 SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(layout)), opts_(opts) {
@@ -285,33 +282,17 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
     add(name + ".g_idx", io::DType::I32, {l.in});
   }
   PlanSize r;
-  // Shards exactly as write_safetensors_sharded groups them.
-  std::vector<std::vector<const T*>> groups;
-  uint64_t cur = 0;
-  for (const auto& t : ts) {
-    const bool fits = opts_.max_shard_bytes == 0 || (!groups.empty() && cur + t.nbytes <= opts_.max_shard_bytes);
-    if (groups.empty() || !fits) {
-      groups.emplace_back();
-      cur = 0;
-    }
-    groups.back().push_back(&t);
-    cur += t.nbytes;
-  }
+  // Shards and headers exactly as write_safetensors_sharded writes them (io owns both rules).
+  std::vector<uint64_t> sizes;
+  for (const auto& t : ts) sizes.push_back(t.nbytes);
+  const auto groups = io::plan_shards(sizes, opts_.max_shard_bytes);
   for (const auto& grp : groups) {
-    json h = json::object();
-    uint64_t off = 0;
-    for (const T* t : grp) {
-      json e = json::object();
-      e["dtype"] = io::dtype_name(t->dt);
-      e["shape"] = t->shape;
-      e["data_offsets"] = json::array({off, off + t->nbytes});
-      off += t->nbytes;
-      h[t->name] = std::move(e);
+    std::vector<io::TensorToWrite> part;
+    for (auto k : grp) {
+      part.push_back({ts[k].name, ts[k].dt, ts[k].shape, nullptr, static_cast<std::size_t>(ts[k].nbytes)});
+      r.tensor_bytes += ts[k].nbytes;
     }
-    h["__metadata__"] = writer_metadata();
-    const uint64_t len = h.dump().size();
-    r.header_bytes += 8 + len + (8 - len % 8) % 8;
-    r.tensor_bytes += off;
+    r.header_bytes += io::header_bytes(part, writer_metadata());
   }
   r.shards = static_cast<int>(std::max<std::size_t>(1, groups.size()));
   r.file_bytes = r.tensor_bytes + r.header_bytes;

@@ -21,6 +21,7 @@
 #include "mpqat/eval/tasks.h"
 #include "mpqat/data/hf_tokenizer.h"
 #include "mpqat/data/wordpiece_tokenizer.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
@@ -54,6 +55,7 @@ struct EvalOpts {
   bool no_bos = false;
   std::string device = "auto";
   bool streaming = false;
+  std::string memory_limit = "auto";
 };
 
 std::string family_name(model::Family f) {
@@ -110,7 +112,12 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--streaming", o->streaming,
-                "hold one block at a time, loaded from the mapped checkpoint (--ppl, --tasks, --classify)")
+                "hold one block at a time, loaded from the mapped checkpoint (--ppl, --tasks, --classify), "
+                "even when the whole model would fit --memory-limit")
+      ->capture_default_str();
+  cmd->add_option("--memory-limit", o->memory_limit,
+                  "memory the whole model may take; a larger model is streamed block by block (auto = 80% of "
+                  "the available host memory, or of the GPU's free memory)")
       ->capture_default_str();
 
   cmd->callback([o, gen, ppl, tasks, classify] {
@@ -162,18 +169,22 @@ void add_eval_command(CLI::App& app) {
     const torch::Device device = dist::resolve_device(o->device, *comm, "--device");
     const bool main_rank = comm->is_main();
     const auto& tok = folder.tokenizer();
-    model::LoadOptions lo;
-    lo.device = device;
-    // The full model, or for --streaming the block-free shell (blocks come from the mapped file).
-    std::shared_ptr<model::TransformerModel> m =
-        o->streaming ? model::load_any_model_shell(folder, lo) : model::load_any_model(folder, lo);
-    auto run_model = [&, m](const torch::Tensor& ids, const torch::Tensor& mask) {
-      return o->streaming ? model::forward_streaming(folder, ids, m, mask) : m->forward(ids, mask);
-    };
-    const eval::LogitsFn logits_fn = [&](const torch::Tensor& x) { return run_model(x, torch::Tensor()); };
+    // The whole model when it fits --memory-limit (and --streaming is not given), else one block at
+    // a time from the mapped file, each block read once per group of batches.
+    model::StreamingOptions st;
+    st.device = device;
+    st.mode = o->streaming ? "always" : "auto";
+    st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
+    if (do_gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
+    auto src = model::open_blocks(folder, st);
+    const uint64_t limit = st.memory_limit ? st.memory_limit : model::auto_memory_limit(device);
+    const model::BatchFn run_model = model::batch_fn(*src, std::max<uint64_t>(256ull << 20, limit / 4));
     nlohmann::json out;
     if (do_gen) {
-      auto llama = std::dynamic_pointer_cast<model::LlamaForCausalLM>(m);
+      if (model::whole_model_bytes(folder) > limit)
+        throw InputError("eval --generate holds the whole model (" + util::format_bytes(model::whole_model_bytes(folder)) +
+                         ") but --memory-limit is " + util::format_bytes(limit) + " (raise it, or use --ppl / --tasks, which stream)");
+      auto llama = dynamic_cast<model::LlamaForCausalLM*>(&src->shell());
       if (!llama) throw Error("eval --generate: the loaded " + cfg.architecture + " is not a LlamaForCausalLM");
       eval::GenerateOptions g;
       g.max_new_tokens = o->max_new_tokens;
@@ -191,11 +202,12 @@ void add_eval_command(CLI::App& app) {
     }
     eval::EvalReport report(o->dir);
     report.set_meta("device", device.str());
+    report.set_meta("streamed", src->streaming());
     report.set_meta("ranks", comm->world_size());
     if (do_ppl) {
       const auto ids = tok.encode(util::read_file(o->ppl_file), /*add_bos=*/true);
       const int context = o->context > 0 ? o->context : eval::default_context(cfg);
-      const auto r = eval::evaluate_perplexity(logits_fn, ids, context, o->batch_size, o->json ? 0 : 1, device,
+      const auto r = eval::evaluate_perplexity(run_model, ids, context, o->batch_size, o->json ? 0 : 1, device,
                                                comm.get());
       out["ppl"] = r.ppl;
       out["nll"] = r.nll;
@@ -204,7 +216,7 @@ void add_eval_command(CLI::App& app) {
       out["context"] = r.context;
       report.set_section("perplexity", nlohmann::json{{"file", o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
                                                       {"tokens", r.tokens}, {"windows", r.windows},
-                                                      {"context", r.context}, {"streaming", o->streaming}});
+                                                      {"context", r.context}, {"streaming", src->streaming()}});
       if (!o->json && main_rank)
         std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
                   << r.windows << "  context " << r.context << "\n";
@@ -224,16 +236,16 @@ void add_eval_command(CLI::App& app) {
       report.set_meta("num_fewshot", 0);
       report.set_meta("bos", mo.add_bos);
       for (const auto& t : loaded) {
-        const auto r = eval::evaluate_task(logits_fn, tok, t, mo);
+        const auto r = eval::evaluate_task(run_model, tok, t, mo);
         report.add_multiple_choice(r);
         out["tasks"][r.task] = report.json()["tasks"][r.task];
       }
       if (!o->json && main_rank) std::cout << report.to_text();
     }
     if (do_cls) {
-      if (m->num_labels() != static_cast<int64_t>(cls_data.label_names.size()))
+      if (cfg.num_labels != static_cast<int64_t>(cls_data.label_names.size()))
         throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
-                         " labels but " + o->dir + " classifies into " + std::to_string(m->num_labels()) +
+                         " labels but " + o->dir + " classifies into " + std::to_string(cfg.num_labels) +
                          " (give the label order with --labels)");
       const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
       eval::PredictOptions po;

@@ -41,15 +41,16 @@ void add_quantize_command(CLI::App& app) {
       throw InputError("model folder '" + o->model + "' is already quantized (quantize needs a float model)");
     const auto plan = quant::load_bit_plan(o->plan);
     model::ModelFolder folder(o->model);
-    auto m = model::load_any_model(folder);
     quant::InitOptions init;
     init.clip_search = o->clip;
-    const auto n = quant::rtn_quantize(*m, plan, init);
+    // Block by block: one float block in memory whatever the model's size.
+    const auto q = quant::rtn_quantize_blocks(folder, plan, init);
+    const auto n = static_cast<int64_t>(plan.quantized().size());
     so.source_dir = o->model;
     so.method = o->clip ? "rtn+clip" : "rtn";
     so.plan = &plan;
     so.force = o->force;
-    quant::save_quantized_checkpoint(*m, o->out, so);
+    quant::save_quantized_checkpoint(*q.shell, q.config, q.blocks, o->out, so);
     const auto r = quant::inspect_checkpoint(o->out);
     std::cout << "quantized " << n << " of " << r.modules.size() << " linears -> " << o->out << " ("
               << util::format_bytes(r.total_bytes) << ", " << r.avg_bits << " avg bits, compression "

@@ -19,6 +19,7 @@
 #include "mpqat/data/calibration.h"
 #include "mpqat/data/hf_tokenizer.h"
 #include "mpqat/dist/communicator.h"
+#include "mpqat/model/activation_cache.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/sensitivity/fisher.h"
@@ -42,6 +43,7 @@ void add_sensitivity_command(CLI::App& app) {
     std::string mode = "output";
     std::vector<std::string> metrics = {"fisher"};
     bool quiet = false;
+    std::string device = "auto", cache_dtype = "float32", cache_limit = "4GiB", cache_dir;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("sensitivity", "Measure per-layer / per-module sensitivity "
@@ -66,6 +68,16 @@ void add_sensitivity_command(CLI::App& app) {
       ->check(CLI::IsMember({"random", "stratified"}));
   sub->add_option("--seed", o->seed, "calibration sampling seed");
   sub->add_flag("--quiet", o->quiet, "no progress bar");
+  sub->add_option("--device", o->device, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  sub->add_option("--cache-dtype", o->cache_dtype,
+                  "dtype of the cached block inputs and gradients (float32 keeps Fisher exact; bfloat16 halves them)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
+      ->capture_default_str();
+  sub->add_option("--cache-memory-limit", o->cache_limit, "activation caches past this size go to --cache-dir")
+      ->capture_default_str();
+  sub->add_option("--cache-dir", o->cache_dir, "folder for caches past the limit (default: the system temp folder)");
   sub->add_option("--out", o->out, "output sensitivity.json (the ranking goes next to it as .txt)")->required();
   sub->callback([o] {
     auto ints = [](const std::string& s, const std::string& what) {
@@ -99,7 +111,10 @@ void add_sensitivity_command(CLI::App& app) {
     so.svcca_variance = o->svcca_variance;
     so.max_rows = o->max_rows;
     so.progress = !o->quiet;
+    so.cache = model::cache_options(o->cache_dtype, o->cache_limit, o->cache_dir,
+                                    {"--cache-dtype", "--cache-memory-limit", "--cache-dir"});
     auto comm = dist::Communicator::from_env();
+    so.device = dist::resolve_device(o->device, *comm, "--device");
     const auto rep = sensitivity::compute_sensitivity(so, comm.get());
     if (comm->is_main()) {
       const auto txt = sensitivity::write_sensitivity(rep, o->out);

@@ -20,6 +20,7 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/inspect.h"
 #include "mpqat/train/block_ap.h"
+#include "mpqat/train/e2e_qp.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -137,8 +138,8 @@ void add_train_command(CLI::App& app) {
     bo.train_norm = o->train_norm;
     bo.init.clip_search = o->init == "mse";
     bo.val_fraction = o->val;
-    bo.cache_memory_limit = util::parse_bytes(o->cache_limit, "--cache-memory-limit");
-    bo.cache_dir = o->cache_dir;
+    bo.cache = model::cache_options("float16", o->cache_limit, o->cache_dir,
+                                    {"--cache-dtype", "--cache-memory-limit", "--cache-dir"});
     bo.state_dir = o->state_dir.empty() ? fs::path(o->out).lexically_normal().string() + ".state" : o->state_dir;
     bo.resume = !o->no_resume;
     if (o->no_resume && comm->is_main() && fs::exists(bo.state_dir)) fs::remove_all(bo.state_dir);

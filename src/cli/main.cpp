@@ -10,6 +10,7 @@
 #include "mpqat/cli/commands.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/host_allocator.h"
 #include "mpqat/util/log.h"
 #include "mpqat/util/torch_compat.h"
 
@@ -25,6 +26,7 @@ int report(const char* kind, const std::string& what, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mpqat::util::install_host_allocator();  // before any tensor exists
   CLI::App app{"mpqat: sensitivity-guided mixed-precision quantization-aware training of LLMs.\n"
                "Measure layer sensitivity, allocate bits under a size budget, train block by "
                "block, save a packed mixed-precision checkpoint and evaluate it.",
@@ -68,6 +70,7 @@ int main(int argc, char** argv) {
     mpqat::cli::add_wizard_command(app);
     mpqat::cli::add_launch_command(app);
     mpqat::cli::add_fit_command(app);
+    mpqat::cli::add_random_model_command(app);
 
     app.parse(argc, argv);
   } catch (const mpqat::cli::ExitRequest& e) {

@@ -30,6 +30,8 @@
 #include "mpqat/eval/seed_outputs.h"
 #include "mpqat/eval/tasks.h"
 #include "mpqat/io/recipe.h"
+#include "mpqat/model/activation_cache.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/bitplan.h"
@@ -37,6 +39,7 @@
 #include "mpqat/quant/inspect.h"
 #include "mpqat/sensitivity/run_sensitivity.h"
 #include "mpqat/train/block_ap.h"
+#include "mpqat/train/e2e_qp.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -141,15 +144,20 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
   const model::ModelFolder folder(dir);
   const auto& cfg = folder.config();
   const auto device = dist::resolve_device(r.str("model.device"), comm, "model.device");
-  model::LoadOptions lo;
-  lo.device = device;
-  auto m = model::load_any_model(folder, lo);
+  // The whole model when it fits model.memory_limit, else one block at a time.
+  model::StreamingOptions st;
+  st.device = device;
+  st.mode = r.str("model.streaming");
+  st.memory_limit = model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit");
+  auto src = model::open_blocks(folder, st);
+  const uint64_t group = std::max<uint64_t>(256ull << 20, (st.memory_limit ? st.memory_limit : model::auto_memory_limit(device)) / 4);
+  const model::BatchFn logits = model::batch_fn(*src, group);
   const auto& tok = folder.tokenizer();
   const int batch = static_cast<int>(r.integer("evaluation.batch_size"));
   json out = json::object();
+  out["streamed"] = src->streaming();
   torch::NoGradGuard ng;
-  if (m->is_causal_lm()) {
-    const eval::LogitsFn logits = [&](const torch::Tensor& x) { return m->forward(x, torch::Tensor()); };
+  if (src->shell().is_causal_lm()) {
     for (const auto& f : r.strings("evaluation.perplexity")) {
       const auto ids = tok.encode(util::read_file(f), true);
       int ctx = static_cast<int>(r.integer("evaluation.context"));
@@ -196,10 +204,10 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
         data.texts.resize(static_cast<size_t>(limit));
         data.labels.resize(static_cast<size_t>(limit));
       }
-      if (m->num_labels() != static_cast<int64_t>(data.label_names.size()))
+      if (cfg.num_labels != static_cast<int64_t>(data.label_names.size()))
         throw InputError("evaluation.classification.path '" + path + "' has " +
                          std::to_string(data.label_names.size()) + " labels but the model classifies into " +
-                         std::to_string(m->num_labels()));
+                         std::to_string(cfg.num_labels));
       const auto enc = model::classifier_encoding(cfg, tok);
       eval::PredictOptions po;
       po.batch_size = std::max(batch, 8);
@@ -210,10 +218,7 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
       po.device = device;
       po.comm = &comm;
       const eval::EncodeFn encode = [&](const std::string& t) { return tok.encode(t, enc.add_bos); };
-      const eval::ClassifyFn classify = [&](const torch::Tensor& ids, const torch::Tensor& mask) {
-        return m->forward(ids, mask);
-      };
-      const auto metrics = eval::evaluate_classifier(classify, encode, data, po);
+      const auto metrics = eval::evaluate_classifier(logits, encode, data, po);
       out["classification"] = metrics.to_json();
     }
   }
@@ -393,6 +398,10 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       so.svcca_k = static_cast<int>(r.integer("sensitivity.svcca_k"));
       so.svcca_variance = r.number("sensitivity.svcca_variance");
       so.max_rows = r.integer("sensitivity.max_rows");
+      so.device = dist::resolve_device(r.str("model.device"), *comm, "model.device");
+      so.cache = model::cache_options(r.str("sensitivity.cache_dtype"), r.str("sensitivity.cache_memory_limit"),
+                                      r.str("sensitivity.cache_dir").empty() ? out.string() : r.str("sensitivity.cache_dir"),
+                                      {"sensitivity.cache_dtype", "sensitivity.cache_memory_limit", "sensitivity.cache_dir"});
       const auto rep = sensitivity::compute_sensitivity(so, comm.get());
       if (main) sensitivity::write_sensitivity(rep, sens_path);
       comm->barrier();
@@ -480,10 +489,11 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       init.clip_search = r.str("training.init") == "mse";
       if (method == "rtn") {
         spdlog::info("stage quantize: RTN");
-        auto m = model::load_any_model(folder);
-        quant::rtn_quantize(*m, plan, init);
         so.method = init.clip_search ? "rtn+clip" : "rtn";
-        if (main) quant::save_quantized_checkpoint(*m, ckpt.string(), so);
+        if (main) {
+          const auto q = quant::rtn_quantize_blocks(folder, plan, init);
+          quant::save_quantized_checkpoint(*q.shell, q.config, q.blocks, ckpt.string(), so);
+        }
       } else {
         if (calib_path.empty())
           throw InputError(r.source() + ": data.calibration.path is required for training.method block-ap");
@@ -502,10 +512,9 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
         bo.init = init;
         const double nval = static_cast<double>(r.integer("data.validation_samples"));
         bo.val_fraction = data.size() > 1 ? std::min(0.5, nval / static_cast<double>(data.size())) : 0.0;
-        const auto cdt = r.str("training.cache_dtype");
-        bo.cache_dtype = cdt == "bfloat16" ? torch::kBFloat16 : cdt == "float32" ? torch::kFloat : torch::kHalf;
-        bo.cache_memory_limit = util::parse_bytes(r.str("training.cache_memory_limit"), "training.cache_memory_limit");
-        bo.cache_dir = r.str("training.cache_dir");
+        bo.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
+                                        r.str("training.cache_dir"),
+                                        {"training.cache_dtype", "training.cache_memory_limit", "training.cache_dir"});
         bo.nan_lr_backoff = r.number("training.nan_lr_backoff");
         bo.state_dir = (out / "train_state").string();
         bo.resume = r.flag("training.resume");

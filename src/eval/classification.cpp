@@ -292,7 +292,18 @@ json ClassificationMetrics::to_json() const {
   return j;
 }
 
+model::BatchFn batch_fn(const ClassifyFn& classify) {
+  return [classify](const std::vector<model::ModelInput>& inputs, const model::OutputFn& fn) {
+    for (std::size_t k = 0; k < inputs.size(); ++k) fn(k, classify(inputs[k].ids, inputs[k].mask));
+  };
+}
+
 std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& encode,
+                                   const std::vector<std::string>& texts, const PredictOptions& opts) {
+  return predict_local(batch_fn(classify), encode, texts, opts);
+}
+
+std::vector<int64_t> predict_local(const model::BatchFn& run, const EncodeFn& encode,
                                    const std::vector<std::string>& texts, const PredictOptions& opts) {
   if (opts.batch_size < 1) throw InputError("batch size must be >= 1, got " + std::to_string(opts.batch_size));
   if (opts.max_length < 1) throw InputError("max length must be >= 1, got " + std::to_string(opts.max_length));
@@ -304,8 +315,7 @@ std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& e
   std::unique_ptr<util::Progress> bar;
   if (opts.progress) bar = std::make_unique<util::Progress>("classify", static_cast<int64_t>(mine.size()), "ex");
   torch::NoGradGuard ng;
-  std::vector<int64_t> preds;
-  preds.reserve(mine.size());
+  std::vector<model::ModelInput> batches;
   for (std::size_t b0 = 0; b0 < mine.size(); b0 += static_cast<std::size_t>(opts.batch_size)) {
     const std::size_t b1 = std::min(mine.size(), b0 + static_cast<std::size_t>(opts.batch_size));
     std::vector<std::vector<int32_t>> enc;
@@ -331,23 +341,33 @@ std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& e
         ia[r][static_cast<int64_t>(t)] = enc[r][t];
         ma[r][static_cast<int64_t>(t)] = 1;
       }
-    auto logits = classify(ids.to(opts.device), mask.to(opts.device));  // (B, num_labels)
+    batches.push_back({ids.to(opts.device), mask.to(opts.device)});
+  }
+  std::vector<int64_t> preds;
+  preds.reserve(mine.size());
+  run(batches, [&](std::size_t k, const torch::Tensor& logits) {  // (B, num_labels)
+    const int64_t B = batches[k].ids.size(0);
     if (logits.dim() != 2 || logits.size(0) != B)
       throw Error("classifier returned logits of shape " + std::to_string(logits.dim()) +
                   "-d; expected (batch, num_labels)");
     auto arg = logits.argmax(-1).to(torch::kCPU).to(torch::kLong);  // (B)
     for (int64_t r = 0; r < B; ++r) preds.push_back(arg[r].item<int64_t>());
     if (bar) bar->advance(B);
-  }
+  });
   if (bar) bar->finish();
   return preds;
 }
 
 ClassificationMetrics evaluate_classifier(const ClassifyFn& classify, const EncodeFn& encode,
                                           const ClassificationData& data, const PredictOptions& opts) {
+  return evaluate_classifier(batch_fn(classify), encode, data, opts);
+}
+
+ClassificationMetrics evaluate_classifier(const model::BatchFn& run, const EncodeFn& encode,
+                                          const ClassificationData& data, const PredictOptions& opts) {
   const auto k = static_cast<int64_t>(data.label_names.size());
   if (k < 1) throw InputError("'" + data.path + "' has no labels");
-  const auto preds = predict_local(classify, encode, data.texts, opts);
+  const auto preds = predict_local(run, encode, data.texts, opts);
   const int rank = opts.comm ? opts.comm->rank() : 0;
   const int world = opts.comm ? opts.comm->world_size() : 1;
   auto cm = torch::zeros({k, k}, torch::kDouble);  // (true, predicted); fp64 holds counts exactly

@@ -43,6 +43,12 @@ TokenPair encode_pair(const data::Tokenizer& tok, const std::string& context, co
 std::vector<double> loglikelihoods(const LogitsFn& logits_fn, const std::vector<TokenPair>& pairs,
                                    int64_t max_length, int batch_size, const torch::Device& device,
                                    const std::string& progress_label) {
+  return loglikelihoods(batch_fn(logits_fn), pairs, max_length, batch_size, device, progress_label);
+}
+
+std::vector<double> loglikelihoods(const model::BatchFn& run, const std::vector<TokenPair>& pairs,
+                                   int64_t max_length, int batch_size, const torch::Device& device,
+                                   const std::string& progress_label) {
   if (batch_size < 1) throw InputError("batch size must be >= 1, got " + std::to_string(batch_size));
   if (max_length < 1) throw InputError("max length must be >= 1, got " + std::to_string(max_length));
   const std::size_t n = pairs.size();
@@ -80,6 +86,7 @@ std::vector<double> loglikelihoods(const LogitsFn& logits_fn, const std::vector<
   if (!progress_label.empty()) bar = std::make_unique<util::Progress>(progress_label, static_cast<int64_t>(n), "req");
   torch::NoGradGuard ng;
   std::vector<double> out(n, 0.0);
+  std::vector<model::ModelInput> batches;
   for (std::size_t b0 = 0; b0 < n; b0 += static_cast<std::size_t>(batch_size)) {
     const std::size_t b1 = std::min(n, b0 + static_cast<std::size_t>(batch_size));
     const auto B = static_cast<int64_t>(b1 - b0);
@@ -90,9 +97,13 @@ std::vector<double> loglikelihoods(const LogitsFn& logits_fn, const std::vector<
       const auto& in = inputs[order[b0 + r]];
       for (std::size_t t = 0; t < in.size(); ++t) acc[r][static_cast<int64_t>(t)] = in[t];
     }
-    auto logits = logits_fn(ids.to(device));  // (B, T, V)
+    batches.push_back({ids.to(device), torch::Tensor()});
+  }
+  run(batches, [&](std::size_t k, const torch::Tensor& logits) {  // (B, T, V)
+    const std::size_t b0 = k * static_cast<std::size_t>(batch_size);
+    const auto B = batches[k].ids.size(0);
     for (int64_t r = 0; r < B; ++r) {
-      const std::size_t i = order[b0 + r];
+      const std::size_t i = order[b0 + static_cast<std::size_t>(r)];
       const auto L = static_cast<int64_t>(inputs[i].size());
       const auto c = static_cast<int64_t>(targets[i].size());
       auto rows = logits[r].narrow(0, L - c, c).to(torch::kFloat);        // (c, V)
@@ -101,7 +112,7 @@ std::vector<double> loglikelihoods(const LogitsFn& logits_fn, const std::vector<
       out[i] = logp.gather(-1, tgt).to(torch::kDouble).sum().item<double>();
     }
     if (bar) bar->advance(B);
-  }
+  });
   if (bar) bar->finish();
   return out;
 }
@@ -115,6 +126,12 @@ double binary_mean_stderr(double hits, int64_t n) {
 }
 
 MultipleChoiceResult evaluate_multiple_choice(const LogitsFn& logits_fn, const data::Tokenizer& tok,
+                                              const std::vector<MultipleChoiceItem>& items,
+                                              const MultipleChoiceOptions& opts, const std::string& task) {
+  return evaluate_multiple_choice(batch_fn(logits_fn), tok, items, opts, task);
+}
+
+MultipleChoiceResult evaluate_multiple_choice(const model::BatchFn& run, const data::Tokenizer& tok,
                                               const std::vector<MultipleChoiceItem>& items,
                                               const MultipleChoiceOptions& opts, const std::string& task) {
   if (opts.limit < 0) throw InputError("limit must be >= 0, got " + std::to_string(opts.limit));
@@ -136,7 +153,7 @@ MultipleChoiceResult evaluate_multiple_choice(const LogitsFn& logits_fn, const d
     for (const auto& c : it.continuations) pairs.push_back(encode_pair(tok, it.context, c, opts.add_bos));
   }
   const std::string label = opts.progress ? (task.empty() ? std::string("multiple choice") : task) : "";
-  const auto ll = loglikelihoods(logits_fn, pairs, opts.max_length, opts.batch_size, opts.device, label);
+  const auto ll = loglikelihoods(run, pairs, opts.max_length, opts.batch_size, opts.device, label);
 
   double hits = 0.0, hits_norm = 0.0;
   for (std::size_t k = 0; k < mine.size(); ++k) {
@@ -172,7 +189,12 @@ MultipleChoiceResult evaluate_multiple_choice(const LogitsFn& logits_fn, const d
 
 MultipleChoiceResult evaluate_task(const LogitsFn& logits_fn, const data::Tokenizer& tok,
                                    const MultipleChoiceTask& task, const MultipleChoiceOptions& opts) {
-  return evaluate_multiple_choice(logits_fn, tok, task.items, opts, task.name);
+  return evaluate_multiple_choice(batch_fn(logits_fn), tok, task.items, opts, task.name);
+}
+
+MultipleChoiceResult evaluate_task(const model::BatchFn& run, const data::Tokenizer& tok,
+                                   const MultipleChoiceTask& task, const MultipleChoiceOptions& opts) {
+  return evaluate_multiple_choice(run, tok, task.items, opts, task.name);
 }
 
 }  // namespace mpqat::eval

@@ -22,7 +22,13 @@ torch::Device module_device(const torch::nn::Module& m) {
   return torch::kCPU;
 }
 
-PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32_t>& ids, int context,
+model::BatchFn batch_fn(const LogitsFn& logits_fn) {
+  return [logits_fn](const std::vector<model::ModelInput>& inputs, const model::OutputFn& fn) {
+    for (size_t k = 0; k < inputs.size(); ++k) fn(k, logits_fn(inputs[k].ids));
+  };
+}
+
+PplResult evaluate_perplexity(const model::BatchFn& run, const std::vector<int32_t>& ids, int context,
                               int batch_size, int log_every, const torch::Device& device,
                               dist::Communicator* comm) {
   if (context < 2) throw InputError("perplexity context must be >= 2, got " + std::to_string(context));
@@ -40,17 +46,25 @@ PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32
                  .to(torch::kLong);
   std::vector<int64_t> mine;
   for (int64_t w = rank; w < windows; w += world) mine.push_back(w);
+  // This rank's batches of windows.
+  std::vector<model::ModelInput> inputs;
+  std::vector<std::pair<size_t, size_t>> span;  // batch -> [k0, k1) into mine
+  for (size_t k0 = 0; k0 < mine.size(); k0 += static_cast<size_t>(batch_size)) {
+    const size_t k1 = std::min(mine.size(), k0 + static_cast<size_t>(batch_size));
+    auto idx = torch::from_blob(mine.data() + k0, {static_cast<int64_t>(k1 - k0)}, torch::kLong);
+    inputs.push_back({all.index_select(0, idx).to(device), torch::Tensor()});  // (b, T)
+    span.emplace_back(k0, k1);
+  }
   auto per_window = torch::zeros({windows}, torch::kDouble);  // NLL sum of each window, fp64
   auto pw = per_window.accessor<double, 1>();
   std::unique_ptr<util::Progress> bar;
   if (log_every > 0) bar = std::make_unique<util::Progress>("perplexity", static_cast<int64_t>(mine.size()), "win");
   double local = 0.0;
   int64_t local_done = 0;
-  for (size_t k0 = 0; k0 < mine.size(); k0 += static_cast<size_t>(batch_size)) {
-    const size_t k1 = std::min(mine.size(), k0 + static_cast<size_t>(batch_size));
-    auto idx = torch::from_blob(mine.data() + k0, {static_cast<int64_t>(k1 - k0)}, torch::kLong);
-    auto batch = all.index_select(0, idx).to(device);                      // (b, T)
-    auto logits = logits_fn(batch).to(torch::kFloat);                      // (b, T, V)
+  run(inputs, [&](size_t b, const torch::Tensor& out) {
+    const auto& batch = inputs[b].ids;
+    const auto [k0, k1] = span[b];
+    auto logits = out.to(torch::kFloat);                                   // (b, T, V)
     auto logp = torch::log_softmax(logits.narrow(1, 0, context - 1), -1);  // (b, T-1, V)
     auto target = batch.narrow(1, 1, context - 1).unsqueeze(-1);           // (b, T-1, 1)
     auto nll = -logp.gather(-1, target).squeeze(-1);                       // (b, T-1)
@@ -68,7 +82,7 @@ PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32
       bar->set_postfix(buf);
       bar->advance(static_cast<int64_t>(k1 - k0));
     }
-  }
+  });
   if (bar) bar->finish();
   // Every entry is nonzero on exactly one rank, so the reduction adds only zeros to it: exact.
   if (comm && comm->distributed()) comm->all_reduce_sum(per_window);
@@ -82,6 +96,12 @@ PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32
   r.nll = total / static_cast<double>(r.predicted);
   r.ppl = std::exp(r.nll);
   return r;
+}
+
+PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32_t>& ids, int context,
+                              int batch_size, int log_every, const torch::Device& device,
+                              dist::Communicator* comm) {
+  return evaluate_perplexity(batch_fn(logits_fn), ids, context, batch_size, log_every, device, comm);
 }
 
 PplResult evaluate_perplexity(model::LlamaForCausalLM& model, const std::vector<int32_t>& ids, int context,

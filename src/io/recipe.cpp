@@ -336,9 +336,11 @@ void Recipe::validate() const {
       fail("allocation.sgra.lr_scale must be [low, high] with low <= high");
     }
   }
-  for (const char* p : {"training.cache_memory_limit", "output.shard_size"}) {
+  for (const char* p : {"training.cache_memory_limit", "sensitivity.cache_memory_limit", "output.shard_size"}) {
     util::parse_bytes(str(p), source_ + ": " + p);
   }
+  if (util::to_lower(str("model.memory_limit")) != "auto")
+    util::parse_bytes(str("model.memory_limit"), source_ + ": model.memory_limit (or auto)");
   // Calibrating on the data that is evaluated leaks the test set into the result.
   const std::string calib = str("data.calibration.path");
   if (!calib.empty() && !flag("data.allow_eval_overlap")) {

@@ -35,8 +35,14 @@ std::vector<KeySpec> build_schema() {
           {"float32", "bfloat16", "float16"}),
       key("model.device", K::String, "auto", "auto = CUDA when LibTorch has it, else CPU",
           {"auto", "cpu", "cuda"}),
-      key("model.streaming", K::Bool, "false",
-          "load one block at a time from the mapped file (memory ~ one block + activations)"),
+      key("model.streaming", K::String, "auto",
+          "evaluation: auto = hold the whole model when it fits model.memory_limit, else load one "
+          "block at a time from the mapped file; always; never (sensitivity, RTN and Block-AP always "
+          "stream)",
+          {"auto", "always", "never"}),
+      key("model.memory_limit", K::String, "auto",
+          "memory a whole model may take (auto = 80% of the host's available memory, or of the "
+          "GPU's free memory on CUDA), e.g. 16GiB"),
       // ---- data
       key("data.calibration.path", K::String, "''",
           "calibration data: plain text, JSONL (text field) or TSV/CSV (text + label columns)"),
@@ -78,6 +84,14 @@ std::vector<KeySpec> build_schema() {
           "SVCCA: variance fraction kept when svcca_k is 0", {}, 0.0, 1.0),
       key("sensitivity.max_rows", K::Int, "4096",
           "rows (tokens) subsampled for CCA, RBF and debiased CKA", {}, 2.0),
+      key("sensitivity.cache_dtype", K::String, "float32",
+          "dtype of the cached block inputs and gradients (float32: Fisher equals the whole-model "
+          "computation; bfloat16 halves the caches)",
+          {"float32", "bfloat16", "float16"}),
+      key("sensitivity.cache_memory_limit", K::String, "4GiB",
+          "activation caches past this size go to files in sensitivity.cache_dir"),
+      key("sensitivity.cache_dir", K::String, "''",
+          "folder for the sensitivity caches past the limit (default: the run folder)"),
       // ---- allocation
       key("allocation.method", K::String, "qbo",
           "qbo = exact optimum under the byte budget; mpq = target average bits; kmeans, "

@@ -376,6 +376,15 @@ const uint8_t* SafetensorsFile::data(const std::string& name) const {
   return impl_->data_area + info(name).begin;
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const auto& t = info(name);
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(impl_->data_area + t.begin) & ~(page - 1);
+  const auto end = reinterpret_cast<uintptr_t>(impl_->data_area + t.end);
+  // A read-only file mapping: dropped pages are read again from the page cache when touched.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 const std::map<std::string, std::string>& SafetensorsFile::metadata() const {
   return impl_->metadata;
 }
@@ -577,6 +586,10 @@ const uint8_t* SafetensorsCheckpoint::data(const std::string& name) const {
   return impl_->mapped(impl_->shard_of(name)).data(name);
 }
 
+void SafetensorsCheckpoint::release(const std::string& name) const {
+  impl_->mapped(impl_->shard_of(name)).release(name);
+}
+
 const std::string& SafetensorsCheckpoint::file_of(const std::string& name) const {
   return impl_->shard_of(name).path;
 }
@@ -698,6 +711,32 @@ std::string build_header(const std::vector<TensorToWrite>& tensors,
 
 }  // namespace
 
+uint64_t header_bytes(const std::vector<TensorToWrite>& tensors, const std::map<std::string, std::string>& metadata) {
+  return 8 + build_header(tensors, metadata).size();
+}
+
+std::vector<std::vector<std::size_t>> plan_shards(const std::vector<uint64_t>& sizes, uint64_t max_shard_bytes) {
+  // Greedy packing in the given order; a tensor larger than the limit gets a shard alone.
+  std::vector<std::vector<std::size_t>> groups;
+  uint64_t cur = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const bool fits = max_shard_bytes == 0 || (!groups.empty() && cur + sizes[i] <= max_shard_bytes);
+    if (groups.empty() || !fits) {
+      groups.emplace_back();
+      cur = 0;
+    }
+    groups.back().push_back(i);
+    cur += sizes[i];
+  }
+  return groups;
+}
+
+std::string shard_file_name(const std::string& stem, std::size_t i, std::size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu.safetensors", i + 1, n);
+  return stem + buf;
+}
+
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   validate_all(tensors, "writing safetensors file '" + path + "'");
@@ -747,34 +786,41 @@ std::vector<std::string> write_safetensors_sharded(
     const std::string& dir, const std::vector<TensorToWrite>& tensors,
     const std::map<std::string, std::string>& metadata, uint64_t max_shard_bytes,
     const std::string& stem) {
+  return write_safetensors_sharded(dir, tensors, nullptr, metadata, max_shard_bytes, stem);
+}
+
+std::vector<std::string> write_safetensors_sharded(
+    const std::string& dir, const std::vector<TensorToWrite>& tensors, const ShardProducer& produce,
+    const std::map<std::string, std::string>& metadata, uint64_t max_shard_bytes,
+    const std::string& stem) {
   const std::string ctx = "writing safetensors checkpoint '" + dir + "'";
   if (stem.empty() || stem.find('/') != std::string::npos)
     throw InputError(ctx + ": stem '" + stem + "' must be a non-empty file name without '/'");
-  validate_all(tensors, ctx);
+  if (!produce) validate_all(tensors, ctx);
 
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(ctx + ": cannot create folder (" + ec.message() + ")");
 
-  // Greedy packing in the given order; a tensor larger than the limit gets a shard alone.
-  std::vector<std::vector<const TensorToWrite*>> groups;
-  uint64_t cur = 0;
-  for (const auto& t : tensors) {
-    const bool fits =
-        max_shard_bytes == 0 || (!groups.empty() && cur + t.nbytes <= max_shard_bytes);
-    if (groups.empty() || !fits) {
-      groups.emplace_back();
-      cur = 0;
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) sizes.push_back(t.nbytes);
+  const auto groups = plan_shards(sizes, max_shard_bytes);
+  // One shard's tensors, their bytes filled by `produce` when given.
+  auto part_of = [&](std::size_t i) {
+    std::vector<TensorToWrite> part;
+    for (auto k : groups[i]) part.push_back(tensors[k]);
+    if (produce) {
+      produce(i, part);
+      validate_all(part, ctx);
     }
-    groups.back().push_back(&t);
-    cur += t.nbytes;
-  }
+    return part;
+  };
 
   const fs::path d(dir);
   std::vector<std::string> written;
   if (groups.size() <= 1) {
     const std::string path = (d / (stem + ".safetensors")).string();
-    write_safetensors(path, tensors, metadata);
+    write_safetensors(path, groups.empty() ? tensors : part_of(0), metadata);
     written.push_back(path);
   } else {
     const std::size_t n = groups.size();
@@ -784,15 +830,11 @@ std::vector<std::string> write_safetensors_sharded(
     json weight_map = json::object();
     uint64_t total = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu.safetensors", i + 1, n);
-      const std::string fname = stem + buf;
-      std::vector<TensorToWrite> part;
-      part.reserve(groups[i].size());
-      for (const auto* t : groups[i]) {
-        part.push_back(*t);
-        weight_map[t->name] = fname;
-        total += t->nbytes;
+      const std::string fname = shard_file_name(stem, i, n);
+      const auto part = part_of(i);
+      for (const auto& t : part) {
+        weight_map[t.name] = fname;
+        total += t.nbytes;
       }
       const std::string path = (d / fname).string();
       write_safetensors(path, part, metadata);

@@ -69,6 +69,7 @@ torch::Tensor ModelFolder::tensor(const std::string& name, const std::vector<int
   // Copy through an aligned buffer: safetensors offsets need not be aligned to the element size.
   auto raw = torch::empty(shape, torch::TensorOptions().dtype(st));
   std::memcpy(raw.data_ptr(), ckpt_->data(name), info.nbytes());
+  ckpt_->release(name);  // the copy is what we keep: the mapped pages need not stay resident
   return st == torch::kFloat ? raw : raw.to(torch::kFloat);
 }
 

@@ -230,7 +230,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   try {
-    io::write_safetensors_sharded(tmp.string(), tw, {{"format", "pt"}}, opts.max_shard_bytes, "model");
+    io::write_safetensors_sharded(tmp.string(), tw, checkpoint_file_metadata(), opts.max_shard_bytes, "model");
     util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
     if (!opts.source_dir.empty())
       for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
@@ -254,9 +254,44 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
 
 void save_quantized_checkpoint(const model::TransformerModel& m, const std::string& out_dir,
                                const SaveOptions& opts) {
-  std::vector<std::pair<std::string, torch::Tensor>> params;
-  for (const auto& item : m.named_parameters(true)) params.emplace_back(item.key(), item.value());
+  // The order of the shell + blocks writer below (block-free parameters first, then the blocks),
+  // so that a model saved whole and the same model saved block by block are the same bytes.
+  std::vector<std::pair<std::string, torch::Tensor>> shell_params;
+  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> block_params(static_cast<size_t>(m.num_blocks()));
+  for (const auto& item : m.named_parameters(true)) {
+    int64_t owner = -1;
+    for (int64_t i = 0; i < m.num_blocks() && owner < 0; ++i)
+      if (item.key().compare(0, m.block_prefix(i).size(), m.block_prefix(i)) == 0) owner = i;
+    (owner < 0 ? shell_params : block_params[static_cast<size_t>(owner)]).emplace_back(item.key(), item.value());
+  }
+  auto params = shell_params;
+  for (const auto& b : block_params) params.insert(params.end(), b.begin(), b.end());
   save_contents(m.named_linears(), params, m.config(), out_dir, opts);
+}
+
+BlockModel rtn_quantize_blocks(const model::ModelFolder& folder, const BitPlan& plan, const InitOptions& init) {
+  const auto& cfg = folder.config();
+  {
+    std::vector<std::string> names;
+    for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+      for (const auto& rel : model::family_block_linear_names(cfg)) names.push_back(model::family_block_prefix(cfg, i) + rel);
+    validate_plan_modules(plan, names);
+  }
+  BlockModel r;
+  r.config = cfg;
+  r.shell = model::load_any_model_shell(folder);
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    auto b = model::load_any_block(folder, i);  // the only float block in memory
+    const auto prefix = model::family_block_prefix(cfg, i);
+    for (const auto& [rel, lin] : b->linears()) {
+      auto it = plan.modules.find(prefix + rel);
+      if (it == plan.modules.end() || !it->second.quantized()) continue;
+      FakeQuantLinearImpl fq(*lin, it->second.spec(), init);
+      b->set_linear(rel, fq.to_quant_linear());
+    }
+    r.blocks.push_back(b);
+  }
+  return r;
 }
 
 void save_quantized_checkpoint(const model::TransformerModel& shell, const model::ModelConfig& cfg,
@@ -472,6 +507,7 @@ torch::Tensor read_raw(const io::SafetensorsCheckpoint& ckpt, const std::string&
   const auto& info = ckpt.info(name);
   auto t = torch::empty(info.shape, torch::TensorOptions().dtype(st));
   std::memcpy(t.data_ptr(), ckpt.data(name), info.nbytes());
+  ckpt.release(name);
   return t;
 }
 

@@ -274,4 +274,9 @@ void validate_plan_modules(const BitPlan& plan, const std::vector<std::string>& 
   }
 }
 
+const std::map<std::string, std::string>& checkpoint_file_metadata() {
+  static const std::map<std::string, std::string> m{{"format", "pt"}};
+  return m;
+}
+
 }  // namespace mpqat::quant

@@ -108,7 +108,7 @@ class ObserveLinear : public model::LinearImpl {
 
 }  // namespace
 
-OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vector<std::vector<int32_t>>& sequences,
+OutputSensitivity output_sensitivity(model::BlockSource& src, const std::vector<std::vector<int32_t>>& sequences,
                                      const OutputSensitivityOptions& opts) {
   if (opts.metrics.empty()) throw InputError("output sensitivity: no metric given");
   bool stream = false, subsample = false;
@@ -125,9 +125,11 @@ OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vect
   quant::validate_spec(spec, "output sensitivity probe");
 
   int64_t total = 0;
+  std::vector<int64_t> lengths;
   for (const auto& s : sequences) {
     if (s.empty()) throw InputError("output sensitivity: an empty calibration sequence");
     total += static_cast<int64_t>(s.size());
+    lengths.push_back(static_cast<int64_t>(s.size()));
   }
   std::vector<int64_t> chosen;
   if (subsample) {
@@ -138,54 +140,76 @@ OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vect
     std::sort(chosen.begin(), chosen.end());
   }
 
-  const auto lin = m.named_linears();
-  std::vector<std::shared_ptr<ObserveLinear>> obs;
-  // Puts the original linears back whatever happens.
-  struct Restore {
-    model::TransformerModel& m;
-    const std::vector<std::pair<std::string, model::LinearPtr>>& lin;
-    std::size_t n = 0;
-    ~Restore() {
-      for (std::size_t k = 0; k < n; ++k) m.set_linear(lin[k].first, lin[k].second);
-    }
-  } restore{m, lin};
-  {
-    torch::NoGradGuard ng;
-    for (const auto& [name, l] : lin) {
-      auto w = l->weight.detach().to(torch::kFloat32).contiguous();
-      auto qp = quant::init_params(w, spec);
-      auto wq = quant::fake_quant(w, qp.scale, qp.zero, spec).to(l->weight.dtype());
-      obs.push_back(std::make_shared<ObserveLinear>(l, wq, stream, subsample ? &chosen : nullptr));
-      m.set_linear(name, obs.back());
-      ++restore.n;
-    }
-  }
-  const auto dev = lin.empty() ? torch::Device(torch::kCPU) : lin.front().second->weight.device();
-  {
-    torch::NoGradGuard ng;
-    for (const auto& s : sequences) {
-      std::vector<int64_t> v(s.begin(), s.end());
-      m.forward(torch::tensor(v, torch::kInt64).view({1, -1}).to(dev), torch::Tensor());  // (1, T)
-    }
+  torch::NoGradGuard ng;
+  auto& shell = src.shell();
+  const auto dev = src.device();
+  const int64_t C = src.config().hidden_size;
+  auto ids_of = [&](size_t k) {
+    std::vector<int64_t> v(sequences[k].begin(), sequences[k].end());
+    return torch::tensor(v, torch::kInt64).view({1, -1}).to(dev);  // (1, T)
+  };
+  model::CacheBudget budget(opts.cache);
+  auto cur = std::make_unique<model::ActivationCache>(budget, lengths, C, "block-input");
+  for (size_t k = 0; k < sequences.size(); ++k) {
+    auto ids = ids_of(k);
+    cur->put(static_cast<int64_t>(k), shell.embed(ids, shell.context(ids, torch::Tensor())));
   }
 
   OutputSensitivity r;
   r.rows = total;
   r.sampled_rows = static_cast<int64_t>(chosen.size());
-  for (std::size_t k = 0; k < lin.size(); ++k) {
-    r.names.push_back(lin[k].first);
-    const auto& o = *obs[k];
-    Eigen::MatrixXd Y, Q;
-    if (subsample) {
-      Y = ObserveLinear::stack(o.sub_y_);
-      Q = ObserveLinear::stack(o.sub_q_);
+  const int64_t nb = src.num_blocks();
+  for (int64_t i = 0; i < nb; ++i) {
+    auto blk = src.block(i);
+    const auto lin = blk->linears();
+    std::vector<std::shared_ptr<ObserveLinear>> obs;
+    // Puts the block's own linears back whatever happens (an in-memory model is the user's).
+    struct Restore {
+      model::Block& b;
+      const std::vector<std::pair<std::string, model::LinearPtr>>& lin;
+      std::size_t n = 0;
+      ~Restore() {
+        for (std::size_t k = 0; k < n; ++k) b.set_linear(lin[k].first, lin[k].second);
+      }
+    } restore{*blk, lin};
+    for (const auto& [name, l] : lin) {
+      auto w = l->weight.detach().to(torch::kFloat32).contiguous();
+      auto qp = quant::init_params(w, spec);
+      auto wq = quant::fake_quant(w, qp.scale, qp.zero, spec).to(l->weight.dtype());
+      obs.push_back(std::make_shared<ObserveLinear>(l, wq, stream, subsample ? &chosen : nullptr));
+      blk->set_linear(name, obs.back());
+      ++restore.n;
     }
-    for (const auto& name : opts.metrics) {
-      const double sim = name == "cka" ? o.cka_.result() : subsample_similarity(name, Y, Q, opts.svcca_k, opts.svcca_variance);
-      r.metric[name].push_back(1.0 - sim);
+    std::unique_ptr<model::ActivationCache> next;
+    if (i + 1 < nb) next = std::make_unique<model::ActivationCache>(budget, lengths, C, "block-input");
+    for (size_t k = 0; k < sequences.size(); ++k) {
+      auto ids = ids_of(k);
+      auto y = blk->run(cur->get(static_cast<int64_t>(k), dev), shell.context(ids, torch::Tensor()));
+      if (next) next->put(static_cast<int64_t>(k), y);
     }
+    for (std::size_t k = 0; k < lin.size(); ++k) {
+      r.names.push_back(src.block_prefix(i) + lin[k].first);
+      const auto& o = *obs[k];
+      Eigen::MatrixXd Y, Q;
+      if (subsample) {
+        Y = ObserveLinear::stack(o.sub_y_);
+        Q = ObserveLinear::stack(o.sub_q_);
+      }
+      for (const auto& name : opts.metrics) {
+        const double sim =
+            name == "cka" ? o.cka_.result() : subsample_similarity(name, Y, Q, opts.svcca_k, opts.svcca_variance);
+        r.metric[name].push_back(1.0 - sim);
+      }
+    }
+    cur = std::move(next);
   }
   return r;
+}
+
+OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vector<std::vector<int32_t>>& sequences,
+                                     const OutputSensitivityOptions& opts) {
+  auto src = model::model_blocks(m);
+  return output_sensitivity(*src, sequences, opts);
 }
 
 }  // namespace mpqat::sensitivity

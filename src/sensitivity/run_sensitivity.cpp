@@ -12,6 +12,7 @@
 #include "mpqat/data/calibration.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/model/classifier_input.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/sensitivity/block_profile.h"
@@ -55,16 +56,18 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
   if (std::find(bits.begin(), bits.end(), o.probe_bits) == bits.end())
     throw InputError("--probe-bits " + std::to_string(o.probe_bits) + " is not among the candidate bits");
 
-      model::ModelFolder folder(o.model);
+  model::ModelFolder folder(o.model);
   const auto& cfg = folder.config();
-  auto m = model::load_any_model(folder);
+  // One block at a time from the mapped checkpoint, whatever the model's size.
+  auto src = model::folder_blocks(folder, o.device);
+  auto& shell = src->shell();
   const auto& tok = folder.tokenizer();
   const bool progress = o.progress && (!comm || comm->is_main());
 
   sensitivity::SensitivityReport rep;
   rep.model_path = std::filesystem::absolute(o.model).string();
   rep.architecture = cfg.architecture;
-  rep.num_hidden_layers = m->num_blocks();
+  rep.num_hidden_layers = src->num_blocks();
   rep.calib_path = o.calib;
   rep.seqlen = o.seqlen;
   rep.seed = o.seed;
@@ -75,7 +78,7 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
 
   std::vector<std::vector<int32_t>> seqs;
   std::vector<int64_t> labels;
-  if (m->is_causal_lm()) {
+  if (shell.is_causal_lm()) {
     if (o.seqlen > cfg.max_position_embeddings)
       throw InputError("--seqlen " + std::to_string(o.seqlen) + " exceeds the model's max_position_embeddings " +
                        std::to_string(cfg.max_position_embeddings));
@@ -95,9 +98,9 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     ro.label_field = o.label_field;
     const auto calib = data::load_labelled_calibration(o.calib, o.samples, data::parse_sampling(o.sampling),
                                                        o.seed, ro);
-    if (m->num_labels() != static_cast<int64_t>(calib.label_names.size()))
+    if (cfg.num_labels != static_cast<int64_t>(calib.label_names.size()))
       throw InputError("'" + o.calib + "' has " + std::to_string(calib.label_names.size()) + " labels but " +
-                       o.model + " classifies into " + std::to_string(m->num_labels()));
+                       o.model + " classifies into " + std::to_string(cfg.num_labels));
     auto enc = model::classifier_encoding(cfg, tok);
     enc.max_length = std::min<int64_t>(o.seqlen, enc.max_length);
     seqs = model::encode_for_classifier(tok, calib.texts, enc);
@@ -105,10 +108,40 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     rep.samples = static_cast<int64_t>(seqs.size());
     rep.sampling = o.sampling;
   }
-  sensitivity::FisherResult fr;
-  if (need_fisher)
-    fr = m->is_causal_lm() ? sensitivity::fisher_causal_lm(*m, seqs, comm, progress)
-                           : sensitivity::fisher_classifier(*m, seqs, labels, comm, progress);
+  // Fisher: module order and Omega tables, block by block (the top block comes first).
+  std::vector<sensitivity::ModuleEntry> modules;
+  std::vector<std::vector<sensitivity::ModuleEntry>> per_block(static_cast<size_t>(src->num_blocks()));
+  const std::string score_key = std::to_string(o.probe_bits) + ":" + std::to_string(groups.front());
+  if (need_fisher) {
+    sensitivity::StreamedFisherOptions fo;
+    fo.cache = o.cache;
+    fo.comm = comm;
+    fo.progress = progress;
+    sensitivity::fisher_streamed(
+        *src, seqs, labels,
+        [&](int64_t i, model::Block& blk, const std::vector<torch::Tensor>& fisher) {
+          const auto lin = blk.linears();
+          for (size_t k = 0; k < lin.size(); ++k) {
+            sensitivity::ModuleEntry e;
+            e.name = src->block_prefix(i) + lin[k].first;
+            e.block = i;
+            e.omega = sensitivity::omega_table(lin[k].second->weight, fisher[k], bits, groups);
+            per_block[static_cast<size_t>(i)].push_back(std::move(e));
+          }
+        },
+        fo);
+  } else {
+    for (int64_t i = 0; i < src->num_blocks(); ++i)
+      for (const auto& rel : model::family_block_linear_names(cfg)) {
+        sensitivity::ModuleEntry e;
+        e.name = src->block_prefix(i) + rel;
+        e.block = i;
+        per_block[static_cast<size_t>(i)].push_back(std::move(e));
+      }
+  }
+  for (auto& b : per_block)
+    for (auto& e : b) rep.modules.push_back(std::move(e));
+
   sensitivity::OutputSensitivity osens;
   if (!out_metrics.empty() && profile) {
     // The seeds' layer-to-layer profile: every module of block i gets block i's change.
@@ -118,14 +151,13 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     po.svcca_variance = o.svcca_variance;
     po.max_rows = o.max_rows;
     po.seed = o.seed;
-    const auto bp = sensitivity::block_profile(*m, seqs, po);
+    po.cache = o.cache;
+    const auto bp = sensitivity::block_profile(*src, seqs, po);
     rep.block_stats = bp.stats;
-    for (const auto& [name, lin] : m->named_linears()) {
-      int64_t blk = 0;
-      for (int64_t b = 0; b < m->num_blocks(); ++b)
-        if (util::starts_with(name, m->block_prefix(b))) blk = b;
-      osens.names.push_back(name);
-      for (const auto& metric : out_metrics) osens.metric[metric].push_back(bp.change[static_cast<size_t>(blk)].at(metric));
+    for (const auto& e : rep.modules) {
+      osens.names.push_back(e.name);
+      for (const auto& metric : out_metrics)
+        osens.metric[metric].push_back(bp.change[static_cast<size_t>(e.block)].at(metric));
     }
   } else if (!out_metrics.empty()) {
     sensitivity::OutputSensitivityOptions so;
@@ -136,23 +168,13 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     so.svcca_variance = o.svcca_variance;
     so.max_rows = o.max_rows;
     so.seed = o.seed;
-    osens = sensitivity::output_sensitivity(*m, seqs, so);
+    so.cache = o.cache;
+    osens = sensitivity::output_sensitivity(*src, seqs, so);
   }
 
-  const auto lin = m->named_linears();
-  const std::string score_key = std::to_string(o.probe_bits) + ":" + std::to_string(groups.front());
   std::map<std::string, std::vector<double>> value;  // metric -> per module
-  for (std::size_t k = 0; k < lin.size(); ++k) {
-    sensitivity::ModuleEntry e;
-    e.name = lin[k].first;
-    for (int64_t b = 0; b < m->num_blocks(); ++b)
-      if (util::starts_with(e.name, m->block_prefix(b))) e.block = b;
-    if (need_fisher) {
-      e.omega = sensitivity::omega_table(lin[k].second->weight, fr.fisher[k], bits, groups);
-      value["fisher"].push_back(e.omega.at(score_key));
-    }
-    rep.modules.push_back(std::move(e));
-  }
+  if (need_fisher)
+    for (const auto& e : rep.modules) value["fisher"].push_back(e.omega.at(score_key));
   for (const auto& [name, v] : osens.metric) value[name] = v;
   for (const auto& item : o.metrics) {
     if (value.count(item)) continue;

@@ -1,10 +1,7 @@
-// Block-AP and E2E-QP (see include/mpqat/train/block_ap.h and docs/training.md).
+// Block-AP (see include/mpqat/train/block_ap.h and docs/training.md).
 #include "mpqat/train/block_ap.h"
 
 #include <fcntl.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -22,10 +19,13 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/dist/communicator.h"
+#include "mpqat/model/activation_cache.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/quant/scheme.h"
+#include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/memory.h"
 #include <spdlog/spdlog.h>
 #include "mpqat/util/strings.h"
 
@@ -53,27 +53,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-int world_of(dist::Communicator* c) { return c ? c->world_size() : 1; }
-int rank_of(dist::Communicator* c) { return c ? c->rank() : 0; }
-double reduce_sum(dist::Communicator* c, double v) { return c && c->distributed() ? c->all_reduce_sum(v) : v; }
-void barrier(dist::Communicator* c) {
-  if (c && c->distributed()) c->barrier();
-}
-
-// Seeded permutation, independent of the standard library's distributions.
-std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
-  std::vector<int64_t> p(n);
-  for (int64_t i = 0; i < n; ++i) p[i] = i;
-  std::mt19937_64 rng(seed);
-  for (int64_t k = n - 1; k > 0; --k) std::swap(p[k], p[static_cast<int64_t>(rng() % static_cast<uint64_t>(k + 1))]);
-  return p;
-}
-
-uint64_t mix(uint64_t a, uint64_t b) {
-  a ^= b + 0x9e3779b97f4a7c15ull + (a << 6) + (a >> 2);
-  return a * 0xff51afd7ed558ccdull;
-}
 
 // Parameters trained on a block: per module (with its SGRA lr multiplier) plus norms.
 struct Trainable {
@@ -107,81 +86,6 @@ void restore(const std::vector<torch::Tensor>& ts, const std::vector<torch::Tens
   for (size_t i = 0; i < ts.size(); ++i) ts[i].copy_(snap[i]);
 }
 
-// Sums gradients over ranks (the loss is already divided by the global element count), making
-// undefined gradients zero first. Returns false when any gradient is not finite.
-bool reduce_grads(const std::vector<torch::Tensor>& params, dist::Communicator* comm) {
-  if (!comm || !comm->distributed()) {
-    // One process: check in place (no flattened copy of every gradient).
-    bool finite = true;
-    for (const auto& p : params) {
-      auto& g = p.mutable_grad();
-      if (!g.defined()) g = torch::zeros_like(p);
-      finite = finite && torch::isfinite(g).all().item<bool>();
-    }
-    return finite;
-  }
-  std::vector<torch::Tensor> flat;
-  for (const auto& p : params) {
-    auto& g = p.mutable_grad();
-    if (!g.defined()) g = torch::zeros_like(p);
-    flat.push_back(g.reshape(-1));
-  }
-  auto all = torch::cat(flat);
-  {
-    auto cpu = all.to(torch::kCPU);
-    comm->all_reduce_sum(cpu);
-    all = cpu.to(all.device());
-    int64_t off = 0;
-    torch::NoGradGuard ng;
-    for (const auto& p : params) {
-      const int64_t n = p.numel();
-      p.mutable_grad().copy_(all.narrow(0, off, n).view_as(p));
-      off += n;
-    }
-  }
-  return torch::isfinite(all).all().item<bool>();
-}
-
-void set_lr(torch::optim::Optimizer& opt, size_t group, double lr) {
-  static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[group].options()).lr(lr);
-}
-
-// A (n, L, C) activation cache in host memory or, past the memory limit, in a mapped file.
-torch::Tensor make_cache(int64_t n, int64_t L, int64_t C, torch::ScalarType dt, bool on_disk, const std::string& path) {
-  if (!on_disk) return torch::empty({n, L, C}, torch::TensorOptions().dtype(dt));
-  const int64_t numel = n * L * C;
-  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dt));
-  fs::create_directories(fs::path(path).parent_path());
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0 || ::ftruncate(fd, bytes) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw Error("cannot create the activation cache file '" + path + "' (" + util::format_bytes(bytes) +
-                "); set training.cache_dir to a folder with room");
-  }
-  ::close(fd);
-  return torch::from_file(path, true, numel, torch::TensorOptions().dtype(dt)).view({n, L, C});
-}
-
-struct Shard {
-  std::vector<int64_t> global;  // global index of each local sequence
-  torch::Tensor ids, mask;      // local (n, L)
-  std::vector<int64_t> local_of;  // global -> local position (-1 = other rank)
-};
-
-Shard make_shard(const TokenBatch& data, int rank, int world) {
-  Shard s;
-  const int64_t N = data.size();
-  s.local_of.assign(N, -1);
-  for (int64_t g = rank; g < N; g += world) {
-    s.local_of[g] = static_cast<int64_t>(s.global.size());
-    s.global.push_back(g);
-  }
-  auto idx = torch::tensor(s.global, torch::kLong);
-  s.ids = s.global.empty() ? data.ids.narrow(0, 0, 0) : data.ids.index_select(0, idx);
-  if (data.mask.defined()) s.mask = s.global.empty() ? data.mask.narrow(0, 0, 0) : data.mask.index_select(0, idx);
-  return s;
-}
-
 // Tokens (positions) of the global sequences `gs` (mask-aware).
 double token_count(const TokenBatch& data, const std::vector<int64_t>& gs) {
   if (!data.mask.defined()) return static_cast<double>(gs.size()) * static_cast<double>(data.ids.size(1));
@@ -202,33 +106,32 @@ struct BlockRunner {
     return shell.context(ids, mask);
   }
   // Sum of squared errors of block(x[local]) against t[local] over valid positions.
-  torch::Tensor sse(model::Block& block, const torch::Tensor& xc, const torch::Tensor& tc,
+  torch::Tensor sse(model::Block& block, const model::ActivationCache& xc, const model::ActivationCache& tc,
                     const std::vector<int64_t>& local) const {
     auto idx = torch::tensor(local, torch::kLong);
-    auto x = xc.index_select(0, idx).to(device, torch::kFloat);
-    auto t = tc.index_select(0, idx).to(device, torch::kFloat);
+    auto x = xc.get(local, device);  // (k, L, C) fp32
+    auto t = tc.get(local, device);
     auto c = ctx(local);
     auto d = (block.run(x, c) - t).pow(2);
     if (shard.mask.defined()) d = d * shard.mask.index_select(0, idx).to(device, torch::kFloat).unsqueeze(-1);
     return d.sum();
   }
   // In place: cache[local] = block(cache[local]) in chunks.
-  void apply(model::Block& block, torch::Tensor& cache, int64_t chunk) const {
+  void apply(model::Block& block, model::ActivationCache& cache, int64_t chunk) const {
     torch::NoGradGuard ng;
-    const int64_t n = cache.size(0);
+    const int64_t n = cache.items();
     for (int64_t s = 0; s < n; s += chunk) {
       std::vector<int64_t> local;
       for (int64_t k = s; k < std::min(n, s + chunk); ++k) local.push_back(k);
-      auto x = cache.narrow(0, s, static_cast<int64_t>(local.size())).to(device, torch::kFloat);
-      auto y = block.run(x, ctx(local));
-      cache.narrow(0, s, static_cast<int64_t>(local.size())).copy_(y.to(torch::kCPU).to(cache.scalar_type()));
+      cache.put(local, block.run(cache.get(local, device), ctx(local)));
     }
   }
 };
 
 // Global MSE over the global sequences `gs` (each rank sums its own).
-double eval_mse(const BlockRunner& run, model::Block& block, const torch::Tensor& xc, const torch::Tensor& tc,
-                const TokenBatch& data, const std::vector<int64_t>& gs, int64_t chunk, dist::Communicator* comm) {
+double eval_mse(const BlockRunner& run, model::Block& block, const model::ActivationCache& xc,
+                const model::ActivationCache& tc, const TokenBatch& data, const std::vector<int64_t>& gs, int64_t chunk,
+                dist::Communicator* comm) {
   torch::NoGradGuard ng;
   std::vector<int64_t> mine;
   for (auto g : gs)
@@ -239,7 +142,7 @@ double eval_mse(const BlockRunner& run, model::Block& block, const torch::Tensor
     sse += run.sse(block, xc, tc, part).item<double>();
   }
   sse = reduce_sum(comm, sse);
-  const double denom = token_count(data, gs) * static_cast<double>(xc.size(2));
+  const double denom = token_count(data, gs) * static_cast<double>(xc.width());
   return denom > 0 ? sse / denom : 0.0;
 }
 
@@ -294,14 +197,6 @@ void save_module_atomic(torch::nn::Module& m, const fs::path& path) {
   fs::rename(tmp, path);
 }
 
-void save_tensors_atomic(const std::vector<std::pair<std::string, torch::Tensor>>& ts, const fs::path& path) {
-  torch::serialize::OutputArchive ar;
-  for (const auto& [k, t] : ts) ar.write(k, t.contiguous());
-  const auto tmp = path.string() + ".tmp";
-  ar.save_to(tmp);
-  fs::rename(tmp, path);
-}
-
 std::string hash_hex(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
@@ -322,7 +217,7 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
           {"world_size", world},
           {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}", o.epochs, o.patience,
                                   o.use_sgra, o.batch_size, o.lr_weights, o.lr_quant, o.min_lr_ratio, o.train_norm,
-                                  o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache_dtype))}};
+                                  o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache.dtype))}};
 }
 
 }  // namespace
@@ -438,6 +333,9 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
         throw InputError("state file '" + prog.string() + "' is not valid JSON (" + e.what() +
                          "); remove the folder or run without resume");
       }
+      if (p.value("version", 0) != 2)
+        throw InputError("state folder '" + o.state_dir + "' was written by another mpqat version (state format " +
+                         p.value("version", json(0)).dump() + ", this one writes 2); remove it or run without resume");
       for (const auto& [k, v] : fp.items())
         if (!p.contains("fingerprint") || p["fingerprint"].value(k, json()) != v)
           throw InputError("state folder '" + o.state_dir + "' belongs to another run (" + k + " differs: " +
@@ -454,17 +352,21 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     }
   }
 
-  // Caches: Xq = quantized chain input, Y = float chain input (then target).
-  const uint64_t cache_bytes = 2ull * n_local * L * C * c10::elementSize(o.cache_dtype);
-  const bool spill = cache_bytes > o.cache_memory_limit;
-  const std::string cdir = !o.cache_dir.empty() ? o.cache_dir
-                           : !o.state_dir.empty() ? o.state_dir
-                                                  : (fs::temp_directory_path() / ("mpqat-cache-" + std::to_string(::getpid()))).string();
-  if (spill)
-    spdlog::info("activation caches ({}) exceed training.cache_memory_limit ({}): mapped files in '{}'",
-                   util::format_bytes(cache_bytes), util::format_bytes(o.cache_memory_limit), cdir);
-  torch::Tensor Xq = make_cache(n_local, L, C, o.cache_dtype, spill, cdir + "/rank" + std::to_string(rank) + "_xq.bin");
-  torch::Tensor Y = make_cache(n_local, L, C, o.cache_dtype, spill, cdir + "/rank" + std::to_string(rank) + "_y.bin");
+  // Caches: Xq = quantized chain input, Y = float chain input (then target). Past the memory
+  // limit they are files in the cache folder (model/activation_cache.h).
+  model::CacheOptions copt = o.cache;
+  if (copt.dir.empty()) copt.dir = o.state_dir;
+  model::CacheBudget budget(copt);
+  model::ActivationCache Xq(budget, n_local, L, C, "quantized-input");
+  model::ActivationCache Y(budget, n_local, L, C, "float-input");
+  res.cache_disk_bytes = budget.on_disk();
+  if (budget.on_disk() > 0)
+    spdlog::info("activation caches exceed {} ({}): {} in files under '{}'", copt.limit_key,
+                 util::format_bytes(copt.memory_limit), util::format_bytes(budget.on_disk()),
+                 copt.dir.empty() ? fs::temp_directory_path().string() : copt.dir);
+  auto cache_file = [&](const char* which, int64_t after) {
+    return state / fmt::format("rank{}_{}_after_{}.bin", rank, which, after);
+  };
 
   if (start_block == 0) {
     torch::NoGradGuard ng;
@@ -473,9 +375,9 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
       for (int64_t k = s; k < std::min(n_local, s + chunk); ++k) local.push_back(k);
       auto c = run.ctx(local);
       auto idx = torch::tensor(local, torch::kLong);
-      auto h = res.shell->embed(shard.ids.index_select(0, idx).to(o.device), c).to(torch::kCPU).to(o.cache_dtype);
-      Xq.narrow(0, s, static_cast<int64_t>(local.size())).copy_(h);
-      Y.narrow(0, s, static_cast<int64_t>(local.size())).copy_(h);
+      auto h = res.shell->embed(shard.ids.index_select(0, idx).to(o.device), c);
+      Xq.put(local, h);
+      Y.put(local, h);
     }
   } else {
     for (int64_t i = 0; i < start_block; ++i) {
@@ -487,13 +389,8 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
       b->eval();
       res.blocks.push_back(b);
     }
-    torch::serialize::InputArchive ar;
-    ar.load_from((state / fmt::format("rank{}_cache_after_{}.pt", rank, start_block - 1)).string());
-    torch::Tensor x, y;
-    ar.read("xq", x);
-    ar.read("y", y);
-    Xq.copy_(x);
-    Y.copy_(y);
+    Xq.load(cache_file("xq", start_block - 1).string());
+    Y.load(cache_file("y", start_block - 1).string());
   }
 
   for (int64_t bi = start_block; bi < nb; ++bi) {
@@ -593,9 +490,8 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
             if (shard.local_of[g] >= 0) mine.push_back(shard.local_of[g]);
           }
           const double denom = token_count(data, batch_g) * static_cast<double>(C);
-          const double cosf = 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
-          for (size_t gi = 0; gi < base_lr.size(); ++gi)
-            set_lr(opt, gi, base_lr[gi] * lr_factor * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosf));
+          const double f = cosine_factor(step, total, 0, o.min_lr_ratio);
+          for (size_t gi = 0; gi < base_lr.size(); ++gi) set_lr(opt, gi, base_lr[gi] * lr_factor * f);
           opt.zero_grad();
           double local_loss = 0;
           if (!mine.empty()) {
@@ -672,14 +568,15 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     res.logs.push_back(log);
 
     if (!o.state_dir.empty()) {
-      save_tensors_atomic({{"xq", Xq}, {"y", Y}}, state / fmt::format("rank{}_cache_after_{}.pt", rank, bi));
+      Xq.save(cache_file("xq", bi).string());
+      Y.save(cache_file("y", bi).string());
       barrier(comm);
       if (rank == 0) {
         save_module_atomic(*block, state / fmt::format("block_{}.pt", bi));
         json logs = json::array();
         for (const auto& l : res.logs) logs.push_back(block_log_to_json(l));
         json p{{"format", "mpqat-block-ap-state"},
-               {"version", 1},
+               {"version", 2},
                {"fingerprint", fp},
                {"next_block", bi + 1},
                {"num_blocks", nb},
@@ -688,183 +585,19 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
         util::write_file_atomic((state / "progress.json").string(), p.dump(1) + "\n");
       }
       barrier(comm);
-      if (bi > 0) fs::remove(state / fmt::format("rank{}_cache_after_{}.pt", rank, bi - 1));
+      if (bi > 0) {
+        fs::remove(cache_file("xq", bi - 1));
+        fs::remove(cache_file("y", bi - 1));
+      }
     }
     // The finished float block, its optimizer state and snapshots are freed; glibc keeps such
     // freed heap memory in the process unless asked, which made the peak grow with depth
     // (tools/bench_train_depth.sh: 765 -> 531 MiB at 32 blocks with a fixed mmap threshold).
-#if defined(__GLIBC__)
-    ::malloc_trim(0);
-#endif
+    util::release_free_memory();
     if (o.after_block) o.after_block(bi);
   }
-  if (spill && o.cache_dir.empty() && o.state_dir.empty()) fs::remove_all(cdir);
   res.seconds = since(t_all);
   return res;
-}
-
-// ---------------------------------------------------------------------------------------------
-// E2E-QP
-
-namespace {
-
-// A packed linear whose integer codes are fixed and whose step sizes train:
-// W^ = (q - Z) * s, s (out, groups) fp32.
-class StepSizeLinearImpl : public model::LinearImpl {
- public:
-  explicit StepSizeLinearImpl(const quant::QuantLinearImpl& q)
-      : model::LinearImpl(q.in_features(), q.out_features(), q.has_bias()), spec_(q.spec()) {
-    torch::NoGradGuard ng;
-    parameters_.erase("weight");
-    weight = torch::Tensor();
-    const int64_t out = q.out_features(), in = q.in_features();
-    const int64_t groups = quant::num_groups(in, spec_.group_size);
-    auto qw = q.qweight.to(torch::kCPU).contiguous();
-    auto qz = q.qzeros.to(torch::kCPU).contiguous();
-    auto c = quant::unpack_qweight(qw.data_ptr<int32_t>(), out, in, spec_.bits);
-    auto z = quant::unpack_qzeros(qz.data_ptr<int32_t>(), groups, out, spec_.bits);
-    codes_ = torch::from_blob(c.data(), {out, in}, torch::kInt).clone();
-    zeros_ = torch::from_blob(z.data(), {groups, out}, torch::kInt).t().contiguous();  // (out, groups)
-    g_idx_ = q.g_idx.to(torch::kCPU).to(torch::kLong);
-    qz_ = register_buffer("qz", (codes_ - zeros_.index_select(1, g_idx_)).to(torch::kShort));
-    scale = register_parameter("scale", q.scales.to(torch::kCPU).to(torch::kFloat).t().contiguous());
-    if (q.has_bias()) bias.copy_(q.bias.detach().to(torch::kCPU));
-  }
-  torch::Tensor forward(const torch::Tensor& x) override {
-    auto w = qz_.to(torch::kFloat) * scale.index_select(1, g_idx_.to(scale.device()));
-    return torch::linear(x, w, bias);
-  }
-  quant::QuantLinearPtr repack() const {
-    torch::NoGradGuard ng;
-    auto sc = scale.detach().to(torch::kCPU).clamp(1e-4, 1e4).to(torch::kHalf).to(torch::kFloat);
-    return quant::QuantLinearImpl::from_codes(codes_, zeros_, sc,
-                                             bias.defined() ? bias.detach().to(torch::kCPU) : torch::Tensor(), spec_);
-  }
-  torch::Tensor scale;
-
- private:
-  quant::QuantSpec spec_;
-  torch::Tensor codes_, zeros_, g_idx_, qz_;
-};
-
-}  // namespace
-
-void e2e_qp(QatResult& r, const TokenBatch& data, const E2eOptions& o, dist::Communicator* comm) {
-  const auto t0 = Clock::now();
-  if (!r.shell->is_causal_lm())
-    throw InputError("E2E-QP trains on next-token loss and needs a causal language model (this is a classifier)");
-  if (data.size() < 1) throw InputError("E2E-QP needs at least one sequence");
-  const int world = world_of(comm), rank = rank_of(comm);
-  const Shard shard = make_shard(data, rank, world);
-  const auto device = r.shell->parameters().empty() ? torch::Device(torch::kCPU) : r.shell->parameters()[0].device();
-
-  // Swap every QuantLinear for a step-size-trainable one.
-  std::vector<std::pair<size_t, std::pair<std::string, std::shared_ptr<StepSizeLinearImpl>>>> swapped;
-  std::vector<torch::Tensor> params;
-  for (size_t bi = 0; bi < r.blocks.size(); ++bi)
-    for (const auto& [rel, lin] : r.blocks[bi]->linears())
-      if (auto q = std::dynamic_pointer_cast<quant::QuantLinearImpl>(lin)) {
-        auto s = std::make_shared<StepSizeLinearImpl>(*q);
-        s->to(device);
-        r.blocks[bi]->set_linear(rel, s);
-        for (auto& p : s->parameters()) p.set_requires_grad(false);
-        s->scale.set_requires_grad(true);
-        params.push_back(s->scale);
-        swapped.push_back({bi, {rel, s}});
-      }
-  if (params.empty()) throw InputError("E2E-QP: the model has no quantized linear");
-
-  // Sum of next-token cross-entropy over the local sequences `local` and its token count.
-  auto loss_sum = [&](const std::vector<int64_t>& local) {
-    auto idx = torch::tensor(local, torch::kLong);
-    auto ids = shard.ids.index_select(0, idx).to(device);
-    torch::Tensor mask;
-    if (shard.mask.defined()) mask = shard.mask.index_select(0, idx).to(device);
-    auto ctx = r.shell->context(ids, mask);
-    auto h = r.shell->embed(ids, ctx);
-    for (auto& b : r.blocks) h = b->run(h, ctx);
-    auto logits = r.shell->head(h, ctx);
-    const int64_t T = ids.size(1);
-    auto lg = logits.narrow(1, 0, T - 1).reshape({-1, logits.size(-1)});
-    auto tgt = ids.narrow(1, 1, T - 1).reshape({-1});
-    auto ce = torch::nn::functional::cross_entropy(
-        lg, tgt, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    if (mask.defined()) ce = ce * mask.narrow(1, 1, T - 1).reshape({-1}).to(torch::kFloat);
-    return ce.sum();
-  };
-  auto global_tokens = [&](const std::vector<int64_t>& gs) {
-    if (!data.mask.defined()) return static_cast<double>(gs.size()) * static_cast<double>(data.ids.size(1) - 1);
-    double n = 0;
-    for (auto g : gs) n += data.mask[g].narrow(0, 1, data.ids.size(1) - 1).ne(0).sum().item<double>();
-    return n;
-  };
-  std::vector<int64_t> all_g(data.size());
-  for (int64_t g = 0; g < data.size(); ++g) all_g[g] = g;
-  auto eval_loss = [&] {
-    torch::NoGradGuard ng;
-    double s = 0;
-    const auto n = static_cast<int64_t>(shard.global.size());
-    for (int64_t k = 0; k < n; k += std::max<int64_t>(1, o.batch_size)) {
-      std::vector<int64_t> part;
-      for (int64_t j = k; j < std::min(n, k + std::max<int64_t>(1, o.batch_size)); ++j) part.push_back(j);
-      s += loss_sum(part).item<double>();
-    }
-    return reduce_sum(comm, s) / global_tokens(all_g);
-  };
-
-  E2eLog log;
-  log.start_loss = eval_loss();
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(o.lr).weight_decay(0));
-  const int64_t B = std::max<int64_t>(1, o.batch_size);
-  const int64_t spe = (data.size() + B - 1) / B;
-  const int64_t total = std::max<int64_t>(1, spe * o.epochs);
-  const int64_t warm = static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
-  double lr_factor = 1.0;
-  int64_t step = 0;
-  for (int ep = 0; ep < o.epochs; ++ep) {
-    const auto perm = permutation(data.size(), mix(mix(o.seed, 0xe2e), ep + 1));
-    for (int64_t s = 0; s < spe; ++s, ++step) {
-      std::vector<int64_t> batch_g, mine;
-      for (int64_t k = s * B; k < std::min<int64_t>((s + 1) * B, data.size()); ++k) {
-        batch_g.push_back(perm[k]);
-        if (shard.local_of[perm[k]] >= 0) mine.push_back(shard.local_of[perm[k]]);
-      }
-      double lr = o.lr;
-      if (step < warm) lr *= static_cast<double>(step + 1) / static_cast<double>(warm);
-      else lr *= 0.5 * (1 + std::cos(M_PI * static_cast<double>(step - warm) / static_cast<double>(std::max<int64_t>(1, total - warm))));
-      set_lr(opt, 0, lr * lr_factor);
-      opt.zero_grad();
-      double local = 0;
-      if (!mine.empty()) {
-        auto loss = loss_sum(mine) / global_tokens(batch_g);
-        loss.backward();
-        local = loss.item<double>();
-      }
-      const double sl = reduce_sum(comm, local);
-      if (!(reduce_grads(params, comm) && std::isfinite(sl))) {
-        ++log.nan_steps;
-        lr_factor *= 0.5;
-        spdlog::warn("E2E-QP step {}: non-finite loss or gradient; step discarded, learning rate halved", step);
-        continue;
-      }
-      if (o.grad_clip > 0) torch::nn::utils::clip_grad_norm_(params, o.grad_clip);
-      opt.step();
-      ++log.steps;
-    }
-  }
-  for (auto& p : params) p.set_requires_grad(false);
-  // Re-pack with fp16 step sizes.
-  for (auto& [bi, named] : swapped) {
-    auto q = named.second->repack();
-    q->to(device);
-    r.blocks[bi]->set_linear(named.first, q);
-  }
-  log.end_loss = eval_loss();
-  log.seconds = since(t0);
-  spdlog::info("E2E-QP: {} steps, next-token loss {:.4f} -> {:.4f} ({:.1f} s)", log.steps, log.start_loss,
-                 log.end_loss, log.seconds);
-  r.e2e = log;
-  r.seconds += log.seconds;
 }
 
 std::string train_log_jsonl(const QatResult& r) {

@@ -17,6 +17,7 @@
 #include "mpqat/model/config.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/checkpoint.h"
+#include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -123,11 +124,12 @@ void log_step(const FitOptions& o, const FitResult& r, int64_t s, int64_t total,
 double learning_rate(const FitOptions& o, int64_t step, int64_t total) {
   if (o.warmup > 0 && step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
   if (o.schedule == "constant") return o.lr;
-  const int64_t span = std::max<int64_t>(1, total - o.warmup - 1);
-  const double t = std::clamp(static_cast<double>(step - o.warmup) / static_cast<double>(span), 0.0, 1.0);
-  const double min_lr = o.lr * o.min_lr_ratio;
-  if (o.schedule == "linear") return o.lr + (min_lr - o.lr) * t;
-  return min_lr + 0.5 * (o.lr - min_lr) * (1.0 + std::cos(M_PI * t));
+  if (o.schedule == "linear") {
+    const int64_t span = std::max<int64_t>(1, total - o.warmup - 1);
+    const double t = std::clamp(static_cast<double>(step - o.warmup) / static_cast<double>(span), 0.0, 1.0);
+    return o.lr + (o.lr * o.min_lr_ratio - o.lr) * t;
+  }
+  return o.lr * cosine_factor(step, total, o.warmup, o.min_lr_ratio, /*at_last=*/true);
 }
 
 void init_for_training(model::TransformerModel& m, double std) {

@@ -26,5 +26,6 @@ void add_similarity_command(CLI::App& app);
 void add_wizard_command(CLI::App& app);
 void add_launch_command(CLI::App& app);  // also registers the hidden `dist-check`
 void add_fit_command(CLI::App& app);
+void add_random_model_command(CLI::App& app);  // hidden
 
 }  // namespace mpqat::cli

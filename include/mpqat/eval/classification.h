@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/model/model_input.h"
+
 namespace mpqat::dist {
 class Communicator;
 }
@@ -83,11 +85,19 @@ struct PredictOptions {
   dist::Communicator* comm = nullptr;
 };
 
+// Each input through `classify`, one after the other.
+model::BatchFn batch_fn(const ClassifyFn& classify);
+
 // Predicted label ids for the examples this rank holds (i = rank, rank + N, ...), in that order.
+// `run` gets every batch at once (model::run_inputs streams a large model block-major).
+std::vector<int64_t> predict_local(const model::BatchFn& run, const EncodeFn& encode,
+                                   const std::vector<std::string>& texts, const PredictOptions& opts);
 std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& encode,
                                    const std::vector<std::string>& texts, const PredictOptions& opts);
 
 // Predicts every example (split across ranks), all-reduces the confusion matrix, returns metrics.
+ClassificationMetrics evaluate_classifier(const model::BatchFn& run, const EncodeFn& encode,
+                                          const ClassificationData& data, const PredictOptions& opts);
 ClassificationMetrics evaluate_classifier(const ClassifyFn& classify, const EncodeFn& encode,
                                           const ClassificationData& data, const PredictOptions& opts);
 

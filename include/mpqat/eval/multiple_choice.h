@@ -48,6 +48,11 @@ std::vector<double> loglikelihoods(const LogitsFn& logits_fn, const std::vector<
                                    int64_t max_length, int batch_size = 1,
                                    const torch::Device& device = torch::kCPU,
                                    const std::string& progress_label = "");
+// The same with every batch handed to `run` at once (model::run_inputs streams block-major).
+std::vector<double> loglikelihoods(const model::BatchFn& run, const std::vector<TokenPair>& pairs,
+                                   int64_t max_length, int batch_size = 1,
+                                   const torch::Device& device = torch::kCPU,
+                                   const std::string& progress_label = "");
 
 struct MultipleChoiceOptions {
   int batch_size = 1;
@@ -73,8 +78,13 @@ double binary_mean_stderr(double hits, int64_t n);
 MultipleChoiceResult evaluate_multiple_choice(const LogitsFn& logits_fn, const data::Tokenizer& tok,
                                               const std::vector<MultipleChoiceItem>& items,
                                               const MultipleChoiceOptions& opts, const std::string& task = "");
+MultipleChoiceResult evaluate_multiple_choice(const model::BatchFn& run, const data::Tokenizer& tok,
+                                              const std::vector<MultipleChoiceItem>& items,
+                                              const MultipleChoiceOptions& opts, const std::string& task = "");
 
 MultipleChoiceResult evaluate_task(const LogitsFn& logits_fn, const data::Tokenizer& tok,
+                                   const MultipleChoiceTask& task, const MultipleChoiceOptions& opts);
+MultipleChoiceResult evaluate_task(const model::BatchFn& run, const data::Tokenizer& tok,
                                    const MultipleChoiceTask& task, const MultipleChoiceOptions& opts);
 
 }  // namespace mpqat::eval

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mpqat/model/config.h"
+#include "mpqat/model/model_input.h"
 
 namespace mpqat::model {
 class LlamaForCausalLM;
@@ -43,9 +44,16 @@ using LogitsFn = std::function<torch::Tensor(const torch::Tensor&)>;
 // 2048, or the model's max_position_embeddings when smaller.
 int default_context(const model::ModelConfig& cfg);
 
+// Each input's ids through logits_fn, one after the other (masks ignored).
+model::BatchFn batch_fn(const LogitsFn& logits_fn);
+
 // Throws InputError when the stream is shorter than one window or context < 2.
 // log_every > 0 shows a util::Progress bar over this rank's windows (the output rank prints) with
-// the running perplexity. Every rank returns the same, global, result.
+// the running perplexity. Every rank returns the same, global, result. `run` gets all of this
+// rank's batches of windows at once (model::run_inputs streams a large model block-major).
+PplResult evaluate_perplexity(const model::BatchFn& run, const std::vector<int32_t>& ids, int context,
+                              int batch_size = 1, int log_every = 0, const torch::Device& device = torch::kCPU,
+                              dist::Communicator* comm = nullptr);
 PplResult evaluate_perplexity(const LogitsFn& logits_fn, const std::vector<int32_t>& ids, int context,
                               int batch_size = 1, int log_every = 0, const torch::Device& device = torch::kCPU,
                               dist::Communicator* comm = nullptr);

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,6 +59,10 @@ class SafetensorsFile {
   const TensorInfo& info(const std::string& name) const;
   // Pointer to the tensor's first byte inside the mapping (valid while this object lives).
   const uint8_t* data(const std::string& name) const;
+  // Drops the tensor's pages from this process's resident memory (they stay in the page cache
+  // and are read again when touched): a block-at-a-time reader calls it after copying a tensor,
+  // so the mapped checkpoint does not accumulate in the process's footprint.
+  void release(const std::string& name) const;
   // The "__metadata__" string map (empty when absent).
   const std::map<std::string, std::string>& metadata() const;
 
@@ -81,6 +86,8 @@ class SafetensorsCheckpoint {
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   const uint8_t* data(const std::string& name) const;
+  // SafetensorsFile::release of the shard holding the tensor.
+  void release(const std::string& name) const;
   // The file holding the tensor.
   const std::string& file_of(const std::string& name) const;
   // Metadata of the first shard (index.json "metadata" is merged in when present).
@@ -107,11 +114,32 @@ struct TensorToWrite {
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+// The facts the size model (alloc) must agree with byte for byte live here, beside the writer:
+// Bytes of one file's header as write_safetensors writes it: the 8-byte length and the JSON
+// padded with spaces to a multiple of 8 (tensor data pointers are not read).
+uint64_t header_bytes(const std::vector<TensorToWrite>& tensors, const std::map<std::string, std::string>& metadata);
+// How write_safetensors_sharded groups tensors of these byte sizes into files: greedily in the
+// given order, a new file when the next tensor would pass max_shard_bytes (0 = one file); a
+// tensor larger than the limit gets a file alone. Indices into `sizes`, one group per file.
+std::vector<std::vector<std::size_t>> plan_shards(const std::vector<uint64_t>& sizes, uint64_t max_shard_bytes);
+// "<stem>-0000(i+1)-of-0000n.safetensors"
+std::string shard_file_name(const std::string& stem, std::size_t i, std::size_t n);
+
 // Writes `dir/<stem>.safetensors` when everything fits in max_shard_bytes (0 = no limit),
 // else `dir/<stem>-0000k-of-0000n.safetensors` shards plus `dir/<stem>.safetensors.index.json`
 // ({"metadata": {"total_size": N}, "weight_map": {name: shard}}). Returns the files written.
 std::vector<std::string> write_safetensors_sharded(
     const std::string& dir, const std::vector<TensorToWrite>& tensors,
+    const std::map<std::string, std::string>& metadata = {}, uint64_t max_shard_bytes = 0,
+    const std::string& stem = "model");
+
+// The same with the bytes produced one file at a time: `tensors` give names, dtypes and shapes
+// (data may be null); before file i is written, produce(i, part) sets `data` of that file's
+// tensors (which must stay valid until the next call). Only one file's bytes need to exist at a
+// time: a model larger than memory can be written.
+using ShardProducer = std::function<void(std::size_t file, std::vector<TensorToWrite>& part)>;
+std::vector<std::string> write_safetensors_sharded(
+    const std::string& dir, const std::vector<TensorToWrite>& tensors, const ShardProducer& produce,
     const std::map<std::string, std::string>& metadata = {}, uint64_t max_shard_bytes = 0,
     const std::string& stem = "model");
 

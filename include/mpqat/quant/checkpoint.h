@@ -30,6 +30,17 @@ int64_t rtn_quantize(model::TransformerModel& m, const BitPlan& plan, const Init
 // Same plan, FakeQuantLinear modules (QAT start point; the reference for RTN).
 int64_t apply_fake_quant(model::TransformerModel& m, const BitPlan& plan, const InitOptions& init = {});
 
+// A model kept as its block-free shell (embeddings, norms, head) and its blocks: what the
+// block-at-a-time passes (RTN below, Block-AP) produce and the shell + blocks writer saves.
+struct BlockModel {
+  std::shared_ptr<model::TransformerModel> shell;
+  model::ModelConfig config;  // the full model's
+  std::vector<model::BlockPtr> blocks;
+};
+// rtn_quantize block by block from the mapped checkpoint: one float block in memory at a time,
+// the finished blocks packed. Saved, it is the same bytes as rtn_quantize on the whole model.
+BlockModel rtn_quantize_blocks(const model::ModelFolder& folder, const BitPlan& plan, const InitOptions& init = {});
+
 struct SaveOptions {
   std::string source_dir;          // config.json base and tokenizer files ("" = none)
   io::DType float_dtype = io::DType::F16;  // unquantized tensors: F16, BF16 or F32

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -89,5 +90,9 @@ std::vector<int32_t> unpack_qzeros(const int32_t* qzeros, int64_t groups, int64_
 
 // Bytes of one packed module: qweight + qzeros + fp16 scales + int32 g_idx (bias excluded).
 uint64_t packed_module_bytes(int64_t out, int64_t in, const QuantSpec& spec);
+
+// The "__metadata__" of every safetensors file of a quantized checkpoint (the writer's and the
+// size model's one home).
+const std::map<std::string, std::string>& checkpoint_file_metadata();
 
 }  // namespace mpqat::quant

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/model/activation_cache.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/model.h"
 #include "mpqat/sensitivity/sensitivity_json.h"
 
@@ -26,6 +28,7 @@ struct BlockProfileOptions {
   double svcca_variance = 0.99;
   int64_t max_rows = 4096;
   uint64_t seed = 0;
+  model::CacheOptions cache;  // block inputs / outputs
 };
 
 struct BlockProfile {
@@ -34,8 +37,12 @@ struct BlockProfile {
   int64_t rows = 0, sampled_rows = 0;
 };
 
-// Sequences run one at a time (their own lengths; classifiers' examples need no padding).
+// Sequences run one at a time (their own lengths; classifiers' examples need no padding), block
+// by block from a cache of each block's inputs: one block in memory when the source streams.
 // Throws InputError for an unknown metric or no sequences.
+BlockProfile block_profile(model::BlockSource& src, const std::vector<std::vector<int32_t>>& sequences,
+                           const BlockProfileOptions& opts);
+// The same on a model held in memory.
 BlockProfile block_profile(model::TransformerModel& m, const std::vector<std::vector<int32_t>>& sequences,
                            const BlockProfileOptions& opts);
 

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/model/activation_cache.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/model.h"
 
 namespace mpqat::dist {
@@ -56,6 +58,34 @@ FisherResult fisher_causal_lm(model::TransformerModel& m, const std::vector<std:
 FisherResult fisher_classifier(model::TransformerModel& m, const std::vector<std::vector<int32_t>>& ids,
                                const std::vector<int64_t>& labels, dist::Communicator* comm = nullptr,
                                bool progress = false);
+
+// The same Fisher, block by block (the production path of `mpqat sensitivity` / `mpqat run`), with
+// at most one block's weights, gradients and accumulators in memory besides the shell and the
+// activation caches (docs/sensitivity.md, "Memory"):
+//   1. every sequence runs forward block by block; the input of each block is cached;
+//   2. at the top, the loss of each sequence and its gradient with respect to the last hidden
+//      state;
+//   3. blocks downward: block i is loaded, its forward recomputed per sequence from the cached
+//      input with autograd on, that sequence's incoming gradient backpropagated; the squared
+//      weight gradients add to block i's Fisher and dL/dx becomes block i-1's incoming gradient.
+// Each sequence is its own item, as in empirical_fisher, so the result equals fisher_causal_lm /
+// fisher_classifier on the whole model up to float summation order. Ranks take the sequences
+// g % world == rank and all-reduce each block's Fisher before on_block sees it.
+struct StreamedFisherOptions {
+  model::CacheOptions cache;          // block inputs and gradients (fp32 keeps the result exact)
+  dist::Communicator* comm = nullptr;
+  bool progress = false;
+};
+// on_block(i, block, fisher): called once per block, top block first, with the block's linears
+// (block->linears() order) and their all-reduced Fisher ((out, in) fp32 each, on the block's
+// device); the block is freed after the call.
+using FisherBlockFn = std::function<void(int64_t block, model::Block& blk, const std::vector<torch::Tensor>& fisher)>;
+// labels empty: causal LM (mean next-token loss of each sequence, >= 2 tokens); otherwise a
+// sequence classifier with labels[i] for sequences[i]. Returns the number of items. Throws
+// InputError for too-short sequences, labels out of range or a model/labels mismatch.
+int64_t fisher_streamed(model::BlockSource& src, const std::vector<std::vector<int32_t>>& sequences,
+                        const std::vector<int64_t>& labels, const FisherBlockFn& on_block,
+                        const StreamedFisherOptions& opts = {});
 
 // 1/2 * sum F * (W - Q_{bits,group}(W))^2 in fp64. w, f (out, in).
 double omega(const torch::Tensor& w, const torch::Tensor& f, int bits, int64_t group_size);

@@ -14,8 +14,13 @@
 // CCA, SVCCA and PWCCA are ill-posed for modules whose output is wider than their input (e.g.
 // gate/up projections): the output has rank <= in_features, its covariance is singular and the
 // result hangs on the epsilon ridge; prefer cka there (BRIEF §5 prefers CKA for this mode anyway).
-// Memory: per module, 16 * min(tokens, max_rows) * out_features bytes for the subsampled rows
-// (only when a subsample metric is asked for) plus the CKA moments (8 * (in+out)^2-ish bytes).
+// The pass is block-major: block i runs every sequence from a cache of its inputs (the outputs of
+// block i-1), with only its own linears observed, so one block is in memory at a time when the
+// source streams (model/block_source.h).
+// Memory: one block; two activation caches of tokens x hidden (CacheOptions: in memory up to a
+// limit, else files); per module of the current block, 16 * min(tokens, max_rows) *
+// out_features bytes for the subsampled rows (only when a subsample metric is asked for) plus
+// the CKA moments (8 * (in+out)^2-ish bytes).
 // Distributed: not split yet; every rank computes the same result on all calibration data.
 #pragma once
 
@@ -26,6 +31,8 @@
 
 #include <Eigen/Dense>
 
+#include "mpqat/model/activation_cache.h"
+#include "mpqat/model/block_source.h"
 #include "mpqat/model/model.h"
 
 namespace mpqat::sensitivity {
@@ -38,6 +45,7 @@ struct OutputSensitivityOptions {
   double svcca_variance = 0.99;
   int64_t max_rows = 4096;        // tokens subsampled for cca / svcca / pwcca / rbf / debiased
   uint64_t seed = 0;
+  model::CacheOptions cache;      // block inputs / outputs
 };
 
 // The metric names accepted above.
@@ -55,9 +63,12 @@ struct OutputSensitivity {
   int64_t sampled_rows = 0;  // tokens in the subsample
 };
 
-// Runs each sequence (batch 1) through `m` with every block linear observed, then restores the
-// linears. Throws InputError for an unknown metric or empty data, and passes on the metrics'
+// Runs each sequence (batch 1) block by block with the block's linears observed, then restores
+// the linears. Throws InputError for an unknown metric or empty data, and passes on the metrics'
 // own InputErrors (e.g. fewer subsampled rows than a CCA needs).
+OutputSensitivity output_sensitivity(model::BlockSource& src, const std::vector<std::vector<int32_t>>& sequences,
+                                     const OutputSensitivityOptions& opts);
+// The same on a model held in memory.
 OutputSensitivity output_sensitivity(model::TransformerModel& m, const std::vector<std::vector<int32_t>>& sequences,
                                      const OutputSensitivityOptions& opts);
 

@@ -1,5 +1,5 @@
-// One sensitivity measurement end to end, as `mpqat sensitivity` and `mpqat run` do it: load the
-// model, sample calibration data (token windows for causal LMs, labelled examples for
+// One sensitivity measurement end to end, as `mpqat sensitivity` and `mpqat run` do it: stream the
+// model block by block, sample calibration data (token windows for causal LMs, labelled examples for
 // classifiers), compute Fisher (Omega tables) and / or the CCA family in output mode, combine
 // "a+b" metrics by mean normalised rank, and return the report (sensitivity_json.h writes it).
 #pragma once
@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/model/activation_cache.h"
 #include "mpqat/sensitivity/sensitivity_json.h"
 
 namespace mpqat::dist {
@@ -32,6 +33,10 @@ struct SensitivityRunOptions {
   double svcca_variance = 0.99;
   int64_t max_rows = 4096;
   bool progress = false;
+  // Blocks are loaded one at a time onto `device`; the activation caches live in host memory up
+  // to cache.memory_limit, past it in files under cache.dir (docs/sensitivity.md, "Memory").
+  torch::Device device = torch::kCPU;
+  model::CacheOptions cache;
 };
 
 // Validates the options (InputError naming the bad value and the accepted ones), then measures.

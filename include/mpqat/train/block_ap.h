@@ -27,6 +27,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "mpqat/model/activation_cache.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/model/model.h"
 #include "mpqat/quant/bitplan.h"
@@ -60,9 +61,17 @@ struct BlockApOptions {
   bool train_norm = false;
   quant::InitOptions init;
   double val_fraction = 0.1;  // held-out share of the sequences (at least 1 when N >= 2)
-  torch::ScalarType cache_dtype = torch::kHalf;
-  uint64_t cache_memory_limit = 8ull << 30;  // per rank; past it the caches are files in cache_dir
-  std::string cache_dir;                     // "" = state_dir, else the system temp folder
+  // Xq / Y caches (fp16, 8 GiB per rank by default; past the limit they are files in cache.dir;
+  // cache.dir "" = state_dir, else the system temp folder).
+  model::CacheOptions cache = default_cache();
+  static model::CacheOptions default_cache() {
+    model::CacheOptions c;
+    c.dtype = torch::kHalf;
+    c.memory_limit = 8ull << 30;
+    c.dir_key = "training.cache_dir";
+    c.limit_key = "training.cache_memory_limit";
+    return c;
+  }
   double nan_lr_backoff = 0.5;
   std::string state_dir;  // progress after each block ("" = no resume support)
   bool resume = true;     // continue from state_dir when it holds a matching run
@@ -93,15 +102,6 @@ struct BlockLog {
   bool resumed = false;                         // restored from the state folder
 };
 
-struct E2eOptions {
-  int epochs = 1;
-  double lr = 1e-5;
-  double warmup_ratio = 0.03;
-  double grad_clip = 0.3;  // global gradient-norm clip (0 = off)
-  int64_t batch_size = 1;  // global sequences per step
-  uint64_t seed = 0;
-};
-
 struct E2eLog {
   int64_t steps = 0;
   double start_loss = 0, end_loss = 0;  // mean next-token loss over the data, before / after
@@ -116,6 +116,7 @@ struct QatResult {
   std::vector<BlockLog> logs;
   std::optional<E2eLog> e2e;
   double seconds = 0;
+  uint64_t cache_disk_bytes = 0;  // activation caches held in files (past the memory limit)
 };
 
 // Runs Block-AP over every block of `folder` (float model) with `plan`. `data` is the global
@@ -124,10 +125,6 @@ struct QatResult {
 // modules, or too few sequences.
 QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan, const TokenBatch& data,
                    const BlockApOptions& opts);
-
-// E2E-QP on a Block-AP result: codes fixed, only the step sizes (scales) train on next-token
-// loss (causal LMs only; InputError otherwise). Blocks are replaced by their re-packed versions.
-void e2e_qp(QatResult& result, const TokenBatch& data, const E2eOptions& opts, dist::Communicator* comm = nullptr);
 
 nlohmann::json block_log_to_json(const BlockLog& log);
 BlockLog block_log_from_json(const nlohmann::json& j);

@@ -1,0 +1,117 @@
+// Random Llama folders written one shard at a time (include/mpqat/model/random_model.h).
+#include "mpqat/model/random_model.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "mpqat/model/llama.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
+
+namespace fs = std::filesystem;
+
+namespace mpqat::model {
+
+ModelConfig random_model_shape(const std::string& name) {
+  struct Shape {
+    int64_t layers, hidden, ffn, heads, kv, vocab, ctx;
+  };
+  Shape s{};
+  if (name == "tiny") s = {8, 512, 1376, 8, 4, 4096, 2048};
+  else if (name == "1b") s = {22, 2048, 5632, 32, 4, 32000, 2048};
+  else if (name == "7b") s = {32, 4096, 11008, 32, 32, 32000, 4096};
+  else throw InputError("unknown model shape '" + name + "' (accepted: tiny, 1b, 7b)");
+  const nlohmann::json j{{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+                         {"hidden_size", s.hidden}, {"intermediate_size", s.ffn},
+                         {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+                         {"num_key_value_heads", s.kv}, {"vocab_size", s.vocab},
+                         {"max_position_embeddings", s.ctx}, {"rms_norm_eps", 1e-5},
+                         {"rope_theta", 10000.0}, {"bos_token_id", 1}, {"eos_token_id", 2},
+                         {"tie_word_embeddings", false}, {"torch_dtype", "float16"}};
+  return parse_model_config(j, "shape " + name);
+}
+
+namespace {
+
+uint64_t name_seed(uint64_t seed, const std::string& name) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+torch::ScalarType scalar_of(io::DType dt) {
+  switch (dt) {
+    case io::DType::F16: return torch::kHalf;
+    case io::DType::BF16: return torch::kBFloat16;
+    case io::DType::F32: return torch::kFloat;
+    default: throw InputError("random model dtype must be F16, BF16 or F32");
+  }
+}
+
+}  // namespace
+
+uint64_t write_random_model(const std::string& dir, const ModelConfig& cfg, const RandomModelOptions& o) {
+  if (cfg.family != Family::Llama)
+    throw NotImplementedError("random models of the " + cfg.model_type + " family (Llama family only)");
+  const auto st = scalar_of(o.dtype);
+  // Names and shapes: the block-free parameters, then every block's (a block of this shape is
+  // built once, its storage never touched).
+  std::vector<io::TensorToWrite> specs;
+  {
+    LlamaForCausalLM shell(cfg, /*with_blocks=*/false);
+    for (const auto& p : shell.named_parameters(true))
+      specs.push_back({p.key(), o.dtype, p.value().sizes().vec(), nullptr,
+                       static_cast<size_t>(p.value().numel()) * io::dtype_size(o.dtype)});
+    LlamaBlock blk(cfg);
+    for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+      for (const auto& p : blk.named_parameters(true))
+        specs.push_back({block_prefix(i) + p.key(), o.dtype, p.value().sizes().vec(), nullptr,
+                         static_cast<size_t>(p.value().numel()) * io::dtype_size(o.dtype)});
+  }
+  fs::create_directories(dir);
+  std::vector<torch::Tensor> keep;  // the current shard's tensors
+  uint64_t total = 0;
+  io::write_safetensors_sharded(
+      dir, specs,
+      [&](size_t, std::vector<io::TensorToWrite>& part) {
+        keep.clear();
+        torch::NoGradGuard ng;
+        for (auto& t : part) {
+          torch::Tensor v;
+          if (t.shape.size() == 1 && util::ends_with(t.name, "norm.weight")) {
+            v = torch::ones(t.shape, torch::TensorOptions().dtype(st));
+          } else {
+            auto gen = at::detail::createCPUGenerator(name_seed(o.seed, t.name));
+            v = at::normal(0.0, o.std, t.shape, gen, torch::TensorOptions().dtype(torch::kFloat)).to(st);
+          }
+          keep.push_back(v.contiguous());
+          t.data = keep.back().data_ptr();
+          total += t.nbytes;
+        }
+      },
+      {{"format", "pt"}}, o.max_shard_bytes, "model");
+  ModelConfig c = cfg;
+  c.torch_dtype = o.dtype == io::DType::F16 ? "float16" : o.dtype == io::DType::BF16 ? "bfloat16" : "float32";
+  save_model_config(c, (fs::path(dir) / "config.json").string());
+  if (!o.tokenizer_from.empty()) {
+    bool any = false;
+    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer.bin",
+                          "special_tokens_map.json", "vocab.txt"}) {
+      const fs::path p = fs::path(o.tokenizer_from) / f;
+      if (fs::exists(p)) {
+        fs::copy_file(p, fs::path(dir) / f, fs::copy_options::overwrite_existing);
+        any = true;
+      }
+    }
+    if (!any)
+      throw InputError("tokenizer folder '" + o.tokenizer_from +
+                       "' holds no tokenizer.model, tokenizer.json, tokenizer.bin or vocab.txt");
+  }
+  return total;
+}
+
+}  // namespace mpqat::model
