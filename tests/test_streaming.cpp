@@ -394,6 +394,21 @@ TEST(StreamedEval, PerplexityEqualsTheWholeModelBitForBit) {
   EXPECT_TRUE(model::open_blocks(folder, tight)->streaming());
   tight.memory_limit = model::whole_model_bytes(folder);
   EXPECT_FALSE(model::open_blocks(folder, tight)->streaming());
+  // A limit below one block and the embeddings / head: one line naming the setting.
+  tight.memory_limit = 1000;
+  tight.limit_key = "--memory-limit";
+  try {
+    model::open_blocks(folder, tight);
+    ADD_FAILURE() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--memory-limit"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir / "text.txt") << std::string(400, 'a');
+  fs::copy_file(fs::path(MPQAT_SOURCE_DIR) / "checkpoints/kjv-llama/tokenizer.model", dir / "tokenizer.model");
+  const auto cli = mpqat::testing::run_mpqat("eval " + dir.string() + " --ppl " + (dir / "text.txt").string() +
+                                             " --memory-limit 1KiB");
+  EXPECT_EQ(cli.code, 2) << cli.err;
+  EXPECT_NE(cli.err.find("--memory-limit = 1"), std::string::npos) << cli.err;
   EXPECT_THROW(model::parse_memory_limit("lots", "model.memory_limit"), InputError);
   EXPECT_EQ(model::parse_memory_limit("auto", "model.memory_limit"), 0u);
   fs::remove_all(dir);

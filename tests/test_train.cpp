@@ -21,6 +21,7 @@
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
+#include "mpqat/train/fault_injection.h"
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "test_util.h"
@@ -227,12 +228,15 @@ TEST(BlockAp, ResumeAfterInterruptionEqualsUninterrupted) {
   const auto full = train::block_ap(folder, plan, data, o);
 
   o.state_dir = (dir / "state_b").string();
-  o.after_block = [](int64_t b) {
-    if (b == 1) throw std::runtime_error("simulated kill after block 1");
-  };
-  EXPECT_THROW(train::block_ap(folder, plan, data, o), std::runtime_error);
+  {
+    train::FaultInjection f;
+    f.after_block = [](int64_t b) {
+      if (b == 1) throw std::runtime_error("simulated kill after block 1");
+    };
+    train::ScopedFaults faults(f);
+    EXPECT_THROW(train::block_ap(folder, plan, data, o), std::runtime_error);
+  }
   EXPECT_TRUE(fs::exists(dir / "state_b" / "progress.json"));
-  o.after_block = nullptr;
   const auto resumed = train::block_ap(folder, plan, data, o);
   ASSERT_EQ(resumed.logs.size(), 3u);
   EXPECT_TRUE(resumed.logs[0].resumed);
@@ -258,8 +262,10 @@ TEST(BlockAp, NanStepIsCaughtReportedAndTrainingContinues) {
   const auto plan = plan_for(folder.config(), 2);
   const auto data = random_batch(16, 24, 64, 2);
   auto o = fast_opts();
-  o.nan_block = 1;
-  o.nan_step = 2;
+  train::FaultInjection f;
+  f.nan_block = 1;
+  f.nan_step = 2;
+  train::ScopedFaults faults(f);
   const auto r = train::block_ap(folder, plan, data, o);
   EXPECT_EQ(r.logs[0].nan_steps, 0);
   EXPECT_EQ(r.logs[1].nan_steps, 1);

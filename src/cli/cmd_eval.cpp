@@ -175,6 +175,7 @@ void add_eval_command(CLI::App& app) {
     st.device = device;
     st.mode = o->streaming ? "always" : "auto";
     st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
+    st.limit_key = "--memory-limit";
     if (do_gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
     auto src = model::open_blocks(folder, st);
     const uint64_t limit = st.memory_limit ? st.memory_limit : model::auto_memory_limit(device);

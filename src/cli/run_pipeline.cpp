@@ -1,5 +1,6 @@
 // The `mpqat run` pipeline (include/mpqat/cli/run_pipeline.h, docs/pipeline.md).
 #include "mpqat/cli/run_pipeline.h"
+#include "mpqat/cli/stage_cache.h"
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -40,6 +41,7 @@
 #include "mpqat/sensitivity/run_sensitivity.h"
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
+#include "mpqat/train/options.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -50,94 +52,6 @@ namespace mpqat::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string fnv(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return fmt::format("{:016x}", h);
-}
-
-// Identity of a file or folder for stage hashes: path, size and modification time of each file.
-std::string file_identity(const std::string& path) {
-  if (path.empty()) return "-";
-  std::ostringstream os;
-  auto one = [&](const fs::path& p) {
-    struct stat st{};
-    if (::stat(p.c_str(), &st) == 0)
-      os << fs::absolute(p).lexically_normal().string() << ":" << st.st_size << ":" << st.st_mtim.tv_sec << "."
-         << st.st_mtim.tv_nsec << ";";
-    else
-      os << p.string() << ":missing;";
-  };
-  if (fs::is_directory(path)) {
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(path))
-      if (e.is_regular_file()) files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    for (const auto& f : files) one(f);
-  } else {
-    one(path);
-  }
-  return os.str();
-}
-
-// The recipe's values under the given key prefixes, as canonical text.
-std::string keys_text(const io::Recipe& r, const std::vector<std::string>& prefixes) {
-  const json all = r.to_json();
-  std::ostringstream os;
-  for (const auto& k : io::recipe_schema()) {
-    bool match = false;
-    for (const auto& p : prefixes) match = match || util::starts_with(k.path, p);
-    if (!match) continue;
-    std::string ptr = "/" + k.path;
-    std::replace(ptr.begin(), ptr.end(), '.', '/');
-    const auto jp = json::json_pointer(ptr);
-    os << k.path << "=" << (all.contains(jp) ? all.at(jp).dump() : "null") << "\n";
-  }
-  return os.str();
-}
-
-// OUT/stages.json: per stage its input hash, seconds and whether this run reused it.
-class Stages {
- public:
-  Stages(fs::path dir, bool main) : dir_(std::move(dir)), main_(main) {
-    const auto p = dir_ / "stages.json";
-    if (fs::exists(p)) {
-      try {
-        state_ = json::parse(util::read_file(p.string()));
-      } catch (const json::exception&) {
-        state_ = json::object();
-      }
-    }
-    if (!state_.is_object()) state_ = json::object();
-  }
-  // True when `name` finished earlier with `hash` and its outputs still exist.
-  bool reusable(const std::string& name, const std::string& hash, const std::vector<fs::path>& outputs) const {
-    if (!state_.contains(name) || state_[name].value("hash", "") != hash) return false;
-    for (const auto& o : outputs)
-      if (!fs::exists(o)) return false;
-    return true;
-  }
-  void done(const std::string& name, const std::string& hash, double seconds, bool reused) {
-    if (!reused) state_[name] = {{"hash", hash}, {"seconds", seconds}};
-    // Peak resident memory of this process so far (getrusage; monotone over the stages).
-    struct rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    report_.push_back({{"name", name},
-                       {"seconds", reused ? state_[name].value("seconds", 0.0) : seconds},
-                       {"reused", reused},
-                       {"peak_rss_mib", static_cast<double>(ru.ru_maxrss) / 1024.0}});
-    if (main_) util::write_file_atomic((dir_ / "stages.json").string(), state_.dump(2) + "\n");
-  }
-  void forget(const std::string& name) { state_.erase(name); }
-  const json& report() const { return report_; }
-
- private:
-  fs::path dir_;
-  bool main_;
-  json state_;
-  json report_ = json::array();
-};
 
 // Every configured evaluation of the model in `dir` (float or quantized).
 json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
@@ -321,6 +235,9 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   const model::ModelFolder folder(model_dir);
   const auto& cfg = folder.config();
   const bool causal = !cfg.is_sequence_classifier();
+  // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
+  model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
+                          dist::resolve_device(r.str("model.device"), *comm, "model.device"), "model.memory_limit");
 
   if (fs::exists(out) && fs::is_directory(out) && !fs::is_empty(out) && !fs::exists(out / "stages.json") &&
       !r.flag("output.overwrite"))
@@ -331,10 +248,9 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     r.write_resolved(out.string());
   }
   comm->barrier();
-  Stages stages(out, main);
+  StageCache stages(out, main);
   const std::string model_id = file_identity(model_dir);
   const std::string calib_path = r.str("data.calibration.path");
-  auto stage_time = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   auto eval_inputs = [&] {
     std::string s = keys_text(r, {"evaluation.", "model.device"});
     for (const auto& f : r.strings("evaluation.perplexity")) s += file_identity(f);
@@ -345,7 +261,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   // 1. FP baseline.
   json fp = json::object();
   if (r.flag("evaluation.fp_baseline")) {
-    const auto t0 = Clock::now();
+    stages.begin("fp_eval");
     const std::string h = fnv(model_id + eval_inputs());
     const bool reuse = stages.reusable("fp_eval", h, {out / "fp_eval.json"});
     if (reuse) {
@@ -355,7 +271,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       fp = evaluate_folder(model_dir, r, *comm);
       if (main) write_json(out / "fp_eval.json", fp);
     }
-    stages.done("fp_eval", h, stage_time(t0), reuse);
+    stages.done("fp_eval", h, reuse);
   }
 
   // 2. Sensitivity.
@@ -369,7 +285,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   if (!sens_path.empty()) {
     sens_hash = fnv(file_identity(sens_path));
   } else if (need_sens) {
-    const auto t0 = Clock::now();
+    stages.begin("sensitivity");
     if (calib_path.empty())
       throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
     sens_hash = fnv(model_id + file_identity(calib_path) +
@@ -406,7 +322,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       if (main) sensitivity::write_sensitivity(rep, sens_path);
       comm->barrier();
     }
-    stages.done("sensitivity", sens_hash, stage_time(t0), reuse);
+    stages.done("sensitivity", sens_hash, reuse);
   }
 
   const std::string stop_after = r.str("output.stop_after");
@@ -440,7 +356,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   std::string plan_hash;
   json alloc_summary;
   {
-    const auto t0 = Clock::now();
+    stages.begin("allocation");
     plan_hash = fnv(sens_hash + model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
                     file_identity(r.str("allocation.plan")));
     const bool reuse = stages.reusable("allocation", plan_hash, {plan_path, out / "allocation.json"});
@@ -458,7 +374,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       }
       comm->barrier();
     }
-    stages.done("allocation", plan_hash, stage_time(t0), reuse);
+    stages.done("allocation", plan_hash, reuse);
   }
   if (stop_here("allocation", plan_path.string())) return plan_path.string();
   const auto plan = quant::load_bit_plan(plan_path.string());
@@ -473,7 +389,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
                         "output.shard_size"}));
   json train_logs = json::array();
   {
-    const auto t0 = Clock::now();
+    stages.begin("quantize");
     std::vector<fs::path> outs{ckpt / "config.json"};
     if (method == "block-ap") outs.push_back(out / "train_log.jsonl");
     const bool reuse = stages.reusable("quantize", qat_hash, outs);
@@ -501,44 +417,28 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
         const int64_t samples = r.integer("data.calibration.samples");
         const auto data = calibration_batch(folder, r, samples, r.integer("data.calibration.seqlen"),
                                             static_cast<uint64_t>(r.integer("data.calibration.seed")));
-        train::BlockApOptions bo;
-        bo.epochs = static_cast<int>(r.integer("training.epochs"));
-        bo.use_sgra = r.flag("allocation.sgra.enabled");
-        bo.batch_size = r.integer("training.batch_size");
-        bo.lr_weights = r.number("training.lr_weights");
-        bo.lr_quant = r.number("training.lr_quant");
-        bo.min_lr_ratio = r.number("training.min_lr_ratio");
-        bo.train_norm = r.flag("training.train_norm");
-        bo.init = init;
-        const double nval = static_cast<double>(r.integer("data.validation_samples"));
-        bo.val_fraction = data.size() > 1 ? std::min(0.5, nval / static_cast<double>(data.size())) : 0.0;
-        bo.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
-                                        r.str("training.cache_dir"),
-                                        {"training.cache_dtype", "training.cache_memory_limit", "training.cache_dir"});
-        bo.nan_lr_backoff = r.number("training.nan_lr_backoff");
+        auto bo = train::block_ap_options_from_recipe(r, data.size());
         bo.state_dir = (out / "train_state").string();
-        bo.resume = r.flag("training.resume");
-        bo.seed = static_cast<uint64_t>(r.integer("seed"));
         bo.device = dist::resolve_device(r.str("model.device"), *comm, "model.device");
         bo.comm = comm.get();
+        stages.part_begin("block_ap");
         auto res = train::block_ap(folder, plan, data, bo);
+        stages.part_done();
         if (e2e) {
           if (!causal) throw InputError(r.source() + ": training.e2e needs a causal LM (next-token loss)");
           const auto edata = calibration_batch(folder, r, r.integer("training.e2e.samples"),
                                                r.integer("training.e2e.seqlen"),
                                                static_cast<uint64_t>(r.integer("data.calibration.seed")) + 1);
-          train::E2eOptions eo;
-          eo.epochs = static_cast<int>(r.integer("training.e2e.epochs"));
-          eo.lr = r.number("training.e2e.lr");
-          eo.warmup_ratio = r.number("training.e2e.warmup_ratio");
-          eo.grad_clip = r.number("training.e2e.grad_clip");
-          eo.batch_size = r.integer("training.e2e.batch_size");
-          eo.seed = bo.seed;
+          const auto eo = train::e2e_options_from_recipe(r);
+          stages.part_begin("e2e_qp");
           train::e2e_qp(res, edata, eo, comm.get());
+          stages.part_done();
         }
         so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
         if (main) {
+          stages.part_begin("save");
           quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
+          stages.part_done();
           util::write_file_atomic((out / "train_log.jsonl").string(), train::train_log_jsonl(res));
           std::cout << train::summary_table(res);
           fs::remove_all(bo.state_dir);
@@ -546,7 +446,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       }
       comm->barrier();
     }
-    stages.done("quantize", qat_hash, stage_time(t0), reuse);
+    stages.done("quantize", qat_hash, reuse);
   }
   if (stop_here("quantize", ckpt.string())) return ckpt.string();
   if (fs::exists(out / "train_log.jsonl")) {
@@ -558,7 +458,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   // 5. Reload through the loader and evaluate.
   json qm = json::object();
   {
-    const auto t0 = Clock::now();
+    stages.begin("reload_eval");
     const std::string h = fnv(qat_hash + file_identity(ckpt.string()) + eval_inputs());
     const bool reuse = stages.reusable("reload_eval", h, {out / "quantized_eval.json"});
     if (reuse) {
@@ -568,7 +468,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       qm = evaluate_folder(ckpt.string(), r, *comm);
       if (main) write_json(out / "quantized_eval.json", qm);
     }
-    stages.done("reload_eval", h, stage_time(t0), reuse);
+    stages.done("reload_eval", h, reuse);
   }
 
   // 6. Report.

@@ -388,17 +388,20 @@ std::string render_run_report_text(const json& r) {
 
   const json& stages = field(r, "stages");
   if (stages.is_array() && !stages.empty()) {
-    out += "\nTime per stage\n";
-    std::vector<std::vector<std::string>> rows{{"stage", "seconds", "reused"}};
+    out += "\nTime and memory per stage\n";
+    std::vector<std::vector<std::string>> rows{{"stage", "seconds", "peak anon MiB", "reused"}};
     double total = 0;
     for (const auto& st : stages) {
       const auto sec = finite(number(st, "seconds"));
-      if (sec) total += *sec;
+      const bool part = field(st, "part_of").is_string();  // inside the stage above: not summed
+      if (sec && !part) total += *sec;
       const json& reused = field(st, "reused");
-      rows.push_back({text_of(field(st, "name")), seconds(sec),
+      const auto anon = finite(number(st, "peak_anon_mib"));
+      rows.push_back({(part ? "  " : "") + text_of(field(st, "name")), seconds(sec),
+                      anon ? fmt::format("{:.0f}", *anon) : "",
                       reused.is_boolean() ? (reused.get<bool>() ? "reused" : "") : ""});
     }
-    rows.push_back({"total", seconds(total), ""});
+    rows.push_back({"total", seconds(total), "", ""});
     out += util::text_table(rows);
   }
   return out;
@@ -841,16 +844,20 @@ std::string render_run_report_html(const json& r) {
 
   const json& stages = field(r, "stages");
   if (stages.is_array() && !stages.empty()) {
-    out += "<h2>Time per stage</h2>\n<table class=\"stages\">\n" + th_row({"stage", "seconds", "reused"});
+    out += "<h2>Time and memory per stage</h2>\n<table class=\"stages\">\n" +
+           th_row({"stage", "seconds", "peak anon MiB", "reused"});
     double total = 0;
     for (const auto& st : stages) {
       const auto sec = finite(number(st, "seconds"));
-      if (sec) total += *sec;
+      const bool part = field(st, "part_of").is_string();
+      if (sec && !part) total += *sec;
       const json& reused = field(st, "reused");
-      out += "<tr>" + td(text_of(field(st, "name"))) + td(seconds(sec)) +
+      const auto anon = finite(number(st, "peak_anon_mib"));
+      out += "<tr>" + td((part ? "\u00a0\u00a0" : "") + text_of(field(st, "name"))) + td(seconds(sec)) +
+             td(anon ? fmt::format("{:.0f}", *anon) : "") +
              td(reused.is_boolean() && reused.get<bool>() ? "reused" : "") + "</tr>\n";
     }
-    out += "<tr><th>total</th><th>" + seconds(total) + "</th><th></th></tr>\n</table>\n";
+    out += "<tr><th>total</th><th>" + seconds(total) + "</th><th></th><th></th></tr>\n</table>\n";
   }
   out += "</body>\n</html>\n";
   return out;

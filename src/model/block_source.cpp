@@ -135,6 +135,15 @@ uint64_t parse_memory_limit(const std::string& text, const std::string& context)
   return util::parse_bytes(text, context + " (or auto)");
 }
 
+void check_block_fits(const ModelFolder& folder, uint64_t limit, const torch::Device& device, const std::string& what) {
+  if (limit == 0) limit = auto_memory_limit(device);
+  const uint64_t need = largest_block_bytes(folder) + shell_bytes(folder);
+  if (need > limit)
+    throw InputError("'" + folder.dir() + "' needs " + util::format_bytes(need) +
+                     " for one block and its embeddings / head in fp32, more than " + what + " = " +
+                     util::format_bytes(limit) + " (raise it, or use a machine with more memory)");
+}
+
 std::unique_ptr<BlockSource> open_blocks(const ModelFolder& folder, const StreamingOptions& o) {
   bool stream = false;
   if (o.mode == "always") {
@@ -145,7 +154,10 @@ std::unique_ptr<BlockSource> open_blocks(const ModelFolder& folder, const Stream
   } else if (o.mode != "never") {
     throw InputError("streaming mode '" + o.mode + "' is not one of auto, always, never");
   }
-  if (stream) return folder_blocks(folder, o.device);
+  if (stream) {
+    check_block_fits(folder, o.memory_limit, o.device, o.limit_key);
+    return folder_blocks(folder, o.device);
+  }
   LoadOptions lo;
   lo.device = o.device;
   return model_blocks(load_any_model(folder, lo));

@@ -23,6 +23,7 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/quant/scheme.h"
+#include "mpqat/train/fault_injection.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/memory.h"
@@ -295,6 +296,7 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     quant::validate_plan_modules(plan, names);
   }
   dist::Communicator* comm = o.comm;
+  const auto& faults = fault_injection();
   const int world = world_of(comm), rank = rank_of(comm);
   const int64_t N = data.size(), L = data.ids.size(1);
   if (data.mask.defined() && data.mask.sizes() != data.ids.sizes())
@@ -441,13 +443,14 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     log.epochs_planned = epochs;
     log.patience = patience;
 
-    const auto params = tr.all();
+    auto params = tr.all();
     for (auto& p : params) p.set_requires_grad(true);
     // Start point = RTN.
     log.start_train_mse = eval_mse(run, *block, Xq, Y, data, train_g, chunk, comm);
     log.start_val_mse = val_g.empty() ? log.start_train_mse : eval_mse(run, *block, Xq, Y, data, val_g, chunk, comm);
-    const auto rtn_state = snapshot(params);
-    auto best_state = rtn_state;
+    // The best epoch's parameters; empty while the RTN start is the best (it is rebuilt from the
+    // file when needed rather than copied: one block's weights less in memory).
+    std::vector<torch::Tensor> best_state;
     double best = log.start_val_mse;
     log.best_val_mse = best;
 
@@ -496,7 +499,7 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
           double local_loss = 0;
           if (!mine.empty()) {
             auto loss = run.sse(*block, Xq, Y, mine) / denom;
-            if (bi == o.nan_block && step == o.nan_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
+            if (bi == faults.nan_block && step == faults.nan_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
             loss.backward();
             local_loss = loss.item<double>();
           }
@@ -523,7 +526,8 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
         spdlog::debug("block {} epoch {}: train mse {:.4g}, val mse {:.4g}", bi, ep + 1, train_mse, val);
         if (std::isfinite(val) && val < best) {
           best = val;
-          best_state = snapshot(params);
+          if (best_state.empty()) best_state = snapshot(params);
+          else restore(best_state, params);  // in place: never two snapshots at once
           log.best_epoch = ep + 1;
           bad_epochs = 0;
         } else if (patience > 0 && ++bad_epochs >= patience) {
@@ -531,22 +535,37 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
           break;
         }
       }
-      restore(params, best_state);
+      if (!best_state.empty()) restore(params, best_state);
+      best_state.clear();
       log.best_val_mse = best;
-    }
+    }  // the optimizer's state is freed here
     for (auto& p : params) p.set_requires_grad(false);
     for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    // The block at RTN (the original weights, fresh init), for a start no epoch improved on.
+    auto rtn_block = [&] {
+      auto fresh = model::load_any_block(folder, bi, {o.device});
+      fresh->eval();
+      for (auto& p : fresh->parameters()) p.set_requires_grad(false);
+      auto mods = fake_quantize_block(*fresh, prefix, plan, o);
+      return std::make_pair(fresh, mods);
+    };
+    if (epochs > 0 && log.best_epoch == 0 && !tr.modules.empty()) {
+      params.clear();
+      tr = Trainable{};
+      block.reset();
+      std::tie(block, tr.modules) = rtn_block();
+    }
 
     // Pack and measure what will be saved.
     pack_block(*block, tr.modules, o.device);
     log.end_train_mse = eval_mse(run, *block, Xq, Y, data, train_g, chunk, comm);
     log.end_val_mse = val_g.empty() ? log.end_train_mse : eval_mse(run, *block, Xq, Y, data, val_g, chunk, comm);
     if (log.end_val_mse > log.start_val_mse && !tr.modules.empty()) {
-      // Training did not beat RTN: keep RTN (the original weights, fresh init).
-      auto fresh = model::load_any_block(folder, bi, {o.device});
-      fresh->eval();
-      for (auto& p : fresh->parameters()) p.set_requires_grad(false);
-      auto mods = fake_quantize_block(*fresh, prefix, plan, o);
+      // Training did not beat RTN: keep RTN.
+      params.clear();
+      tr = Trainable{};
+      block.reset();
+      auto [fresh, mods] = rtn_block();
       pack_block(*fresh, mods, o.device);
       block = fresh;
       log.kept_rtn = true;
@@ -594,7 +613,7 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     // freed heap memory in the process unless asked, which made the peak grow with depth
     // (tools/bench_train_depth.sh: 765 -> 531 MiB at 32 blocks with a fixed mmap threshold).
     util::release_free_memory();
-    if (o.after_block) o.after_block(bi);
+    if (faults.after_block) faults.after_block(bi);
   }
   res.seconds = since(t_all);
   return res;

@@ -63,12 +63,17 @@ struct StreamingOptions {
   torch::Device device = torch::kCPU;
   std::string mode = "auto";  // auto: stream when whole_model_bytes > memory_limit; always; never
   uint64_t memory_limit = 0;  // 0 = auto_memory_limit(device)
+  std::string limit_key = "model.memory_limit";  // names the setting in errors
 };
 // 80% of what the device can give: the host's available memory (CPU) or the GPU's free memory.
 uint64_t auto_memory_limit(const torch::Device& device);
 // Parses "auto" / a byte size (util::parse_bytes) into a limit (0 = auto). `context` names the key.
 uint64_t parse_memory_limit(const std::string& text, const std::string& context);
-// The source `opts` asks for. Throws InputError for an unknown mode.
+// Throws InputError when one block and the block-free parts (fp32) exceed `limit` (0 = auto):
+// no block-at-a-time pass can run then. `what` names the setting in the message.
+void check_block_fits(const ModelFolder& folder, uint64_t limit, const torch::Device& device, const std::string& what);
+// The source `opts` asks for (a streamed one after check_block_fits). Throws InputError for an
+// unknown mode.
 std::unique_ptr<BlockSource> open_blocks(const ModelFolder& folder, const StreamingOptions& opts);
 
 // Runs every input (under NoGradGuard) and calls fn(index, head output) in input order:

@@ -78,10 +78,7 @@ struct BlockApOptions {
   uint64_t seed = 0;
   torch::Device device = torch::kCPU;
   dist::Communicator* comm = nullptr;  // null = single process
-  // Test hooks: make the loss of optimisation step `nan_step` (0-based, within the block) of
-  // block `nan_block` NaN; call after_block(i) once block i is finished and saved.
-  int64_t nan_block = -1, nan_step = -1;
-  std::function<void(int64_t)> after_block;
+  // (Tests inject faults through train/fault_injection.h, not through these options.)
 };
 
 struct BlockLog {

@@ -1,0 +1,42 @@
+// Recipe -> train options (include/mpqat/train/options.h).
+#include "mpqat/train/options.h"
+
+#include <algorithm>
+
+#include "mpqat/io/recipe.h"
+
+namespace mpqat::train {
+
+BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequences) {
+  BlockApOptions bo;
+  bo.epochs = static_cast<int>(r.integer("training.epochs"));
+  bo.use_sgra = r.flag("allocation.sgra.enabled");
+  bo.batch_size = r.integer("training.batch_size");
+  bo.lr_weights = r.number("training.lr_weights");
+  bo.lr_quant = r.number("training.lr_quant");
+  bo.min_lr_ratio = r.number("training.min_lr_ratio");
+  bo.train_norm = r.flag("training.train_norm");
+  bo.init.clip_search = r.str("training.init") == "mse";
+  const double nval = static_cast<double>(r.integer("data.validation_samples"));
+  bo.val_fraction = sequences > 1 ? std::min(0.5, nval / static_cast<double>(sequences)) : 0.0;
+  bo.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
+                                  r.str("training.cache_dir"),
+                                  {"training.cache_dtype", "training.cache_memory_limit", "training.cache_dir"});
+  bo.nan_lr_backoff = r.number("training.nan_lr_backoff");
+  bo.resume = r.flag("training.resume");
+  bo.seed = static_cast<uint64_t>(r.integer("seed"));
+  return bo;
+}
+
+E2eOptions e2e_options_from_recipe(const io::Recipe& r) {
+  E2eOptions eo;
+  eo.epochs = static_cast<int>(r.integer("training.e2e.epochs"));
+  eo.lr = r.number("training.e2e.lr");
+  eo.warmup_ratio = r.number("training.e2e.warmup_ratio");
+  eo.grad_clip = r.number("training.e2e.grad_clip");
+  eo.batch_size = r.integer("training.e2e.batch_size");
+  eo.seed = static_cast<uint64_t>(r.integer("seed"));
+  return eo;
+}
+
+}  // namespace mpqat::train
