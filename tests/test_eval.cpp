@@ -21,7 +21,7 @@
 #include "mpqat/eval/multiple_choice.h"
 #include "mpqat/eval/report.h"
 #include "mpqat/eval/tasks.h"
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "mpqat/model/config.h"
 #include "mpqat/model/llama.h"
 #include "mpqat/model/loader.h"
@@ -484,55 +484,55 @@ TEST(EvalClassification, ReadsQuotedCsvJsonlAndErrors) {
         "1,\"hello, world\",pos\n"
         "2,\"she said \"\"hi\"\"\",neg\r\n"
         "3,\"two\nlines\",pos\n");
-  eval::ClassificationReadOptions o;
+  data::ClassificationReadOptions o;
   o.text_field = "text";
-  auto d = eval::read_classification_file((dir / "a.csv").string(), o);
+  auto d = data::read_classification_file((dir / "a.csv").string(), o);
   ASSERT_EQ(d.texts.size(), 3u);
   EXPECT_EQ(d.texts[0], "hello, world");
   EXPECT_EQ(d.texts[1], "she said \"hi\"");
   EXPECT_EQ(d.texts[2], "two\nlines");
   EXPECT_EQ(d.label_names, (std::vector<std::string>{"neg", "pos"}));
   EXPECT_EQ(d.labels, (std::vector<int64_t>{1, 0, 1}));
-  EXPECT_EQ(eval::split_csv_record("a,\"b,c\",,d"), (std::vector<std::string>{"a", "b,c", "", "d"}));
+  EXPECT_EQ(data::split_csv_record("a,\"b,c\",,d"), (std::vector<std::string>{"a", "b,c", "", "d"}));
 
   // Explicit label order, and a label outside it.
   o.labels = {"pos", "neg"};
-  d = eval::read_classification_file((dir / "a.csv").string(), o);
+  d = data::read_classification_file((dir / "a.csv").string(), o);
   EXPECT_EQ(d.labels, (std::vector<int64_t>{0, 1, 0}));
   o.labels = {"pos"};
-  auto msg = error_message([&] { eval::read_classification_file((dir / "a.csv").string(), o); });
+  auto msg = error_message([&] { data::read_classification_file((dir / "a.csv").string(), o); });
   EXPECT_NE(msg.find("'neg'"), std::string::npos) << msg;
   o.labels.clear();
 
   // Missing column: names the file, the column and the available ones.
   o.text_field = "sentence";
-  msg = error_message([&] { eval::read_classification_file((dir / "a.csv").string(), o); });
+  msg = error_message([&] { data::read_classification_file((dir / "a.csv").string(), o); });
   EXPECT_NE(msg.find((dir / "a.csv").string()), std::string::npos) << msg;
   EXPECT_NE(msg.find("'sentence'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("id, text, label"), std::string::npos) << msg;
 
   // JSONL with integer labels sorts them numerically.
   write(dir / "b.jsonl", "{\"sentence\": \"x\", \"label\": 10}\n{\"sentence\": \"y\", \"label\": 2}\n\n");
-  d = eval::read_classification_file((dir / "b.jsonl").string(), o);
+  d = data::read_classification_file((dir / "b.jsonl").string(), o);
   EXPECT_EQ(d.label_names, (std::vector<std::string>{"2", "10"}));
   EXPECT_EQ(d.labels, (std::vector<int64_t>{1, 0}));
   write(dir / "c.jsonl", "{\"text\": \"x\", \"label\": 1}\n");
-  msg = error_message([&] { eval::read_classification_file((dir / "c.jsonl").string(), o); });
+  msg = error_message([&] { data::read_classification_file((dir / "c.jsonl").string(), o); });
   EXPECT_NE(msg.find("c.jsonl:1"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'sentence'"), std::string::npos) << msg;
   // Ragged rows and unterminated quotes.
   write(dir / "d.csv", "sentence,label\na,1,extra\n");
-  msg = error_message([&] { eval::read_classification_file((dir / "d.csv").string(), o); });
+  msg = error_message([&] { data::read_classification_file((dir / "d.csv").string(), o); });
   EXPECT_NE(msg.find("d.csv:2"), std::string::npos) << msg;
   write(dir / "e.csv", "sentence,label\n\"a,1\n");
-  EXPECT_THROW(eval::read_classification_file((dir / "e.csv").string(), o), InputError);
-  EXPECT_THROW(eval::read_classification_file((dir / "missing.tsv").string(), o), InputError);
+  EXPECT_THROW(data::read_classification_file((dir / "e.csv").string(), o), InputError);
+  EXPECT_THROW(data::read_classification_file((dir / "missing.tsv").string(), o), InputError);
   fs::remove_all(dir);
 }
 
 TEST(EvalClassification, ReadsGlueSst2Tsv) {
   REQUIRE_SHARED();
-  const auto d = eval::read_classification_file(shared() +
+  const auto d = data::read_classification_file(shared() +
                                                 "/data/classification/sst2/glue_sst2_dev.tsv");
   EXPECT_EQ(d.texts.size(), 872u);
   EXPECT_EQ(d.label_names, (std::vector<std::string>{"0", "1"}));
@@ -551,7 +551,7 @@ TEST(EvalClassification, PredictPadsTruncatesAndSplitsRanks) {
   const eval::EncodeFn enc = [](const std::string& s) {
     return std::vector<int32_t>(s.size(), 5);
   };
-  eval::ClassificationData d;
+  data::ClassificationData d;
   d.path = "mem";
   d.label_names = {"a", "b", "c"};
   for (int i = 0; i < 11; ++i) {
@@ -642,7 +642,7 @@ TEST(EvalCli, TasksOnStories260K) {
   const auto dir = temp_dir("cli");
   const auto mdir = dir / "stories260K";
   const auto src = fs::path(sdir) / "data/models/stories260K";
-  io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), mdir.string());
+  model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), mdir.string());
 
   const auto out = run_eval_cli({mdir.string(), "--tasks", "piqa,arc_easy", "--limit", "20", "--json",
                                  "--task-dir", tasks_dir(), "--batch-size", "4", "--report",

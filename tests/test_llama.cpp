@@ -15,7 +15,7 @@
 #include "mpqat/cli/commands.h"
 #include "mpqat/eval/generate.h"
 #include "mpqat/eval/perplexity.h"
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/model/config.h"
 #include "mpqat/model/llama.h"
@@ -230,8 +230,8 @@ TEST(LlamaRope, PermutedWeightsMatchInterleavedReference) {
   model::LlamaAttentionImpl attn(cfg);
   {
     torch::NoGradGuard ng;
-    auto pq = io::permute_rope_rows(wq.contiguous().data_ptr<float>(), H, hd, C);
-    auto pk = io::permute_rope_rows(wk.contiguous().data_ptr<float>(), Hkv, hd, C);
+    auto pq = model::permute_rope_rows(wq.contiguous().data_ptr<float>(), H, hd, C);
+    auto pk = model::permute_rope_rows(wk.contiguous().data_ptr<float>(), Hkv, hd, C);
     attn.q_proj->weight.copy_(torch::from_blob(pq.data(), {H * hd, C}));
     attn.k_proj->weight.copy_(torch::from_blob(pk.data(), {Hkv * hd, C}));
     attn.v_proj->weight.copy_(wv);
@@ -369,7 +369,7 @@ TEST(LlamaLoader, MissingOrMisshapedTensorIsInputError) {
 TEST(Llama2c, RejectsTruncatedAndGarbageFiles) {
   const auto dir = temp_dir("l2c");
   // A synthetic checkpoint: dim 8, hidden 12, 1 layer, 2 heads, 1 kv head, vocab 5, seq 4.
-  io::Llama2cHeader h;
+  model::Llama2cHeader h;
   h.dim = 8, h.hidden_dim = 12, h.n_layers = 1, h.n_heads = 2, h.n_kv_heads = 1, h.vocab_size = 5, h.seq_len = 4;
   const uint64_t want = h.expected_file_size();
   // 28 + 4 * (40 + 8 + 64 + 32 + 32 + 64 + 8 + 96 + 96 + 96 + 8 + 2 * 4 * 2)
@@ -381,13 +381,13 @@ TEST(Llama2c, RejectsTruncatedAndGarbageFiles) {
     f.write(reinterpret_cast<char*>(hdr), 28);
     f.write(body.data(), static_cast<std::streamsize>(body.size()));
   }
-  EXPECT_EQ(io::read_llama2c_header((dir / "ok.bin").string()).kv_dim(), 4);
+  EXPECT_EQ(model::read_llama2c_header((dir / "ok.bin").string()).kv_dim(), 4);
   {
     std::ofstream f(dir / "short.bin", std::ios::binary);
     f.write(reinterpret_cast<char*>(hdr), 28);
     f.write(body.data(), static_cast<std::streamsize>(body.size() - 12));
   }
-  auto msg = error_message([&] { io::read_llama2c_header((dir / "short.bin").string()); });
+  auto msg = error_message([&] { model::read_llama2c_header((dir / "short.bin").string()); });
   EXPECT_NE(msg.find("short.bin"), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::to_string(want)), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::to_string(want - 12)), std::string::npos) << msg;
@@ -396,12 +396,12 @@ TEST(Llama2c, RejectsTruncatedAndGarbageFiles) {
     std::ofstream f(dir / "bad.bin", std::ios::binary);
     f.write(reinterpret_cast<char*>(bad), 28);
   }
-  EXPECT_THROW(io::read_llama2c_header((dir / "bad.bin").string()), InputError);
+  EXPECT_THROW(model::read_llama2c_header((dir / "bad.bin").string()), InputError);
   {
     std::ofstream f(dir / "tiny.bin", std::ios::binary);
     f.write("abc", 3);
   }
-  EXPECT_THROW(io::read_llama2c_header((dir / "tiny.bin").string()), InputError);
+  EXPECT_THROW(model::read_llama2c_header((dir / "tiny.bin").string()), InputError);
   fs::remove_all(dir);
 }
 
@@ -414,7 +414,7 @@ class Stories260K : public ::testing::Test {
     if (shared_.empty()) return;
     dir_ = temp_dir("stories") / "stories260K";
     const auto src = fs::path(shared_) / "data/models/stories260K";
-    io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), dir_.string());
+    model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), dir_.string());
   }
   static void TearDownTestSuite() {
     if (!dir_.empty()) fs::remove_all(dir_.parent_path());
@@ -450,7 +450,7 @@ TEST_F(Stories260K, ConvertedFolderLayout) {
   // Refuses to overwrite without force, and a truncated copy of the real file.
   const auto src = fs::path(shared_) / "data/models/stories260K";
   auto msg = error_message([&] {
-    io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), dir_.string());
+    model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), dir_.string());
   });
   EXPECT_NE(msg.find("--force"), std::string::npos) << msg;
   const auto tdir = temp_dir("trunc");
@@ -459,7 +459,7 @@ TEST_F(Stories260K, ConvertedFolderLayout) {
     std::ofstream(tdir / "t.bin", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() - 100));
   }
   msg = error_message([&] {
-    io::convert_llama2c((tdir / "t.bin").string(), (src / "tok512.bin").string(), (tdir / "out").string());
+    model::convert_llama2c((tdir / "t.bin").string(), (src / "tok512.bin").string(), (tdir / "out").string());
   });
   EXPECT_NE(msg.find("t.bin"), std::string::npos) << msg;
   EXPECT_NE(msg.find("bytes"), std::string::npos) << msg;

@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "run_command.h"
 #include "test_util.h"
 
@@ -48,7 +48,7 @@ TEST(PipelineBytes, PredictedEqualsWrittenCheckpoint) {
   fs::remove_all(d);
   fs::create_directories(d);
   const fs::path src = fs::path(shared) / "data/models/stories260K";
-  mpqat::io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(),
+  mpqat::model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(),
                              (d / "fp").string());
   write_sensitivity(d / "sens.json");
 
@@ -94,7 +94,7 @@ TEST(PipelineBytes, DryRunShowsPlannedAllocation) {
   fs::remove_all(d);
   fs::create_directories(d);
   const fs::path src = fs::path(shared) / "data/models/stories260K";
-  mpqat::io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(),
+  mpqat::model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(),
                              (d / "fp").string());
   write_sensitivity(d / "sens.json");
   std::ofstream(d / "r.yaml") << "model: {path: " << (d / "fp").string() << "}\n"

@@ -13,7 +13,7 @@
 #include "mpqat/cli/commands.h"
 #include "mpqat/data/tokenizer.h"
 #include "mpqat/eval/perplexity.h"
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/model/config.h"
 #include "mpqat/model/llama.h"
@@ -395,7 +395,7 @@ TEST(QuantStories260K, AllSixBitWidthsSaveReloadAndPerplexityEqualsFakeQuant) {
   const auto root = temp_dir("stories");
   const auto src = fs::path(shared) / "data/models/stories260K";
   const auto fdir = root / "stories260K";
-  io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), fdir.string());
+  model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), fdir.string());
   model::ModelFolder folder(fdir.string());
   const auto& cfg = folder.config();
 

@@ -163,7 +163,7 @@ TEST(Calibration, JsonlDocumentsJoinedWithEosBos) {
 }
 
 TEST(Calibration, StratifiedIsBalancedAndSeeded) {
-  eval::ClassificationData d;
+  data::ClassificationData d;
   d.path = "mem";
   d.label_names = {"neg", "pos", "neutral"};
   for (int i = 0; i < 100; ++i) {

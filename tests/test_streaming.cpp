@@ -20,7 +20,7 @@
 #include "mpqat/dist/communicator.h"
 #include "mpqat/dist/launcher.h"
 #include "mpqat/eval/perplexity.h"
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/model/activation_cache.h"
 #include "mpqat/model/block_source.h"
@@ -235,7 +235,7 @@ TEST(StreamedFisher, OmegaEqualsWholeModelOnStories260K) {
   if (shared.empty()) GTEST_SKIP() << "../shared/data not found (set MPQAT_SHARED_DIR): stories260K test skipped";
   const fs::path src = fs::path(shared) / "data/models/stories260K";
   const auto dir = temp_dir("stories");
-  io::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), (dir / "m").string());
+  model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), (dir / "m").string());
   const std::string calib = shared + "/data/text/tinystories/validation_part1.txt";
   sensitivity::SensitivityRunOptions so;
   so.model = (dir / "m").string();

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "mpqat/cli/commands.h"
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 #include "mpqat/util/error.h"
 
 namespace mpqat::cli {
@@ -26,9 +26,9 @@ void add_convert_command(CLI::App& app) {
   l2c->add_option("--out", o->out, "output folder (written atomically via <out>.tmp)")->required();
   l2c->add_flag("--force", o->force, "replace a non-empty output folder")->capture_default_str();
   l2c->callback([o] {
-    io::ConvertOptions opts;
+    model::ConvertOptions opts;
     opts.force = o->force;
-    io::convert_llama2c(o->model, o->tokenizer, o->out, opts);
+    model::convert_llama2c(o->model, o->tokenizer, o->out, opts);
     std::cout << "wrote " << o->out << "\n";
   });
 }

@@ -140,13 +140,13 @@ void add_eval_command(CLI::App& app) {
     // Load task and classification files before the model so a typo fails fast.
     std::vector<eval::MultipleChoiceTask> loaded;
     for (const auto& t : o->tasks) loaded.push_back(eval::load_task(util::trim(t), o->task_dir));
-    eval::ClassificationData cls_data;
+    data::ClassificationData cls_data;
     if (do_cls) {
-      eval::ClassificationReadOptions ro;
+      data::ClassificationReadOptions ro;
       ro.text_field = o->text_field;
       ro.label_field = o->label_field;
       ro.labels = o->labels;
-      cls_data = eval::read_classification_file(o->classify_file, ro);
+      cls_data = data::read_classification_file(o->classify_file, ro);
       if (o->limit > 0 && static_cast<int64_t>(cls_data.texts.size()) > o->limit) {
         cls_data.texts.resize(static_cast<size_t>(o->limit));
         cls_data.labels.resize(static_cast<size_t>(o->limit));

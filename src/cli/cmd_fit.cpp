@@ -235,16 +235,16 @@ void add_classifier_command(CLI::App* fit) {
       ->delimiter(',');
   c->callback([o] {
     setup_runtime(*o);
-    eval::ClassificationReadOptions ro;
+    data::ClassificationReadOptions ro;
     ro.text_field = o->text_field;
     ro.label_field = o->label_field;
     ro.labels = o->labels;
-    const auto train_data = eval::read_classification_file(o->train_file, ro);
+    const auto train_data = data::read_classification_file(o->train_file, ro);
     if (train_data.texts.empty()) throw InputError("'" + o->train_file + "' holds no examples");
-    eval::ClassificationData valid_data;
+    data::ClassificationData valid_data;
     if (!o->valid_file.empty()) {
       ro.labels = train_data.label_names;
-      valid_data = eval::read_classification_file(o->valid_file, ro);
+      valid_data = data::read_classification_file(o->valid_file, ro);
     }
     const auto num_labels = static_cast<int64_t>(train_data.label_names.size());
 

@@ -9,6 +9,7 @@
 
 #include "mpqat/cli/commands.h"
 #include "mpqat/dist/communicator.h"
+#include "mpqat/quant/checkpoint.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/host_allocator.h"
 #include "mpqat/util/log.h"
@@ -27,6 +28,7 @@ int report(const char* kind, const std::string& what, int code) {
 
 int main(int argc, char** argv) {
   mpqat::util::install_host_allocator();  // before any tensor exists
+  mpqat::quant::install_packed_loader();   // the model layer loads packed checkpoints through it
   CLI::App app{"mpqat: sensitivity-guided mixed-precision quantization-aware training of LLMs.\n"
                "Measure layer sensitivity, allocate bits under a size budget, train block by "
                "block, save a packed mixed-precision checkpoint and evaluate it.",

@@ -109,10 +109,10 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
   } else {
     const std::string path = r.str("evaluation.classification.path");
     if (!path.empty()) {
-      eval::ClassificationReadOptions ro;
+      data::ClassificationReadOptions ro;
       ro.text_field = r.str("evaluation.classification.text_field");
       ro.label_field = r.str("evaluation.classification.label_field");
-      auto data = eval::read_classification_file(path, ro);
+      auto data = data::read_classification_file(path, ro);
       const int64_t limit = r.integer("evaluation.classification.limit");
       if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
         data.texts.resize(static_cast<size_t>(limit));
@@ -154,7 +154,7 @@ train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::
     const auto cal = data::load_token_calibration(path, tok, co);
     return train::stack_sequences(cal.sequences);
   }
-  eval::ClassificationReadOptions ro;
+  data::ClassificationReadOptions ro;
   ro.text_field = r.str("data.calibration.text_field");
   ro.label_field = r.str("data.calibration.label_field");
   const auto cal = data::load_labelled_calibration(path, samples, data::parse_sampling(r.str("data.calibration.sampling")),
@@ -218,276 +218,261 @@ void write_seed_sensitivity_file(const fs::path& out, const std::string& sens_pa
                                metric, per_block);
 }
 
-}  // namespace
-
-std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
-  const auto t_run = Clock::now();
-  dist::Options dopt;
-  dopt.backend = r.str("distributed.backend");
-  dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
-  auto comm = dist::Communicator::from_env(dopt);
-  const bool main = comm->is_main();
-  const fs::path out(out_dir);
-  const std::string model_dir = r.str("model.path");
-  if (model_dir.empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
-  if (quant::is_quantized_folder(model_dir))
-    throw InputError("model.path '" + model_dir + "' is already quantized; mpqat run needs the float model");
-  const model::ModelFolder folder(model_dir);
-  const auto& cfg = folder.config();
-  const bool causal = !cfg.is_sequence_classifier();
-  // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
-  model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
-                          dist::resolve_device(r.str("model.device"), *comm, "model.device"), "model.memory_limit");
-
-  if (fs::exists(out) && fs::is_directory(out) && !fs::is_empty(out) && !fs::exists(out / "stages.json") &&
-      !r.flag("output.overwrite"))
-    throw InputError("output folder '" + out_dir +
-                     "' exists, is not empty and is not an mpqat run (set output.overwrite=true to use it)");
-  if (main) {
-    fs::create_directories(out);
-    r.write_resolved(out.string());
-  }
-  comm->barrier();
-  StageCache stages(out, main);
-  const std::string model_id = file_identity(model_dir);
-  const std::string calib_path = r.str("data.calibration.path");
-  auto eval_inputs = [&] {
+// What the stages of one run share.
+struct Run {
+  const io::Recipe& r;
+  dist::Communicator& comm;
+  bool main;
+  fs::path out;
+  std::string model_dir, model_id, calib_path;
+  const model::ModelFolder& folder;
+  const model::ModelConfig& cfg;
+  bool causal;
+  StageCache stages;
+  // The recipe values and files the evaluations read.
+  std::string eval_inputs() const {
+    // (model.streaming / memory_limit change where the model is, not the numbers: left out)
     std::string s = keys_text(r, {"evaluation.", "model.device"});
     for (const auto& f : r.strings("evaluation.perplexity")) s += file_identity(f);
     s += file_identity(r.str("evaluation.classification.path"));
     return s;
-  };
-
-  // 1. FP baseline.
-  json fp = json::object();
-  if (r.flag("evaluation.fp_baseline")) {
-    stages.begin("fp_eval");
-    const std::string h = fnv(model_id + eval_inputs());
-    const bool reuse = stages.reusable("fp_eval", h, {out / "fp_eval.json"});
-    if (reuse) {
-      fp = read_json(out / "fp_eval.json");
-    } else {
-      spdlog::info("stage fp_eval: evaluating the float model");
-      fp = evaluate_folder(model_dir, r, *comm);
-      if (main) write_json(out / "fp_eval.json", fp);
-    }
-    stages.done("fp_eval", h, reuse);
   }
+  torch::Device device() const { return dist::resolve_device(r.str("model.device"), comm, "model.device"); }
+};
 
-  // 2. Sensitivity.
+// Stage fp_eval: the float model's metrics (empty when evaluation.fp_baseline is off).
+json stage_fp_eval(Run& run) {
+  if (!run.r.flag("evaluation.fp_baseline")) return json::object();
+  run.stages.begin("fp_eval");
+  const std::string h = fnv(run.model_id + run.eval_inputs());
+  const bool reuse = run.stages.reusable("fp_eval", h, {run.out / "fp_eval.json"});
+  json fp;
+  if (reuse) {
+    fp = read_json(run.out / "fp_eval.json");
+  } else {
+    spdlog::info("stage fp_eval: evaluating the float model");
+    fp = evaluate_folder(run.model_dir, run.r, run.comm);
+    if (run.main) write_json(run.out / "fp_eval.json", fp);
+  }
+  run.stages.done("fp_eval", h, reuse);
+  return fp;
+}
+
+// Stage sensitivity: sensitivity.json (or the recipe's sensitivity.file). Returns its path ("" when
+// allocation.method plan needs none) and sets `hash` to what the allocation depends on.
+std::string stage_sensitivity(Run& run, std::string& hash) {
+  const auto& r = run.r;
   std::string sens_path = r.str("sensitivity.file");
-  const auto alloc_bits = r.integers("allocation.bits");
-  std::vector<int64_t> groups{r.integer("sensitivity.group_size")};
-  for (auto g : r.integers("allocation.group_sizes"))
-    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
-  std::string sens_hash;
-  const bool need_sens = r.str("allocation.method") != "plan";
   if (!sens_path.empty()) {
-    sens_hash = fnv(file_identity(sens_path));
-  } else if (need_sens) {
-    stages.begin("sensitivity");
-    if (calib_path.empty())
-      throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
-    sens_hash = fnv(model_id + file_identity(calib_path) +
-                    keys_text(r, {"data.calibration.", "sensitivity.", "allocation.bits", "allocation.group_sizes"}));
-    sens_path = (out / "sensitivity.json").string();
-    const bool reuse = stages.reusable("sensitivity", sens_hash, {sens_path});
-    if (!reuse) {
-      spdlog::info("stage sensitivity: {} on {}", fmt::format("{}", fmt::join(r.strings("sensitivity.metrics"), ", ")), calib_path);
-      sensitivity::SensitivityRunOptions so;
-      so.model = model_dir;
-      so.calib = calib_path;
-      so.samples = r.integer("data.calibration.samples");
-      so.seqlen = std::min<int64_t>(r.integer("data.calibration.seqlen"), cfg.max_position_embeddings);
-      so.seed = static_cast<uint64_t>(r.integer("data.calibration.seed"));
-      so.sampling = r.str("data.calibration.sampling");
-      so.text_field = r.str("data.calibration.text_field");
-      so.label_field = r.str("data.calibration.label_field");
-      so.metrics = r.strings("sensitivity.metrics");
-      so.mode = r.str("sensitivity.mode");
-      so.bits.assign(alloc_bits.begin(), alloc_bits.end());
-      so.bits.erase(std::remove_if(so.bits.begin(), so.bits.end(), [](int b) { return b >= 16; }), so.bits.end());
-      so.probe_bits = static_cast<int>(r.integer("sensitivity.probe_bits"));
-      if (std::find(so.bits.begin(), so.bits.end(), so.probe_bits) == so.bits.end()) so.bits.push_back(so.probe_bits);
-      std::sort(so.bits.begin(), so.bits.end());
-      so.group_sizes = groups;
-      so.svcca_k = static_cast<int>(r.integer("sensitivity.svcca_k"));
-      so.svcca_variance = r.number("sensitivity.svcca_variance");
-      so.max_rows = r.integer("sensitivity.max_rows");
-      so.device = dist::resolve_device(r.str("model.device"), *comm, "model.device");
-      so.cache = model::cache_options(r.str("sensitivity.cache_dtype"), r.str("sensitivity.cache_memory_limit"),
-                                      r.str("sensitivity.cache_dir").empty() ? out.string() : r.str("sensitivity.cache_dir"),
-                                      {"sensitivity.cache_dtype", "sensitivity.cache_memory_limit", "sensitivity.cache_dir"});
-      const auto rep = sensitivity::compute_sensitivity(so, comm.get());
-      if (main) sensitivity::write_sensitivity(rep, sens_path);
-      comm->barrier();
-    }
-    stages.done("sensitivity", sens_hash, reuse);
-  }
-
-  const std::string stop_after = r.str("output.stop_after");
-  auto stop_here = [&](const std::string& stage, const std::string& last_output) {
-    if (stop_after != stage) return false;
-    if (main) std::cout << "stopped after the " << stage << " stage (output.stop_after): " << last_output << "\n";
-    comm->barrier();
-    return true;
-  };
-  if (stop_after == "sensitivity") {
-    if (sens_path.empty())
-      throw InputError(r.source() + ": output.stop_after is sensitivity but no sensitivity is measured "
-                                    "(allocation.method plan); use allocation or later");
-    if (main && !causal) {
-      // The seeds' phase-1 files.
-      write_seed_sensitivity_file(out, sens_path, cfg, model_dir, seed_data_name(calib_path),
-                                  r.strings("sensitivity.metrics").front());
-    }
-    if (main) std::cout << sensitivity_text_path(sens_path);
-    stop_here("sensitivity", sens_path);
+    hash = fnv(file_identity(sens_path));
     return sens_path;
   }
-
-  // 3. Allocation.
-  const fs::path plan_path = out / "bitplan.json";
-  const auto ao = alloc::alloc_options_from_recipe(r);
-  alloc::SizeOptions szo;
-  szo.float_dtype = float_dtype_of(r);
-  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
-  std::string plan_hash;
-  json alloc_summary;
-  {
-    stages.begin("allocation");
-    plan_hash = fnv(sens_hash + model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
-                    file_identity(r.str("allocation.plan")));
-    const bool reuse = stages.reusable("allocation", plan_hash, {plan_path, out / "allocation.json"});
-    if (reuse) {
-      alloc_summary = read_json(out / "allocation.json");
-    } else {
-      spdlog::info("stage allocation: {}", r.str("allocation.method"));
-      const alloc::Sensitivity sens = sens_path.empty() ? alloc::Sensitivity{} : alloc::load_sensitivity(sens_path);
-      const auto res = alloc::allocate(sm, sens, ao);
-      alloc_summary = alloc::summary_json(res);
-      if (main) {
-        alloc::write_plan(plan_path.string(), res, sm, ao);
-        util::write_file_atomic((out / "bitplan.txt").string(), alloc::result_text(res));
-        write_json(out / "allocation.json", alloc_summary);
-      }
-      comm->barrier();
-    }
-    stages.done("allocation", plan_hash, reuse);
+  if (r.str("allocation.method") == "plan") return "";
+  run.stages.begin("sensitivity");
+  if (run.calib_path.empty())
+    throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
+  hash = fnv(run.model_id + file_identity(run.calib_path) +
+             keys_text(r, {"data.calibration.", "sensitivity.", "allocation.bits", "allocation.group_sizes"}));
+  sens_path = (run.out / "sensitivity.json").string();
+  const bool reuse = run.stages.reusable("sensitivity", hash, {sens_path});
+  if (!reuse) {
+    spdlog::info("stage sensitivity: {} on {}", fmt::format("{}", fmt::join(r.strings("sensitivity.metrics"), ", ")),
+                 run.calib_path);
+    auto so = sensitivity::sensitivity_options_from_recipe(r, run.out.string());
+    so.seqlen = std::min<int64_t>(so.seqlen, run.cfg.max_position_embeddings);
+    so.device = run.device();
+    const auto rep = sensitivity::compute_sensitivity(so, &run.comm);
+    if (run.main) sensitivity::write_sensitivity(rep, sens_path);
+    run.comm.barrier();
   }
-  if (stop_here("allocation", plan_path.string())) return plan_path.string();
-  const auto plan = quant::load_bit_plan(plan_path.string());
+  run.stages.done("sensitivity", hash, reuse);
+  return sens_path;
+}
 
-  // 4. Quantization (RTN or Block-AP [+ E2E-QP]) -> checkpoint.
-  const fs::path ckpt = out / "checkpoint";
-  const std::string method = r.str("training.method");
+// Stage allocation: bitplan.json, bitplan.txt, allocation.json. Returns the allocator's summary
+// and sets `hash` to what the quantization depends on.
+json stage_allocation(Run& run, const std::string& sens_path, const std::string& sens_hash,
+                      const alloc::SizeModel& sm, std::string& hash) {
+  const auto& r = run.r;
+  const fs::path plan_path = run.out / "bitplan.json";
+  run.stages.begin("allocation");
+  hash = fnv(sens_hash + run.model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
+             file_identity(r.str("allocation.plan")));
+  const bool reuse = run.stages.reusable("allocation", hash, {plan_path, run.out / "allocation.json"});
+  json summary;
+  if (reuse) {
+    summary = read_json(run.out / "allocation.json");
+  } else {
+    spdlog::info("stage allocation: {}", r.str("allocation.method"));
+    const auto ao = alloc::alloc_options_from_recipe(r);
+    const alloc::Sensitivity sens = sens_path.empty() ? alloc::Sensitivity{} : alloc::load_sensitivity(sens_path);
+    const auto res = alloc::allocate(sm, sens, ao);
+    summary = alloc::summary_json(res);
+    if (run.main) {
+      alloc::write_plan(plan_path.string(), res, sm, ao);
+      util::write_file_atomic((run.out / "bitplan.txt").string(), alloc::result_text(res));
+      write_json(run.out / "allocation.json", summary);
+    }
+    run.comm.barrier();
+  }
+  run.stages.done("allocation", hash, reuse);
+  return summary;
+}
+
+// RTN or Block-AP (+ E2E-QP) into `ckpt` (rank 0 writes), for stage_quantize.
+void quantize_into(Run& run, const quant::BitPlan& plan, const fs::path& ckpt) {
+  const auto& r = run.r;
+  quant::SaveOptions so;
+  so.source_dir = run.model_dir;
+  so.float_dtype = float_dtype_of(r);
+  so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  so.plan = &plan;
+  so.force = true;
+  quant::InitOptions init;
+  init.clip_search = r.str("training.init") == "mse";
+  if (r.str("training.method") == "rtn") {
+    spdlog::info("stage quantize: RTN");
+    so.method = init.clip_search ? "rtn+clip" : "rtn";
+    if (run.main) {
+      const auto q = quant::rtn_quantize_blocks(run.folder, plan, init);
+      quant::save_quantized_checkpoint(*q.shell, q.config, q.blocks, ckpt.string(), so);
+    }
+    return;
+  }
+  if (run.calib_path.empty())
+    throw InputError(r.source() + ": data.calibration.path is required for training.method block-ap");
   const bool e2e = r.flag("training.e2e.enabled");
-  const std::string qat_hash =
-      fnv(plan_hash + model_id + file_identity(calib_path) +
-          keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
-                        "output.shard_size"}));
-  json train_logs = json::array();
-  {
-    stages.begin("quantize");
-    std::vector<fs::path> outs{ckpt / "config.json"};
-    if (method == "block-ap") outs.push_back(out / "train_log.jsonl");
-    const bool reuse = stages.reusable("quantize", qat_hash, outs);
-    if (!reuse) {
-      stages.forget("reload_eval");
-      quant::SaveOptions so;
-      so.source_dir = model_dir;
-      so.float_dtype = float_dtype_of(r);
-      so.max_shard_bytes = szo.max_shard_bytes;
-      so.plan = &plan;
-      so.force = true;
-      quant::InitOptions init;
-      init.clip_search = r.str("training.init") == "mse";
-      if (method == "rtn") {
-        spdlog::info("stage quantize: RTN");
-        so.method = init.clip_search ? "rtn+clip" : "rtn";
-        if (main) {
-          const auto q = quant::rtn_quantize_blocks(folder, plan, init);
-          quant::save_quantized_checkpoint(*q.shell, q.config, q.blocks, ckpt.string(), so);
-        }
-      } else {
-        if (calib_path.empty())
-          throw InputError(r.source() + ": data.calibration.path is required for training.method block-ap");
-        spdlog::info("stage quantize: Block-AP{}", e2e ? " + E2E-QP" : "");
-        const int64_t samples = r.integer("data.calibration.samples");
-        const auto data = calibration_batch(folder, r, samples, r.integer("data.calibration.seqlen"),
-                                            static_cast<uint64_t>(r.integer("data.calibration.seed")));
-        auto bo = train::block_ap_options_from_recipe(r, data.size());
-        bo.state_dir = (out / "train_state").string();
-        bo.device = dist::resolve_device(r.str("model.device"), *comm, "model.device");
-        bo.comm = comm.get();
-        stages.part_begin("block_ap");
-        auto res = train::block_ap(folder, plan, data, bo);
-        stages.part_done();
-        if (e2e) {
-          if (!causal) throw InputError(r.source() + ": training.e2e needs a causal LM (next-token loss)");
-          const auto edata = calibration_batch(folder, r, r.integer("training.e2e.samples"),
-                                               r.integer("training.e2e.seqlen"),
-                                               static_cast<uint64_t>(r.integer("data.calibration.seed")) + 1);
-          const auto eo = train::e2e_options_from_recipe(r);
-          stages.part_begin("e2e_qp");
-          train::e2e_qp(res, edata, eo, comm.get());
-          stages.part_done();
-        }
-        so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
-        if (main) {
-          stages.part_begin("save");
-          quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
-          stages.part_done();
-          util::write_file_atomic((out / "train_log.jsonl").string(), train::train_log_jsonl(res));
-          std::cout << train::summary_table(res);
-          fs::remove_all(bo.state_dir);
-        }
-      }
-      comm->barrier();
-    }
-    stages.done("quantize", qat_hash, reuse);
+  if (e2e && !run.causal) throw InputError(r.source() + ": training.e2e needs a causal LM (next-token loss)");
+  spdlog::info("stage quantize: Block-AP{}", e2e ? " + E2E-QP" : "");
+  const auto batch = calibration_batch(run.folder, r, r.integer("data.calibration.samples"),
+                                       r.integer("data.calibration.seqlen"),
+                                       static_cast<uint64_t>(r.integer("data.calibration.seed")));
+  auto bo = train::block_ap_options_from_recipe(r, batch.size());
+  bo.state_dir = (run.out / "train_state").string();
+  bo.device = run.device();
+  bo.comm = &run.comm;
+  run.stages.part_begin("block_ap");
+  auto res = train::block_ap(run.folder, plan, batch, bo);
+  run.stages.part_done();
+  if (e2e) {
+    const auto edata = calibration_batch(run.folder, r, r.integer("training.e2e.samples"),
+                                         r.integer("training.e2e.seqlen"),
+                                         static_cast<uint64_t>(r.integer("data.calibration.seed")) + 1);
+    run.stages.part_begin("e2e_qp");
+    train::e2e_qp(res, edata, train::e2e_options_from_recipe(r), &run.comm);
+    run.stages.part_done();
   }
-  if (stop_here("quantize", ckpt.string())) return ckpt.string();
-  if (fs::exists(out / "train_log.jsonl")) {
-    std::istringstream ls(util::read_file((out / "train_log.jsonl").string()));
-    for (std::string line; std::getline(ls, line);)
-      if (!line.empty()) train_logs.push_back(json::parse(line));
+  so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
+  if (run.main) {
+    run.stages.part_begin("save");
+    quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
+    run.stages.part_done();
+    util::write_file_atomic((run.out / "train_log.jsonl").string(), train::train_log_jsonl(res));
+    std::cout << train::summary_table(res);
+    fs::remove_all(bo.state_dir);
   }
+}
 
-  // 5. Reload through the loader and evaluate.
-  json qm = json::object();
-  {
-    stages.begin("reload_eval");
-    const std::string h = fnv(qat_hash + file_identity(ckpt.string()) + eval_inputs());
-    const bool reuse = stages.reusable("reload_eval", h, {out / "quantized_eval.json"});
-    if (reuse) {
-      qm = read_json(out / "quantized_eval.json");
-    } else {
-      spdlog::info("stage reload_eval: loading {} and evaluating", ckpt.string());
-      qm = evaluate_folder(ckpt.string(), r, *comm);
-      if (main) write_json(out / "quantized_eval.json", qm);
-    }
-    stages.done("reload_eval", h, reuse);
+// Stage quantize: checkpoint/ and train_log.jsonl. Sets `hash` to what the reload depends on.
+void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& plan_hash, std::string& hash) {
+  const auto& r = run.r;
+  const fs::path ckpt = run.out / "checkpoint";
+  run.stages.begin("quantize");
+  hash = fnv(plan_hash + run.model_id + file_identity(run.calib_path) +
+             keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
+                           "output.shard_size"}));
+  std::vector<fs::path> outs{ckpt / "config.json"};
+  if (r.str("training.method") == "block-ap") outs.push_back(run.out / "train_log.jsonl");
+  const bool reuse = run.stages.reusable("quantize", hash, outs);
+  if (!reuse) {
+    run.stages.forget("reload_eval");
+    quantize_into(run, plan, ckpt);
+    run.comm.barrier();
   }
+  run.stages.done("quantize", hash, reuse);
+}
 
-  // 6. Report.
+// Stage reload_eval: the checkpoint loaded back through the loader and evaluated.
+json stage_reload_eval(Run& run, const std::string& qat_hash) {
+  const fs::path ckpt = run.out / "checkpoint";
+  run.stages.begin("reload_eval");
+  const std::string h = fnv(qat_hash + file_identity(ckpt.string()) + run.eval_inputs());
+  const bool reuse = run.stages.reusable("reload_eval", h, {run.out / "quantized_eval.json"});
+  json qm;
+  if (reuse) {
+    qm = read_json(run.out / "quantized_eval.json");
+  } else {
+    spdlog::info("stage reload_eval: loading {} and evaluating", ckpt.string());
+    qm = evaluate_folder(ckpt.string(), run.r, run.comm);
+    if (run.main) write_json(run.out / "quantized_eval.json", qm);
+  }
+  run.stages.done("reload_eval", h, reuse);
+  return qm;
+}
+
+// The budget as measured on the written checkpoint (never copied from the prediction).
+json measured_budget(const json& alloc_summary, const fs::path& ckpt, const quant::InspectReport& insp) {
+  const uint64_t budget = alloc_summary.value("budget_bytes", uint64_t{0});
+  const std::string metric = alloc_summary.value("budget_metric", "");
+  uint64_t actual = 0;
+  if (metric == "file_bytes") {
+    actual = folder_safetensors_bytes(ckpt.string());
+  } else if (metric == "tensor_bytes") {
+    actual = insp.total_bytes;
+  } else {  // linear_bytes: every tensor of the block linears, as the file holds them
+    for (const auto& m : insp.modules) actual += m.bytes;
+  }
+  return {{"kind", metric}, {"text", alloc_summary["budget"]}, {"value", budget}, {"actual", actual},
+          {"predicted", alloc_summary.value("predicted_metric_bytes", uint64_t{0})}, {"met", actual <= budget}};
+}
+
+// Per module: planned bits (and group) with its sensitivity metrics.
+json layer_table(const Run& run, const quant::BitPlan& plan, const std::string& sens_path) {
+  json sens_modules = json::object();
+  if (!sens_path.empty() && fs::exists(sens_path)) {
+    const auto sj = read_json(sens_path);
+    if (sj.contains("modules")) sens_modules = sj["modules"];
+  }
+  json layers = json::array();
+  for (int64_t b = 0; b < run.cfg.num_hidden_layers; ++b)
+    for (const auto& rel : model::family_block_linear_names(run.cfg)) {
+      const std::string name = model::family_block_prefix(run.cfg, b) + rel;
+      json e{{"name", name}, {"block", b}};
+      auto it = plan.modules.find(name);
+      e["bits"] = it == plan.modules.end() ? 16 : it->second.bits;
+      if (it != plan.modules.end() && it->second.quantized()) e["group_size"] = it->second.group_size;
+      if (sens_modules.contains(name) && sens_modules[name].contains("metrics"))
+        e["sensitivity"] = sens_modules[name]["metrics"];
+      layers.push_back(e);
+    }
+  return layers;
+}
+
+std::string utc_now() {
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// report.json's document (docs/pipeline.md).
+json build_report(Run& run, json fp, json qm, const json& alloc_summary, const quant::BitPlan& plan,
+                  const std::string& sens_path) {
+  const auto& r = run.r;
+  const fs::path ckpt = run.out / "checkpoint";
   const auto insp = quant::inspect_checkpoint(ckpt.string());
   json report;
-  report["model"] = model_dir;
+  report["model"] = run.model_dir;
   report["recipe"] = r.source();
   report["name"] = r.str("output.name");
-  {
-    const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-    std::tm tm{};
-    ::gmtime_r(&now, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    report["created"] = buf;
-  }
+  report["created"] = utc_now();
   report["mpqat_version"] = MPQAT_VERSION;
-  report["architecture"] = cfg.architecture;
-  report["method"] = {{"allocation", r.str("allocation.method")}, {"training", method}, {"e2e", e2e}};
+  report["architecture"] = run.cfg.architecture;
+  report["method"] = {{"allocation", r.str("allocation.method")},
+                      {"training", r.str("training.method")},
+                      {"e2e", r.flag("training.e2e.enabled")}};
   fp["bytes"] = insp.fp16_bytes;
   report["fp"] = fp;
   qm["bytes"] = insp.total_bytes;
@@ -499,52 +484,30 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
                     {"avg_bits_with_overhead", insp.avg_bits_with_overhead},
                     {"bits_histogram", insp.bits_histogram}};
   report["compression"] = insp.compression_ratio;
-  if (alloc_summary.contains("budget")) {
-    const uint64_t budget = alloc_summary.value("budget_bytes", uint64_t{0});
-    const std::string metric = alloc_summary.value("budget_metric", "");
-    const uint64_t actual = metric == "file_bytes" ? folder_safetensors_bytes(ckpt.string())
-                                             : alloc_summary.value("predicted_metric_bytes", uint64_t{0});
-    report["budget"] = {{"kind", metric},
-                        {"text", alloc_summary["budget"]},
-                        {"value", budget},
-                        {"actual", actual},
-                        {"met", actual <= budget}};
-  }
+  if (alloc_summary.contains("budget")) report["budget"] = measured_budget(alloc_summary, ckpt, insp);
   report["allocation"] = alloc_summary;
-  // Layers: plan bits + sensitivity metrics per module.
-  json sens_modules = json::object();
-  if (!sens_path.empty() && fs::exists(sens_path)) {
-    const auto sj = read_json(sens_path);
-    if (sj.contains("modules")) sens_modules = sj["modules"];
-  }
-  json layers = json::array();
-  for (int64_t b = 0; b < cfg.num_hidden_layers; ++b)
-    for (const auto& rel : model::family_block_linear_names(cfg)) {
-      const std::string name = model::family_block_prefix(cfg, b) + rel;
-      json e{{"name", name}, {"block", b}};
-      auto it = plan.modules.find(name);
-      e["bits"] = it == plan.modules.end() ? 16 : it->second.bits;
-      if (it != plan.modules.end() && it->second.quantized()) e["group_size"] = it->second.group_size;
-      if (sens_modules.contains(name) && sens_modules[name].contains("metrics"))
-        e["sensitivity"] = sens_modules[name]["metrics"];
-      layers.push_back(e);
-    }
-  report["layers"] = layers;
+  report["layers"] = layer_table(run, plan, sens_path);
   json blocks = json::array();
-  for (const auto& l : train_logs)
-    if (l.contains("block"))
-      blocks.push_back({{"block", l["block"]},
-                        {"epochs", l["epochs_run"]},
-                        {"start_val_mse", l["start_val_mse"]},
-                        {"best_val_mse", l["best_val_mse"]},
-                        {"end_val_mse", l["end_val_mse"]},
-                        {"kept_rtn", l["kept_rtn"]},
-                        {"seconds", l["seconds"]},
-                        {"val_curve", l["val_curve"]}});
-    else if (l.contains("e2e"))
-      report["e2e"] = l["e2e"];
+  if (fs::exists(run.out / "train_log.jsonl")) {
+    std::istringstream ls(util::read_file((run.out / "train_log.jsonl").string()));
+    for (std::string line; std::getline(ls, line);) {
+      if (line.empty()) continue;
+      const auto l = json::parse(line);
+      if (l.contains("block"))
+        blocks.push_back({{"block", l["block"]},
+                          {"epochs", l["epochs_run"]},
+                          {"start_val_mse", l["start_val_mse"]},
+                          {"best_val_mse", l["best_val_mse"]},
+                          {"end_val_mse", l["end_val_mse"]},
+                          {"kept_rtn", l["kept_rtn"]},
+                          {"seconds", l["seconds"]},
+                          {"val_curve", l["val_curve"]}});
+      else if (l.contains("e2e"))
+        report["e2e"] = l["e2e"];
+    }
+  }
   if (!blocks.empty()) report["blocks"] = blocks;
-  if (!causal) {
+  if (!run.causal) {
     report["data"] = seed_data_name(r.str("evaluation.classification.path"));
     report["sensitivity_metric"] = r.strings("sensitivity.metrics").front();
     report["calibration"] = {{"samples", r.integer("data.calibration.samples")},
@@ -552,40 +515,112 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     report["evaluation"] = {{"path", r.str("evaluation.classification.path")},
                             {"samples", qm.contains("classification") ? qm["classification"].value("n", 0) : 0}};
   }
-  report["stages"] = stages.report();
-  report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
-  const fs::path rj = out / "report.json";
-  if (main) {
-    const auto formats = r.strings("output.report_formats");
-    auto want = [&](const std::string& f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
-    write_json(rj, report);  // always: the machine-readable result
-    const std::string text = eval::render_run_report_text(report);
-    if (want("txt")) util::write_file_atomic((out / "report.txt").string(), text);
-    if (want("html")) util::write_file_atomic((out / "report.html").string(), eval::render_run_report_html(report));
-    if (!causal) {
-      // The seeds' file layout as well: Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt
-      // (per-block score) and Evaluation/eval_<MODEL>_<DATA>_<method>_<k>groups_<timestamp>.txt.
-      const std::string dname = report["data"].get<std::string>();
-      if (!sens_path.empty() && fs::exists(sens_path))
-        write_seed_sensitivity_file(out, sens_path, cfg, model_dir, dname, report["sensitivity_metric"].get<std::string>());
-      const std::string am = r.str("allocation.method");
-      std::set<int> distinct;
-      for (const auto& [n, m] : plan.modules) distinct.insert(m.bits);
-      const int k = (am == "kmeans" || am == "percentile" || am == "hierarchical") ? static_cast<int>(r.integer("allocation.groups"))
-                                                                                    : static_cast<int>(distinct.size());
-      if (fp.contains("classification") && qm.contains("classification")) {
-        auto in = eval::seed_eval_from_report(report, am, k, eval::seed_timestamp());
-        in.model = fs::path(model_dir).lexically_normal().filename().string();
-        in.data = dname;
-        eval::write_seed_evaluation(out.string(), in);
-      }
+  report["stages"] = run.stages.report();
+  return report;
+}
+
+// report.json / .txt / .html and, for classifiers, the seeds' files (rank 0).
+void write_report(const Run& run, const json& report, const quant::BitPlan& plan, const std::string& sens_path) {
+  const auto& r = run.r;
+  const auto formats = r.strings("output.report_formats");
+  auto want = [&](const std::string& f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
+  write_json(run.out / "report.json", report);  // always: the machine-readable result
+  const std::string text = eval::render_run_report_text(report);
+  if (want("txt")) util::write_file_atomic((run.out / "report.txt").string(), text);
+  if (want("html")) util::write_file_atomic((run.out / "report.html").string(), eval::render_run_report_html(report));
+  if (!run.causal) {
+    // The seeds' file layout as well: Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt
+    // (per-block score) and Evaluation/eval_<MODEL>_<DATA>_<method>_<k>groups_<timestamp>.txt.
+    const std::string dname = report["data"].get<std::string>();
+    if (!sens_path.empty() && fs::exists(sens_path))
+      write_seed_sensitivity_file(run.out, sens_path, run.cfg, run.model_dir, dname,
+                                  report["sensitivity_metric"].get<std::string>());
+    const std::string am = r.str("allocation.method");
+    std::set<int> distinct;
+    for (const auto& [n, m] : plan.modules) distinct.insert(m.bits);
+    const int k = (am == "kmeans" || am == "percentile" || am == "hierarchical")
+                      ? static_cast<int>(r.integer("allocation.groups"))
+                      : static_cast<int>(distinct.size());
+    if (report["fp"].contains("classification") && report["quantized"].contains("classification")) {
+      auto in = eval::seed_eval_from_report(report, am, k, eval::seed_timestamp());
+      in.model = fs::path(run.model_dir).lexically_normal().filename().string();
+      in.data = dname;
+      eval::write_seed_evaluation(run.out.string(), in);
     }
-    std::cout << text;
-    std::cout << "run folder: " << out.string() << " (report.json"
-              << (want("txt") ? ", report.txt" : "") << (want("html") ? ", report.html" : "") << ")\n";
+  }
+  std::cout << text;
+  std::cout << "run folder: " << run.out.string() << " (report.json" << (want("txt") ? ", report.txt" : "")
+            << (want("html") ? ", report.html" : "") << ")\n";
+}
+
+}  // namespace
+
+std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
+  const auto t_run = Clock::now();
+  dist::Options dopt;
+  dopt.backend = r.str("distributed.backend");
+  dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
+  auto comm = dist::Communicator::from_env(dopt);
+  const fs::path out(out_dir);
+  const std::string model_dir = r.str("model.path");
+  if (model_dir.empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
+  if (quant::is_quantized_folder(model_dir))
+    throw InputError("model.path '" + model_dir + "' is already quantized; mpqat run needs the float model");
+  const model::ModelFolder folder(model_dir);
+  // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
+  model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
+                          dist::resolve_device(r.str("model.device"), *comm, "model.device"), "model.memory_limit");
+  if (fs::exists(out) && fs::is_directory(out) && !fs::is_empty(out) && !fs::exists(out / "stages.json") &&
+      !r.flag("output.overwrite"))
+    throw InputError("output folder '" + out_dir +
+                     "' exists, is not empty and is not an mpqat run (set output.overwrite=true to use it)");
+  if (comm->is_main()) {
+    fs::create_directories(out);
+    r.write_resolved(out.string());
   }
   comm->barrier();
-  return rj.string();
+  Run run{r,         *comm,    comm->is_main(), out, model_dir, file_identity(model_dir), r.str("data.calibration.path"),
+          folder,    folder.config(), !folder.config().is_sequence_classifier(), StageCache(out, comm->is_main())};
+  const std::string stop_after = r.str("output.stop_after");
+  auto stopped = [&](const std::string& stage, const std::string& last_output) {
+    if (stop_after != stage) return false;
+    if (run.main) std::cout << "stopped after the " << stage << " stage (output.stop_after): " << last_output << "\n";
+    comm->barrier();
+    return true;
+  };
+
+  json fp = stage_fp_eval(run);
+  std::string sens_hash;
+  const std::string sens_path = stage_sensitivity(run, sens_hash);
+  if (stop_after == "sensitivity") {
+    if (sens_path.empty())
+      throw InputError(r.source() + ": output.stop_after is sensitivity but no sensitivity is measured "
+                                    "(allocation.method plan); use allocation or later");
+    if (run.main && !run.causal)  // the seeds' phase-1 files
+      write_seed_sensitivity_file(out, sens_path, run.cfg, model_dir, seed_data_name(run.calib_path),
+                                  r.strings("sensitivity.metrics").front());
+    if (run.main) std::cout << sensitivity_text_path(sens_path);
+    stopped("sensitivity", sens_path);
+    return sens_path;
+  }
+  alloc::SizeOptions szo;
+  szo.float_dtype = float_dtype_of(r);
+  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
+  std::string plan_hash, qat_hash;
+  const json alloc_summary = stage_allocation(run, sens_path, sens_hash, sm, plan_hash);
+  const fs::path plan_path = out / "bitplan.json";
+  if (stopped("allocation", plan_path.string())) return plan_path.string();
+  const auto plan = quant::load_bit_plan(plan_path.string());
+  stage_quantize(run, plan, plan_hash, qat_hash);
+  if (stopped("quantize", (out / "checkpoint").string())) return (out / "checkpoint").string();
+  json qm = stage_reload_eval(run, qat_hash);
+
+  json report = build_report(run, std::move(fp), std::move(qm), alloc_summary, plan, sens_path);
+  report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
+  if (run.main) write_report(run, report, plan, sens_path);
+  comm->barrier();
+  return (out / "report.json").string();
 }
 
 }  // namespace mpqat::cli

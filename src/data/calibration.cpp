@@ -91,7 +91,7 @@ Sampling parse_sampling(const std::string& s) {
 
 const char* sampling_name(Sampling s) { return s == Sampling::Random ? "random" : "stratified"; }
 
-LabelledCalibration sample_labelled(const eval::ClassificationData& data, int64_t n, Sampling sampling,
+LabelledCalibration sample_labelled(const data::ClassificationData& data, int64_t n, Sampling sampling,
                                     uint64_t seed) {
   if (n < 1) throw InputError("calibration samples must be >= 1, got " + std::to_string(n));
   if (data.texts.empty()) throw InputError("calibration file " + data.path + " has no examples");
@@ -128,8 +128,8 @@ LabelledCalibration sample_labelled(const eval::ClassificationData& data, int64_
 }
 
 LabelledCalibration load_labelled_calibration(const std::string& path, int64_t n, Sampling sampling,
-                                              uint64_t seed, const eval::ClassificationReadOptions& read_opts) {
-  auto data = eval::read_classification_file(path, read_opts);
+                                              uint64_t seed, const data::ClassificationReadOptions& read_opts) {
+  auto data = data::read_classification_file(path, read_opts);
   data.path = path;
   return sample_labelled(data, n, sampling, seed);
 }

@@ -1,5 +1,4 @@
 #include "mpqat/model/loader.h"
-#include "mpqat/quant/checkpoint.h"
 
 #include <cstring>
 #include <filesystem>
@@ -113,6 +112,16 @@ void load_parameters(torch::nn::Module& module, const ModelFolder& folder, const
 
 namespace {
 
+PackedCheckpointLoader& packed_loader() {
+  static PackedCheckpointLoader l;
+  return l;
+}
+
+bool is_packed(const ModelFolder& folder) {
+  const auto& l = packed_loader();
+  return l.is_packed && l.load_model && l.load_block && l.is_packed(folder.dir());
+}
+
 void finish(torch::nn::Module& m, const LoadOptions& opts) {
   for (auto& p : m.parameters()) p.set_requires_grad(false);
   m.eval();
@@ -133,9 +142,11 @@ void check_unused(const LlamaForCausalLM& m, const ModelFolder& folder) {
 
 }  // namespace
 
+void install_packed_loader(const PackedCheckpointLoader& loader) { packed_loader() = loader; }
+
 LlamaPtr load_model(const ModelFolder& folder, const LoadOptions& opts) {
-  if (quant::is_quantized_folder(folder.dir())) {
-    return std::dynamic_pointer_cast<LlamaForCausalLM>(quant::load_quantized_model(folder, opts));
+  if (is_packed(folder)) {
+    return std::dynamic_pointer_cast<LlamaForCausalLM>(packed_loader().load_model(folder, opts));
   }
   auto m = std::make_shared<LlamaForCausalLM>(folder.config(), true);
   load_parameters(*m, folder, "");
@@ -152,8 +163,8 @@ LlamaPtr load_model_shell(const ModelFolder& folder, const LoadOptions& opts) {
 }
 
 LlamaBlockPtr load_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
-  if (quant::is_quantized_folder(folder.dir())) {
-    return std::dynamic_pointer_cast<LlamaBlock>(quant::load_quantized_block(folder, i, opts));
+  if (is_packed(folder)) {
+    return std::dynamic_pointer_cast<LlamaBlock>(packed_loader().load_block(folder, i, opts));
   }
   const auto& cfg = folder.config();
   if (i < 0 || i >= cfg.num_hidden_layers)
@@ -186,7 +197,7 @@ std::shared_ptr<TransformerModel> build_model(const ModelConfig& cfg) {
 
 std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, const LoadOptions& opts) {
   // Packed checkpoints build the same architecture with QuantLinear modules in place.
-  if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_model(folder, opts);
+  if (is_packed(folder)) return packed_loader().load_model(folder, opts);
   if (folder.config().family == Family::Llama) return load_model(folder, opts);
   auto m = create_model(folder.config());
   std::set<std::string> used;
@@ -205,7 +216,7 @@ std::shared_ptr<TransformerModel> load_any_model(const ModelFolder& folder, cons
 }
 
 BlockPtr load_any_block(const ModelFolder& folder, int64_t i, const LoadOptions& opts) {
-  if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_block(folder, i, opts);
+  if (is_packed(folder)) return packed_loader().load_block(folder, i, opts);
   const auto& cfg = folder.config();
   if (cfg.family == Family::Llama) return load_block(folder, i, opts);
   if (i < 0 || i >= cfg.num_hidden_layers)

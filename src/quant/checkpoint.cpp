@@ -699,4 +699,20 @@ std::string inspect_to_text(const InspectReport& r) {
   return s;
 }
 
+void install_packed_loader() {
+  model::PackedCheckpointLoader l;
+  l.is_packed = &is_quantized_folder;
+  l.load_model = [](const model::ModelFolder& f, const model::LoadOptions& o) { return load_quantized_model(f, o); };
+  l.load_block = [](const model::ModelFolder& f, int64_t i, const model::LoadOptions& o) {
+    return load_quantized_block(f, i, o);
+  };
+  model::install_packed_loader(l);
+}
+
+namespace {
+// Linked in with the rest of this file, so every program that can save a packed checkpoint can
+// also load one through the model layer.
+const bool kPackedLoaderInstalled = (install_packed_loader(), true);
+}  // namespace
+
 }  // namespace mpqat::quant

@@ -11,6 +11,7 @@
 
 #include "mpqat/data/calibration.h"
 #include "mpqat/dist/communicator.h"
+#include "mpqat/io/recipe.h"
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/block_source.h"
 #include "mpqat/model/loader.h"
@@ -24,9 +25,42 @@
 
 namespace mpqat::sensitivity {
 
-SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Communicator* comm) {
-  const bool profile = o.mode == "profile" || o.mode == "layer-to-layer";
-  if (!profile && o.mode != "output")
+SensitivityRunOptions sensitivity_options_from_recipe(const io::Recipe& r, const std::string& default_cache_dir) {
+  SensitivityRunOptions so;
+  so.model = r.str("model.path");
+  so.calib = r.str("data.calibration.path");
+  so.samples = r.integer("data.calibration.samples");
+  so.seqlen = r.integer("data.calibration.seqlen");
+  so.seed = static_cast<uint64_t>(r.integer("data.calibration.seed"));
+  so.sampling = r.str("data.calibration.sampling");
+  so.text_field = r.str("data.calibration.text_field");
+  so.label_field = r.str("data.calibration.label_field");
+  so.metrics = r.strings("sensitivity.metrics");
+  so.mode = r.str("sensitivity.mode");
+  so.bits.clear();
+  for (auto b : r.integers("allocation.bits"))
+    if (b < 16) so.bits.push_back(static_cast<int>(b));
+  so.probe_bits = static_cast<int>(r.integer("sensitivity.probe_bits"));
+  if (std::find(so.bits.begin(), so.bits.end(), so.probe_bits) == so.bits.end()) so.bits.push_back(so.probe_bits);
+  std::sort(so.bits.begin(), so.bits.end());
+  so.group_sizes = {r.integer("sensitivity.group_size")};
+  for (auto g : r.integers("allocation.group_sizes"))
+    if (std::find(so.group_sizes.begin(), so.group_sizes.end(), g) == so.group_sizes.end()) so.group_sizes.push_back(g);
+  so.svcca_k = static_cast<int>(r.integer("sensitivity.svcca_k"));
+  so.svcca_variance = r.number("sensitivity.svcca_variance");
+  so.max_rows = r.integer("sensitivity.max_rows");
+  const std::string dir = r.str("sensitivity.cache_dir");
+  so.cache = model::cache_options(r.str("sensitivity.cache_dtype"), r.str("sensitivity.cache_memory_limit"),
+                                  dir.empty() ? default_cache_dir : dir,
+                                  {"sensitivity.cache_dtype", "sensitivity.cache_memory_limit", "sensitivity.cache_dir"});
+  return so;
+}
+
+namespace {
+
+// Checks the options; returns whether Fisher is asked for and the CCA-family metrics named.
+std::pair<bool, std::vector<std::string>> check_options(const SensitivityRunOptions& o) {
+  if (o.mode != "profile" && o.mode != "layer-to-layer" && o.mode != "output")
     throw InputError("unknown sensitivity mode '" + o.mode + "' (accepted: output, profile / layer-to-layer)");
   if (o.metrics.empty()) throw InputError("--metrics is empty");
   bool need_fisher = false;
@@ -42,19 +76,27 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
                          "' (accepted: fisher, cka, cca, svcca, pwcca, cka-rbf, cka-debiased; a+b combines)");
       }
     }
-  const auto& bits = o.bits;
-  const auto& groups = o.group_sizes;
-  if (bits.empty()) throw InputError("sensitivity: the candidate bit list is empty");
-  if (groups.empty()) throw InputError("sensitivity: the candidate group-size list is empty");
-  for (auto b : bits) quant::traits_for_bits(b, "sensitivity bits");
-  for (auto g : groups) {
+  if (o.bits.empty()) throw InputError("sensitivity: the candidate bit list is empty");
+  if (o.group_sizes.empty()) throw InputError("sensitivity: the candidate group-size list is empty");
+  for (auto b : o.bits) quant::traits_for_bits(b, "sensitivity bits");
+  for (auto g : o.group_sizes) {
     quant::QuantSpec s;
     s.bits = 4;
     s.group_size = g;
     quant::validate_spec(s, "sensitivity group sizes");
   }
-  if (std::find(bits.begin(), bits.end(), o.probe_bits) == bits.end())
+  if (std::find(o.bits.begin(), o.bits.end(), o.probe_bits) == o.bits.end())
     throw InputError("--probe-bits " + std::to_string(o.probe_bits) + " is not among the candidate bits");
+  return {need_fisher, out_metrics};
+}
+
+}  // namespace
+
+SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Communicator* comm) {
+  const auto [need_fisher, out_metrics] = check_options(o);
+  const bool profile = o.mode == "profile" || o.mode == "layer-to-layer";
+  const auto& bits = o.bits;
+  const auto& groups = o.group_sizes;
 
   model::ModelFolder folder(o.model);
   const auto& cfg = folder.config();
@@ -93,7 +135,7 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
     rep.samples = static_cast<int64_t>(calib.sequences.size());
     seqs = calib.sequences;
   } else {
-    eval::ClassificationReadOptions ro;
+    data::ClassificationReadOptions ro;
     ro.text_field = o.text_field;
     ro.label_field = o.label_field;
     const auto calib = data::load_labelled_calibration(o.calib, o.samples, data::parse_sampling(o.sampling),

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/data/labelled_file.h"
 #include "mpqat/data/tokenizer.h"
-#include "mpqat/eval/classification.h"
 
 namespace mpqat::data {
 
@@ -60,12 +60,12 @@ struct LabelledCalibration {
 // rows shuffled (seeded), then taken one label at a time in label order, round robin, so that
 // per-label counts differ by at most one unless a label runs out. Throws InputError for n < 1
 // or empty data.
-LabelledCalibration sample_labelled(const eval::ClassificationData& data, int64_t n, Sampling sampling,
+LabelledCalibration sample_labelled(const data::ClassificationData& data, int64_t n, Sampling sampling,
                                     uint64_t seed);
 
-// eval::read_classification_file + sample_labelled.
+// data::read_classification_file + sample_labelled.
 LabelledCalibration load_labelled_calibration(const std::string& path, int64_t n, Sampling sampling,
                                               uint64_t seed,
-                                              const eval::ClassificationReadOptions& read_opts = {});
+                                              const data::ClassificationReadOptions& read_opts = {});
 
 }  // namespace mpqat::data

@@ -1,5 +1,6 @@
-// Sequence classification evaluation: labelled files, metrics from predictions (as scikit-learn
-// computes them), and a data-parallel predict loop over any classifier given as a function.
+// Sequence classification evaluation: metrics from predictions (as scikit-learn computes them)
+// and a data-parallel predict loop over any classifier given as a function. The labelled files
+// themselves are read by data/labelled_file.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/data/labelled_file.h"
 #include "mpqat/model/model_input.h"
 
 namespace mpqat::dist {
@@ -18,32 +20,6 @@ class Communicator;
 }
 
 namespace mpqat::eval {
-
-struct ClassificationReadOptions {
-  std::string text_field = "sentence";
-  std::string label_field = "label";
-  // "auto" picks by extension: .tsv -> tab, .csv -> comma, .jsonl / .json -> one object per line.
-  std::string format = "auto";
-  // Explicit label order (label text -> id = position). Empty: the distinct labels sorted
-  // (numerically when all are integers, else as strings).
-  std::vector<std::string> labels;
-};
-
-struct ClassificationData {
-  std::string path;
-  std::vector<std::string> texts;
-  std::vector<int64_t> labels;           // ids into label_names
-  std::vector<std::string> label_names;  // id -> label text
-};
-
-// Reads a labelled TSV / CSV (header row required; CSV fields may be quoted with "" escapes) or
-// JSONL file. Throws InputError naming the file and the column (listing the available ones) when a
-// column is missing, naming the file and line for a malformed row, and for a label not in
-// `labels` when that list is given.
-ClassificationData read_classification_file(const std::string& path, const ClassificationReadOptions& opts = {});
-
-// One CSV record split into fields (RFC 4180 quoting: "a, b" and "" inside quotes). Exposed for tests.
-std::vector<std::string> split_csv_record(const std::string& line, char sep = ',');
 
 struct ClassificationMetrics {
   int64_t n = 0;
@@ -97,8 +73,8 @@ std::vector<int64_t> predict_local(const ClassifyFn& classify, const EncodeFn& e
 
 // Predicts every example (split across ranks), all-reduces the confusion matrix, returns metrics.
 ClassificationMetrics evaluate_classifier(const model::BatchFn& run, const EncodeFn& encode,
-                                          const ClassificationData& data, const PredictOptions& opts);
+                                          const data::ClassificationData& data, const PredictOptions& opts);
 ClassificationMetrics evaluate_classifier(const ClassifyFn& classify, const EncodeFn& encode,
-                                          const ClassificationData& data, const PredictOptions& opts);
+                                          const data::ClassificationData& data, const PredictOptions& opts);
 
 }  // namespace mpqat::eval

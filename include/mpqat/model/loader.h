@@ -51,6 +51,18 @@ class ModelFolder {
   mutable std::unique_ptr<data::Tokenizer> tok_;
 };
 
+struct LoadOptions;
+
+// Packed (quantized) checkpoints are built by the quant layer, which sits above this one: it
+// installs its loader here (quant::install_packed_loader, also run at its static
+// initialisation), and the load_* functions below then build either kind of folder.
+struct PackedCheckpointLoader {
+  bool (*is_packed)(const std::string& dir) = nullptr;
+  std::shared_ptr<TransformerModel> (*load_model)(const ModelFolder&, const LoadOptions&) = nullptr;
+  BlockPtr (*load_block)(const ModelFolder&, int64_t, const LoadOptions&) = nullptr;
+};
+void install_packed_loader(const PackedCheckpointLoader& loader);
+
 struct LoadOptions {
   torch::Device device = torch::kCPU;
   // Throw InputError when the checkpoint holds tensors the model does not use

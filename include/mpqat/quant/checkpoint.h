@@ -108,14 +108,14 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
                              const std::string& name, int64_t out, int64_t in, const std::string& dir);
 
 // Builds the model with QuantLinear modules where the checkpoint has packed tensors (fp32
-// math, eval mode, no grad). Works for any family create_model builds.
-//
-// Loader hook (model/loader.cpp, load_any_model / load_model):
-//   if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_model(folder, opts);
+// math, eval mode, no grad). Works for any family create_model builds. model::load_any_model /
+// load_any_block reach these two through install_packed_loader().
+
 model::ModelPtr load_quantized_model(const model::ModelFolder& folder, const model::LoadOptions& opts = {});
 // Block i alone (same type and linear names as in the full model), for block-at-a-time passes.
-// Loader hook (load_any_block / load_block):
-//   if (quant::is_quantized_folder(folder.dir())) return quant::load_quantized_block(folder, i, opts);
 model::BlockPtr load_quantized_block(const model::ModelFolder& folder, int64_t i, const model::LoadOptions& opts = {});
+// Makes model::load_any_model / load_any_block / load_model / load_block build packed folders with
+// the two functions above (idempotent; also done when this file's object is linked in).
+void install_packed_loader();
 
 }  // namespace mpqat::quant

@@ -14,6 +14,9 @@
 namespace mpqat::dist {
 class Communicator;
 }
+namespace mpqat::io {
+class Recipe;
+}
 
 namespace mpqat::sensitivity {
 
@@ -38,6 +41,11 @@ struct SensitivityRunOptions {
   torch::Device device = torch::kCPU;
   model::CacheOptions cache;
 };
+
+// The recipe's data.calibration.* and sensitivity.* keys (the candidate bits and groups from
+// allocation.bits / group_sizes, the probe bits always among them); sensitivity.cache_dir "" =
+// `default_cache_dir`. The device is the caller's (it needs the communicator).
+SensitivityRunOptions sensitivity_options_from_recipe(const io::Recipe& r, const std::string& default_cache_dir);
 
 // Validates the options (InputError naming the bad value and the accepted ones), then measures.
 // Every rank computes the same report (Fisher is all-reduced).

@@ -19,7 +19,7 @@
 
 #include "mpqat/model/config.h"
 
-namespace mpqat::io {
+namespace mpqat::model {
 
 struct Llama2cHeader {
   int32_t dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0,
@@ -50,4 +50,4 @@ struct ConvertOptions {
 void convert_llama2c(const std::string& model_bin, const std::string& tokenizer_bin,
                      const std::string& out_dir, const ConvertOptions& opts = {});
 
-}  // namespace mpqat::io
+}  // namespace mpqat::model

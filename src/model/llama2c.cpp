@@ -1,4 +1,4 @@
-#include "mpqat/io/llama2c.h"
+#include "mpqat/model/llama2c.h"
 
 #include <cstring>
 #include <deque>
@@ -9,7 +9,7 @@
 #include "mpqat/io/safetensors.h"
 #include "mpqat/util/error.h"
 
-namespace mpqat::io {
+namespace mpqat::model {
 
 namespace fs = std::filesystem;
 
@@ -174,11 +174,11 @@ void convert_llama2c(const std::string& model_bin, const std::string& tokenizer_
 
   const int64_t C = h.dim, F = h.hidden_dim, V = h.vocab_size, KV = h.kv_dim(), hd = h.head_size();
   std::deque<std::vector<float>> owned;  // permuted copies; deque keeps pointers stable
-  std::vector<TensorToWrite> tensors;
+  std::vector<io::TensorToWrite> tensors;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, const float* ptr) {
     size_t n = 1;
     for (auto d : shape) n *= static_cast<size_t>(d);
-    tensors.push_back({name, DType::F32, std::move(shape), ptr, n * sizeof(float)});
+    tensors.push_back({name, io::DType::F32, std::move(shape), ptr, n * sizeof(float)});
   };
   add("model.embed_tokens.weight", {V, C}, emb);
   for (int64_t l = 0; l < h.n_layers; ++l) {
@@ -205,7 +205,7 @@ void convert_llama2c(const std::string& model_bin, const std::string& tokenizer_
   if (ec) throw Error("cannot create '" + tmp.string() + "': " + ec.message());
   try {
     model::save_model_config(h.to_config(), (tmp / "config.json").string());
-    write_safetensors_sharded(tmp.string(), tensors, {{"format", "pt"}});
+    io::write_safetensors_sharded(tmp.string(), tensors, {{"format", "pt"}});
     fs::copy_file(tokenizer_bin, tmp / "tokenizer.bin", fs::copy_options::overwrite_existing);
     data::write_hf_tokenizer_files(tok, tmp.string());
   } catch (...) {
@@ -217,4 +217,4 @@ void convert_llama2c(const std::string& model_bin, const std::string& tokenizer_
   if (ec) throw Error("cannot rename '" + tmp.string() + "' to '" + out.string() + "': " + ec.message());
 }
 
-}  // namespace mpqat::io
+}  // namespace mpqat::model
