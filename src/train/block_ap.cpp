@@ -280,6 +280,289 @@ BlockLog block_log_from_json(const json& j) {
   return l;
 }
 
+namespace {
+
+// What the blocks of one Block-AP run share.
+struct BlockApRun {
+  const model::ModelFolder& folder;
+  const quant::BitPlan& plan;
+  const TokenBatch& data;
+  const BlockApOptions& o;
+  const FaultInjection& faults;
+  const Shard& shard;
+  const BlockRunner& run;
+  model::ActivationCache& Xq;  // quantized chain input
+  model::ActivationCache& Y;   // float chain input, then target
+  std::vector<int64_t> train_g, val_g;
+  int64_t chunk, C;
+  // Global MSE of `block` on the sequences gs.
+  double mse(model::Block& block, const std::vector<int64_t>& gs) const {
+    return eval_mse(run, block, Xq, Y, data, gs, chunk, o.comm);
+  }
+  double val_mse(model::Block& block, double train) const { return val_g.empty() ? train : mse(block, val_g); }
+};
+
+// Resume: the block to start at (0 = from scratch) and the finished blocks' logs. Throws
+// InputError for a state folder of another run or another state format.
+int64_t resume_point(const BlockApOptions& o, const json& fp, int64_t nb, std::vector<BlockLog>& logs) {
+  if (o.state_dir.empty()) return 0;
+  const fs::path state = o.state_dir;
+  fs::create_directories(state);
+  const auto prog = state / "progress.json";
+  if (!fs::exists(prog) || !o.resume) return 0;
+  json p;
+  try {
+    p = json::parse(util::read_file(prog.string()));
+  } catch (const json::exception& e) {
+    throw InputError("state file '" + prog.string() + "' is not valid JSON (" + e.what() +
+                     "); remove the folder or run without resume");
+  }
+  if (p.value("version", 0) != 2)
+    throw InputError("state folder '" + o.state_dir + "' was written by another mpqat version (state format " +
+                     p.value("version", json(0)).dump() + ", this one writes 2); remove it or run without resume");
+  for (const auto& [k, v] : fp.items())
+    if (!p.contains("fingerprint") || p["fingerprint"].value(k, json()) != v)
+      throw InputError("state folder '" + o.state_dir + "' belongs to another run (" + k + " differs: " +
+                       (p.contains("fingerprint") ? p["fingerprint"].value(k, json()).dump() : "none") + " vs " +
+                       v.dump() + "); remove it or run without resume");
+  const int64_t start = p.at("next_block").get<int64_t>();
+  for (const auto& lj : p.at("logs")) {
+    auto l = block_log_from_json(lj);
+    l.resumed = true;
+    logs.push_back(l);
+  }
+  if (start > 0) spdlog::info("resuming Block-AP at block {} of {} from '{}'", start, nb, o.state_dir);
+  return start;
+}
+
+fs::path cache_file(const BlockApOptions& o, int rank, const char* which, int64_t after) {
+  return fs::path(o.state_dir) / fmt::format("rank{}_{}_after_{}.bin", rank, which, after);
+}
+
+// After block bi: every rank's caches, then rank 0's packed block and progress.json (atomic).
+void save_progress(const BlockApRun& b, const json& fp, int64_t bi, int64_t nb, model::Block& block,
+                   const std::vector<BlockLog>& logs) {
+  const auto& o = b.o;
+  const int rank = rank_of(o.comm);
+  b.Xq.save(cache_file(o, rank, "xq", bi).string());
+  b.Y.save(cache_file(o, rank, "y", bi).string());
+  barrier(o.comm);
+  if (rank == 0) {
+    save_module_atomic(block, fs::path(o.state_dir) / fmt::format("block_{}.pt", bi));
+    json lj = json::array();
+    for (const auto& l : logs) lj.push_back(block_log_to_json(l));
+    json p{{"format", "mpqat-block-ap-state"},
+           {"version", 2},
+           {"fingerprint", fp},
+           {"next_block", bi + 1},
+           {"num_blocks", nb},
+           {"rng", "per (seed, block, epoch) permutation; no global RNG state"},
+           {"logs", lj}};
+    util::write_file_atomic((fs::path(o.state_dir) / "progress.json").string(), p.dump(1) + "\n");
+  }
+  barrier(o.comm);
+  if (bi > 0) {
+    fs::remove(cache_file(o, rank, "xq", bi - 1));
+    fs::remove(cache_file(o, rank, "y", bi - 1));
+  }
+}
+
+// The block's bits, average bits, learning-rate multiplier and (with SGRA) epochs and patience.
+void plan_block(const BlockApRun& b, model::Block& block, const std::string& prefix, const Trainable& tr,
+                BlockLog& log) {
+  const auto& o = b.o;
+  int epochs = o.epochs, patience = o.patience;
+  bool any_sgra = false;
+  int64_t qparams = 0;
+  double bit_params = 0, lr_scale_sum = 0;
+  for (const auto& [rel, lin] : block.linears()) {
+    auto it = b.plan.modules.find(prefix + rel);
+    const int bits = it != b.plan.modules.end() ? it->second.bits : 16;
+    log.bits.emplace_back(rel, bits);
+    const int64_t n = lin->in_features() * lin->out_features();
+    qparams += n;
+    bit_params += static_cast<double>(n) * std::min(bits, 16);
+    if (o.use_sgra && it != b.plan.modules.end() && it->second.sgra && it->second.quantized()) {
+      if (!any_sgra) epochs = 0, patience = 0;
+      any_sgra = true;
+      epochs = std::max(epochs, it->second.sgra->epochs);
+      patience = std::max(patience, it->second.sgra->patience);
+    }
+  }
+  for (const auto& m : tr.modules) lr_scale_sum += m.lr_scale;
+  log.avg_bits = qparams ? bit_params / static_cast<double>(qparams) : 16;
+  log.lr_scale = tr.modules.empty() ? 1.0 : lr_scale_sum / static_cast<double>(tr.modules.size());
+  log.lr_weights = o.lr_weights * log.lr_scale;
+  log.lr_quant = o.lr_quant * log.lr_scale;
+  log.epochs_planned = tr.modules.empty() ? 0 : epochs;
+  log.patience = patience;
+}
+
+// AdamW with one group per module kind: weights and quantizer parameters at their own lr.
+std::pair<std::unique_ptr<torch::optim::AdamW>, std::vector<double>> make_optimizer(const Trainable& tr,
+                                                                                   const BlockApOptions& o) {
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  std::vector<double> base_lr;
+  for (const auto& m : tr.modules) {
+    groups.emplace_back(std::vector<torch::Tensor>{m.fq->weight},
+                        std::make_unique<torch::optim::AdamWOptions>(
+                            torch::optim::AdamWOptions(o.lr_weights * m.lr_scale).weight_decay(0)));
+    base_lr.push_back(o.lr_weights * m.lr_scale);
+    std::vector<torch::Tensor> q{m.fq->scale};
+    if (m.fq->zero.requires_grad()) q.push_back(m.fq->zero);
+    groups.emplace_back(q, std::make_unique<torch::optim::AdamWOptions>(
+                               torch::optim::AdamWOptions(o.lr_quant * m.lr_scale).weight_decay(0)));
+    base_lr.push_back(o.lr_quant * m.lr_scale);
+  }
+  if (!tr.norms.empty()) {
+    groups.emplace_back(tr.norms, std::make_unique<torch::optim::AdamWOptions>(
+                                      torch::optim::AdamWOptions(o.lr_weights).weight_decay(0)));
+    base_lr.push_back(o.lr_weights);
+  }
+  return {std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o.lr_quant).weight_decay(0)),
+          base_lr};
+}
+
+// The epochs of block bi: steps over the shuffled training sequences, validation after each
+// epoch, early stopping, the best epoch's parameters restored (the RTN start stays in `params`
+// when no epoch beat it; log.best_epoch is then 0).
+void train_epochs(const BlockApRun& b, model::Block& block, const Trainable& tr, const std::vector<torch::Tensor>& params,
+                  int64_t bi, BlockLog& log) {
+  const auto& o = b.o;
+  const int epochs = log.epochs_planned, patience = log.patience;
+  auto [opt, base_lr] = make_optimizer(tr, o);
+  std::vector<torch::Tensor> best_state;  // the best epoch's parameters (one copy, updated in place)
+  double best = log.start_val_mse;
+  const int64_t B = o.batch_size;
+  const int64_t steps_per_epoch = (static_cast<int64_t>(b.train_g.size()) + B - 1) / B;
+  const int64_t total = std::max<int64_t>(1, steps_per_epoch * epochs);
+  double lr_factor = 1.0;
+  int64_t step = 0;
+  int bad_epochs = 0;
+  for (int ep = 0; ep < epochs; ++ep) {
+    const auto perm = permutation(static_cast<int64_t>(b.train_g.size()), mix(mix(o.seed, bi + 1), ep + 1));
+    double ep_loss = 0;
+    int64_t ep_steps = 0;
+    for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
+      std::vector<int64_t> batch_g, mine;
+      for (int64_t k = s * B; k < std::min<int64_t>((s + 1) * B, static_cast<int64_t>(perm.size())); ++k) {
+        const int64_t g = b.train_g[perm[k]];
+        batch_g.push_back(g);
+        if (b.shard.local_of[g] >= 0) mine.push_back(b.shard.local_of[g]);
+      }
+      const double denom = token_count(b.data, batch_g) * static_cast<double>(b.C);
+      const double f = cosine_factor(step, total, 0, o.min_lr_ratio);
+      for (size_t gi = 0; gi < base_lr.size(); ++gi) set_lr(*opt, gi, base_lr[gi] * lr_factor * f);
+      opt->zero_grad();
+      double local_loss = 0;
+      if (!mine.empty()) {
+        auto loss = b.run.sse(block, b.Xq, b.Y, mine) / denom;
+        if (bi == b.faults.nan_block && step == b.faults.nan_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
+        loss.backward();
+        local_loss = loss.item<double>();
+      }
+      const double step_loss = reduce_sum(o.comm, local_loss);
+      if (!(reduce_grads(params, o.comm) && std::isfinite(step_loss))) {
+        ++log.nan_steps;
+        lr_factor *= o.nan_lr_backoff;
+        spdlog::warn("block {} step {}: non-finite loss or gradient; step discarded, learning rate x{} (now x{:.3g})",
+                     bi, step, o.nan_lr_backoff, lr_factor);
+        opt->zero_grad();
+        continue;
+      }
+      opt->step();
+      ep_loss += step_loss;
+      ++ep_steps;
+    }
+    log.steps += ep_steps;
+    const double train_mse = ep_steps ? ep_loss / static_cast<double>(ep_steps) : std::nan("");
+    const double val = b.mse(block, b.val_g.empty() ? b.train_g : b.val_g);
+    log.train_curve.push_back(train_mse);
+    log.val_curve.push_back(val);
+    log.epochs_run = ep + 1;
+    spdlog::debug("block {} epoch {}: train mse {:.4g}, val mse {:.4g}", bi, ep + 1, train_mse, val);
+    if (std::isfinite(val) && val < best) {
+      best = val;
+      if (best_state.empty()) best_state = snapshot(params);
+      else restore(best_state, params);  // in place: never two snapshots at once
+      log.best_epoch = ep + 1;
+      bad_epochs = 0;
+    } else if (patience > 0 && ++bad_epochs >= patience) {
+      spdlog::debug("block {}: early stop after epoch {} ({} epochs without improvement)", bi, ep + 1, bad_epochs);
+      break;
+    }
+  }
+  if (!best_state.empty()) restore(params, best_state);
+  log.best_val_mse = best;
+}
+
+// Block bi at RTN: the original weights from the file, fresh quantizer init.
+std::pair<model::BlockPtr, std::vector<Trainable::Module>> rtn_block(const BlockApRun& b, int64_t bi,
+                                                                    const std::string& prefix) {
+  auto fresh = model::load_any_block(b.folder, bi, {b.o.device});
+  fresh->eval();
+  for (auto& p : fresh->parameters()) p.set_requires_grad(false);
+  auto mods = fake_quantize_block(*fresh, prefix, b.plan, b.o);
+  return {fresh, mods};
+}
+
+// One block: target, fake-quant, training, packing (or RTN when training lost), the quantized
+// chain propagated. Returns the packed block.
+model::BlockPtr quantize_block(const BlockApRun& b, int64_t bi, BlockLog& log) {
+  const auto& o = b.o;
+  const std::string prefix = model::family_block_prefix(b.folder.config(), bi);
+  auto block = model::load_any_block(b.folder, bi, {o.device});
+  block->eval();  // no dropout
+  for (auto& p : block->parameters()) p.set_requires_grad(false);
+  b.run.apply(*block, b.Y, b.chunk);  // the target: the float block on the float chain
+
+  Trainable tr;
+  tr.modules = fake_quantize_block(*block, prefix, b.plan, o);
+  std::set<const void*> lin_params;
+  for (const auto& [rel, lin] : block->linears())
+    for (const auto& p : lin->parameters()) lin_params.insert(p.unsafeGetTensorImpl());
+  if (o.train_norm)
+    for (auto& p : block->parameters())
+      if (!lin_params.count(p.unsafeGetTensorImpl()) && p.is_floating_point()) tr.norms.push_back(p);
+  plan_block(b, *block, prefix, tr, log);
+
+  auto params = tr.all();
+  for (auto& p : params) p.set_requires_grad(true);
+  log.start_train_mse = b.mse(*block, b.train_g);  // the start: RTN
+  log.start_val_mse = b.val_mse(*block, log.start_train_mse);
+  log.best_val_mse = log.start_val_mse;
+  if (log.epochs_planned > 0) train_epochs(b, *block, tr, params, bi, log);
+  for (auto& p : params) p.set_requires_grad(false);
+  for (auto& p : params) p.mutable_grad() = torch::Tensor();
+  if (log.epochs_planned > 0 && log.best_epoch == 0) {
+    // No epoch beat the start: rebuild it from the file (no snapshot was kept).
+    params.clear();
+    tr = Trainable{};
+    block.reset();
+    std::tie(block, tr.modules) = rtn_block(b, bi, prefix);
+  }
+  pack_block(*block, tr.modules, o.device);  // what will be saved, measured
+  log.end_train_mse = b.mse(*block, b.train_g);
+  log.end_val_mse = b.val_mse(*block, log.end_train_mse);
+  if (log.end_val_mse > log.start_val_mse && !tr.modules.empty()) {
+    params.clear();
+    tr = Trainable{};
+    block.reset();
+    auto [fresh, mods] = rtn_block(b, bi, prefix);
+    pack_block(*fresh, mods, o.device);
+    block = fresh;
+    log.kept_rtn = true;
+    log.end_train_mse = b.mse(*block, b.train_g);
+    log.end_val_mse = b.val_mse(*block, log.end_train_mse);
+    spdlog::warn("block {}: trained val MSE {:.4g} is worse than RTN's {:.4g}; keeping the RTN result", bi,
+                 log.best_val_mse, log.start_val_mse);
+  }
+  b.run.apply(*block, b.Xq, b.chunk);  // propagate the quantized chain
+  return block;
+}
+
+}  // namespace
+
 QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan, const TokenBatch& data,
                    const BlockApOptions& o) {
   const auto t_all = Clock::now();
@@ -287,6 +570,8 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     throw InputError("model folder '" + folder.dir() + "' is already quantized (Block-AP needs the float model)");
   if (o.batch_size < 1) throw InputError("training.batch_size must be >= 1");
   if (data.size() < 1) throw InputError("Block-AP needs at least one calibration sequence");
+  if (data.mask.defined() && data.mask.sizes() != data.ids.sizes())
+    throw InputError("calibration attention mask shape differs from the ids' shape");
   const auto& cfg = folder.config();
   const int64_t nb = cfg.num_hidden_layers;
   {
@@ -295,67 +580,24 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
       for (const auto& rel : model::family_block_linear_names(cfg)) names.push_back(model::family_block_prefix(cfg, i) + rel);
     quant::validate_plan_modules(plan, names);
   }
-  dist::Communicator* comm = o.comm;
-  const auto& faults = fault_injection();
-  const int world = world_of(comm), rank = rank_of(comm);
-  const int64_t N = data.size(), L = data.ids.size(1);
-  if (data.mask.defined() && data.mask.sizes() != data.ids.sizes())
-    throw InputError("calibration attention mask shape differs from the ids' shape");
-
+  const int world = world_of(o.comm), rank = rank_of(o.comm);
+  const int64_t N = data.size(), L = data.ids.size(1), C = cfg.hidden_size;
   // Train / validation split over global indices: the last n_val sequences validate.
   int64_t n_val = N >= 2 ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_fraction * N))) : 0;
   if (o.val_fraction <= 0) n_val = 0;
   n_val = std::min(n_val, N - 1);
-  std::vector<int64_t> train_g, val_g;
-  for (int64_t g = 0; g < N; ++g) (g < N - n_val ? train_g : val_g).push_back(g);
-  const auto& val_set = val_g.empty() ? train_g : val_g;
 
   QatResult res;
   res.config = cfg;
   res.shell = model::load_any_model_shell(folder, {o.device});
   for (auto& p : res.shell->parameters()) p.set_requires_grad(false);
   const Shard shard = make_shard(data, rank, world);
-  BlockRunner run{*res.shell, shard, o.device};
+  const BlockRunner runner{*res.shell, shard, o.device};
   const int64_t n_local = static_cast<int64_t>(shard.global.size());
-  const int64_t C = cfg.hidden_size;
-  const int64_t chunk = std::max<int64_t>(1, o.batch_size);
+  const json fp = fingerprint(folder, plan, data, o, world);
+  const int64_t start_block = resume_point(o, fp, nb, res.logs);
 
-  // State folder and resume.
-  const fs::path state = o.state_dir;
-  json fp = fingerprint(folder, plan, data, o, world);
-  int64_t start_block = 0;
-  if (!o.state_dir.empty()) {
-    fs::create_directories(state);
-    const auto prog = state / "progress.json";
-    if (fs::exists(prog) && o.resume) {
-      json p;
-      try {
-        p = json::parse(util::read_file(prog.string()));
-      } catch (const json::exception& e) {
-        throw InputError("state file '" + prog.string() + "' is not valid JSON (" + e.what() +
-                         "); remove the folder or run without resume");
-      }
-      if (p.value("version", 0) != 2)
-        throw InputError("state folder '" + o.state_dir + "' was written by another mpqat version (state format " +
-                         p.value("version", json(0)).dump() + ", this one writes 2); remove it or run without resume");
-      for (const auto& [k, v] : fp.items())
-        if (!p.contains("fingerprint") || p["fingerprint"].value(k, json()) != v)
-          throw InputError("state folder '" + o.state_dir + "' belongs to another run (" + k + " differs: " +
-                           (p.contains("fingerprint") ? p["fingerprint"].value(k, json()).dump() : "none") + " vs " +
-                           v.dump() + "); remove it or run without resume");
-      start_block = p.at("next_block").get<int64_t>();
-      for (const auto& lj : p.at("logs")) {
-        auto l = block_log_from_json(lj);
-        l.resumed = true;
-        res.logs.push_back(l);
-      }
-      if (start_block > 0)
-        spdlog::info("resuming Block-AP at block {} of {} from '{}'", start_block, nb, o.state_dir);
-    }
-  }
-
-  // Caches: Xq = quantized chain input, Y = float chain input (then target). Past the memory
-  // limit they are files in the cache folder (model/activation_cache.h).
+  // Caches: past the memory limit they are files in the cache folder (model/activation_cache.h).
   model::CacheOptions copt = o.cache;
   if (copt.dir.empty()) copt.dir = o.state_dir;
   model::CacheBudget budget(copt);
@@ -366,254 +608,51 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     spdlog::info("activation caches exceed {} ({}): {} in files under '{}'", copt.limit_key,
                  util::format_bytes(copt.memory_limit), util::format_bytes(budget.on_disk()),
                  copt.dir.empty() ? fs::temp_directory_path().string() : copt.dir);
-  auto cache_file = [&](const char* which, int64_t after) {
-    return state / fmt::format("rank{}_{}_after_{}.bin", rank, which, after);
-  };
+  BlockApRun b{folder, plan, data, o, fault_injection(), shard, runner, Xq, Y, {}, {},
+               std::max<int64_t>(1, o.batch_size), C};
+  for (int64_t g = 0; g < N; ++g) (g < N - n_val ? b.train_g : b.val_g).push_back(g);
 
   if (start_block == 0) {
     torch::NoGradGuard ng;
-    for (int64_t s = 0; s < n_local; s += chunk) {
+    for (int64_t s = 0; s < n_local; s += b.chunk) {
       std::vector<int64_t> local;
-      for (int64_t k = s; k < std::min(n_local, s + chunk); ++k) local.push_back(k);
-      auto c = run.ctx(local);
+      for (int64_t k = s; k < std::min(n_local, s + b.chunk); ++k) local.push_back(k);
       auto idx = torch::tensor(local, torch::kLong);
-      auto h = res.shell->embed(shard.ids.index_select(0, idx).to(o.device), c);
+      auto h = res.shell->embed(shard.ids.index_select(0, idx).to(o.device), runner.ctx(local));
       Xq.put(local, h);
       Y.put(local, h);
     }
   } else {
     for (int64_t i = 0; i < start_block; ++i) {
-      auto b = packed_block_shape(folder, i, plan);
+      auto blk = packed_block_shape(folder, i, plan);
       torch::serialize::InputArchive ar;
-      ar.load_from((state / fmt::format("block_{}.pt", i)).string());
-      b->load(ar);
-      b->to(o.device);
-      b->eval();
-      res.blocks.push_back(b);
+      ar.load_from((fs::path(o.state_dir) / fmt::format("block_{}.pt", i)).string());
+      blk->load(ar);
+      blk->to(o.device);
+      blk->eval();
+      res.blocks.push_back(blk);
     }
-    Xq.load(cache_file("xq", start_block - 1).string());
-    Y.load(cache_file("y", start_block - 1).string());
+    Xq.load(cache_file(o, rank, "xq", start_block - 1).string());
+    Y.load(cache_file(o, rank, "y", start_block - 1).string());
   }
 
   for (int64_t bi = start_block; bi < nb; ++bi) {
     const auto t0 = Clock::now();
-    const std::string prefix = model::family_block_prefix(cfg, bi);
     BlockLog log;
     log.block = bi;
-    auto block = model::load_any_block(folder, bi, {o.device});
-    block->eval();  // no dropout
-    for (auto& p : block->parameters()) p.set_requires_grad(false);
-    // Target: the float block on the float chain.
-    run.apply(*block, Y, chunk);
-
-    // Quantize and collect the trainables.
-    Trainable tr;
-    tr.modules = fake_quantize_block(*block, prefix, plan, o);
-    std::set<const void*> lin_params;
-    for (const auto& [rel, lin] : block->linears())
-      for (const auto& p : lin->parameters()) lin_params.insert(p.unsafeGetTensorImpl());
-    if (o.train_norm)
-      for (auto& p : block->parameters())
-        if (!lin_params.count(p.unsafeGetTensorImpl()) && p.is_floating_point()) tr.norms.push_back(p);
-    int epochs = o.epochs, patience = o.patience;
-    double lr_scale_sum = 0;
-    bool any_sgra = false;
-    int64_t qparams = 0;
-    double bit_params = 0;
-    for (const auto& [rel, lin] : block->linears()) {
-      auto it = plan.modules.find(prefix + rel);
-      const int b = it != plan.modules.end() ? it->second.bits : 16;
-      log.bits.emplace_back(rel, b);
-      const int64_t n = lin->in_features() * lin->out_features();
-      qparams += n;
-      bit_params += static_cast<double>(n) * std::min(b, 16);
-      if (o.use_sgra && it != plan.modules.end() && it->second.sgra && it->second.quantized()) {
-        if (!any_sgra) epochs = 0, patience = 0;
-        any_sgra = true;
-        epochs = std::max(epochs, it->second.sgra->epochs);
-        patience = std::max(patience, it->second.sgra->patience);
-      }
-    }
-    for (const auto& m : tr.modules) lr_scale_sum += m.lr_scale;
-    log.avg_bits = qparams ? bit_params / static_cast<double>(qparams) : 16;
-    log.lr_scale = tr.modules.empty() ? 1.0 : lr_scale_sum / static_cast<double>(tr.modules.size());
-    log.lr_weights = o.lr_weights * log.lr_scale;
-    log.lr_quant = o.lr_quant * log.lr_scale;
-    if (tr.modules.empty()) epochs = 0;
-    log.epochs_planned = epochs;
-    log.patience = patience;
-
-    auto params = tr.all();
-    for (auto& p : params) p.set_requires_grad(true);
-    // Start point = RTN.
-    log.start_train_mse = eval_mse(run, *block, Xq, Y, data, train_g, chunk, comm);
-    log.start_val_mse = val_g.empty() ? log.start_train_mse : eval_mse(run, *block, Xq, Y, data, val_g, chunk, comm);
-    // The best epoch's parameters; empty while the RTN start is the best (it is rebuilt from the
-    // file when needed rather than copied: one block's weights less in memory).
-    std::vector<torch::Tensor> best_state;
-    double best = log.start_val_mse;
-    log.best_val_mse = best;
-
-    if (epochs > 0) {
-      // One param group per module kind: weights and quantizer parameters at their own lr.
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      std::vector<double> base_lr;
-      for (const auto& m : tr.modules) {
-        groups.emplace_back(std::vector<torch::Tensor>{m.fq->weight},
-                            std::make_unique<torch::optim::AdamWOptions>(
-                                torch::optim::AdamWOptions(o.lr_weights * m.lr_scale).weight_decay(0)));
-        base_lr.push_back(o.lr_weights * m.lr_scale);
-        std::vector<torch::Tensor> q{m.fq->scale};
-        if (m.fq->zero.requires_grad()) q.push_back(m.fq->zero);
-        groups.emplace_back(q, std::make_unique<torch::optim::AdamWOptions>(
-                                   torch::optim::AdamWOptions(o.lr_quant * m.lr_scale).weight_decay(0)));
-        base_lr.push_back(o.lr_quant * m.lr_scale);
-      }
-      if (!tr.norms.empty()) {
-        groups.emplace_back(tr.norms, std::make_unique<torch::optim::AdamWOptions>(
-                                          torch::optim::AdamWOptions(o.lr_weights).weight_decay(0)));
-        base_lr.push_back(o.lr_weights);
-      }
-      torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(o.lr_quant).weight_decay(0));
-      const int64_t B = o.batch_size;
-      const int64_t steps_per_epoch = (static_cast<int64_t>(train_g.size()) + B - 1) / B;
-      const int64_t total = std::max<int64_t>(1, steps_per_epoch * epochs);
-      double lr_factor = 1.0;
-      int64_t step = 0;
-      int bad_epochs = 0;
-      for (int ep = 0; ep < epochs; ++ep) {
-        const auto perm = permutation(static_cast<int64_t>(train_g.size()), mix(mix(o.seed, bi + 1), ep + 1));
-        double ep_loss = 0;
-        int64_t ep_steps = 0;
-        for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
-          std::vector<int64_t> batch_g, mine;
-          for (int64_t k = s * B; k < std::min<int64_t>((s + 1) * B, static_cast<int64_t>(perm.size())); ++k) {
-            const int64_t g = train_g[perm[k]];
-            batch_g.push_back(g);
-            if (shard.local_of[g] >= 0) mine.push_back(shard.local_of[g]);
-          }
-          const double denom = token_count(data, batch_g) * static_cast<double>(C);
-          const double f = cosine_factor(step, total, 0, o.min_lr_ratio);
-          for (size_t gi = 0; gi < base_lr.size(); ++gi) set_lr(opt, gi, base_lr[gi] * lr_factor * f);
-          opt.zero_grad();
-          double local_loss = 0;
-          if (!mine.empty()) {
-            auto loss = run.sse(*block, Xq, Y, mine) / denom;
-            if (bi == faults.nan_block && step == faults.nan_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
-            loss.backward();
-            local_loss = loss.item<double>();
-          }
-          const double step_loss = reduce_sum(comm, local_loss);
-          const bool finite = reduce_grads(params, comm) && std::isfinite(step_loss);
-          if (!finite) {
-            ++log.nan_steps;
-            lr_factor *= o.nan_lr_backoff;
-            spdlog::warn("block {} step {}: non-finite loss or gradient; step discarded, learning rate x{} (now x{:.3g})",
-                           bi, step, o.nan_lr_backoff, lr_factor);
-            opt.zero_grad();
-            continue;
-          }
-          opt.step();
-          ep_loss += step_loss;
-          ++ep_steps;
-        }
-        log.steps += ep_steps;
-        const double train_mse = ep_steps ? ep_loss / static_cast<double>(ep_steps) : std::nan("");
-        const double val = eval_mse(run, *block, Xq, Y, data, val_set, chunk, comm);
-        log.train_curve.push_back(train_mse);
-        log.val_curve.push_back(val);
-        log.epochs_run = ep + 1;
-        spdlog::debug("block {} epoch {}: train mse {:.4g}, val mse {:.4g}", bi, ep + 1, train_mse, val);
-        if (std::isfinite(val) && val < best) {
-          best = val;
-          if (best_state.empty()) best_state = snapshot(params);
-          else restore(best_state, params);  // in place: never two snapshots at once
-          log.best_epoch = ep + 1;
-          bad_epochs = 0;
-        } else if (patience > 0 && ++bad_epochs >= patience) {
-          spdlog::debug("block {}: early stop after epoch {} ({} epochs without improvement)", bi, ep + 1, bad_epochs);
-          break;
-        }
-      }
-      if (!best_state.empty()) restore(params, best_state);
-      best_state.clear();
-      log.best_val_mse = best;
-    }  // the optimizer's state is freed here
-    for (auto& p : params) p.set_requires_grad(false);
-    for (auto& p : params) p.mutable_grad() = torch::Tensor();
-    // The block at RTN (the original weights, fresh init), for a start no epoch improved on.
-    auto rtn_block = [&] {
-      auto fresh = model::load_any_block(folder, bi, {o.device});
-      fresh->eval();
-      for (auto& p : fresh->parameters()) p.set_requires_grad(false);
-      auto mods = fake_quantize_block(*fresh, prefix, plan, o);
-      return std::make_pair(fresh, mods);
-    };
-    if (epochs > 0 && log.best_epoch == 0 && !tr.modules.empty()) {
-      params.clear();
-      tr = Trainable{};
-      block.reset();
-      std::tie(block, tr.modules) = rtn_block();
-    }
-
-    // Pack and measure what will be saved.
-    pack_block(*block, tr.modules, o.device);
-    log.end_train_mse = eval_mse(run, *block, Xq, Y, data, train_g, chunk, comm);
-    log.end_val_mse = val_g.empty() ? log.end_train_mse : eval_mse(run, *block, Xq, Y, data, val_g, chunk, comm);
-    if (log.end_val_mse > log.start_val_mse && !tr.modules.empty()) {
-      // Training did not beat RTN: keep RTN.
-      params.clear();
-      tr = Trainable{};
-      block.reset();
-      auto [fresh, mods] = rtn_block();
-      pack_block(*fresh, mods, o.device);
-      block = fresh;
-      log.kept_rtn = true;
-      log.end_train_mse = eval_mse(run, *block, Xq, Y, data, train_g, chunk, comm);
-      log.end_val_mse = val_g.empty() ? log.end_train_mse : eval_mse(run, *block, Xq, Y, data, val_g, chunk, comm);
-      spdlog::warn("block {}: trained val MSE {:.4g} is worse than RTN's {:.4g}; keeping the RTN result", bi,
-                     log.best_val_mse, log.start_val_mse);
-    }
-    // Propagate the quantized chain.
-    run.apply(*block, Xq, chunk);
+    auto block = quantize_block(b, bi, log);
     res.blocks.push_back(block);
     log.seconds = since(t0);
     const double tokens = static_cast<double>(log.steps) * static_cast<double>(o.batch_size * L);
     log.tokens_per_second = log.seconds > 0 ? tokens / log.seconds : 0;
     spdlog::info("block {}/{}: {:.2f} avg bits, {} epochs, val MSE {:.4g} (RTN) -> {:.4g}{}{}, {:.1f} s", bi + 1, nb,
-                   log.avg_bits, log.epochs_run, log.start_val_mse, log.end_val_mse,
-                   log.kept_rtn ? " [kept RTN]" : "", log.nan_steps ? fmt::format(" [{} NaN steps]", log.nan_steps) : "",
-                   log.seconds);
+                 log.avg_bits, log.epochs_run, log.start_val_mse, log.end_val_mse, log.kept_rtn ? " [kept RTN]" : "",
+                 log.nan_steps ? fmt::format(" [{} NaN steps]", log.nan_steps) : "", log.seconds);
     res.logs.push_back(log);
-
-    if (!o.state_dir.empty()) {
-      Xq.save(cache_file("xq", bi).string());
-      Y.save(cache_file("y", bi).string());
-      barrier(comm);
-      if (rank == 0) {
-        save_module_atomic(*block, state / fmt::format("block_{}.pt", bi));
-        json logs = json::array();
-        for (const auto& l : res.logs) logs.push_back(block_log_to_json(l));
-        json p{{"format", "mpqat-block-ap-state"},
-               {"version", 2},
-               {"fingerprint", fp},
-               {"next_block", bi + 1},
-               {"num_blocks", nb},
-               {"rng", "per (seed, block, epoch) permutation; no global RNG state"},
-               {"logs", logs}};
-        util::write_file_atomic((state / "progress.json").string(), p.dump(1) + "\n");
-      }
-      barrier(comm);
-      if (bi > 0) {
-        fs::remove(cache_file("xq", bi - 1));
-        fs::remove(cache_file("y", bi - 1));
-      }
-    }
-    // The finished float block, its optimizer state and snapshots are freed; glibc keeps such
-    // freed heap memory in the process unless asked, which made the peak grow with depth
-    // (tools/bench_train_depth.sh: 765 -> 531 MiB at 32 blocks with a fixed mmap threshold).
+    if (!o.state_dir.empty()) save_progress(b, fp, bi, nb, *block, res.logs);
+    // The finished float block, its optimizer state and snapshots are freed: give the memory back.
     util::release_free_memory();
-    if (faults.after_block) faults.after_block(bi);
+    if (b.faults.after_block) b.faults.after_block(bi);
   }
   res.seconds = since(t_all);
   return res;
