@@ -8,6 +8,7 @@
 #include "mpqat/data/llama2c_tokenizer.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 
 namespace mpqat::model {
 
@@ -198,23 +199,16 @@ void convert_llama2c(const std::string& model_bin, const std::string& tokenizer_
   add("model.norm.weight", {C}, rms_final);
   if (wcls) add("lm_head.weight", {V, C}, wcls);
 
-  const fs::path tmp = fs::path(out.string() + ".tmp");
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) throw Error("cannot create '" + tmp.string() + "': " + ec.message());
-  try {
-    model::save_model_config(h.to_config(), (tmp / "config.json").string());
-    io::write_safetensors_sharded(tmp.string(), tensors, {{"format", "pt"}});
-    fs::copy_file(tokenizer_bin, tmp / "tokenizer.bin", fs::copy_options::overwrite_existing);
-    data::write_hf_tokenizer_files(tok, tmp.string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  if (fs::exists(out)) fs::remove_all(out);
-  fs::rename(tmp, out, ec);
-  if (ec) throw Error("cannot rename '" + tmp.string() + "' to '" + out.string() + "': " + ec.message());
+  util::write_folder_atomic(
+      out.string(),
+      [&](const std::string& tmp_dir) {
+        const fs::path tmp(tmp_dir);
+        model::save_model_config(h.to_config(), (tmp / "config.json").string());
+        io::write_safetensors_sharded(tmp_dir, tensors, {{"format", "pt"}});
+        fs::copy_file(tokenizer_bin, tmp / "tokenizer.bin", fs::copy_options::overwrite_existing);
+        data::write_hf_tokenizer_files(tok, tmp_dir);
+      },
+      "converted model folder");
 }
 
 }  // namespace mpqat::model

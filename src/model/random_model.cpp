@@ -10,6 +10,7 @@
 
 #include "mpqat/model/llama.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
 
 namespace fs = std::filesystem;
@@ -72,45 +73,49 @@ uint64_t write_random_model(const std::string& dir, const ModelConfig& cfg, cons
         specs.push_back({block_prefix(i) + p.key(), o.dtype, p.value().sizes().vec(), nullptr,
                          static_cast<size_t>(p.value().numel()) * io::dtype_size(o.dtype)});
   }
-  fs::create_directories(dir);
-  std::vector<torch::Tensor> keep;  // the current shard's tensors
   uint64_t total = 0;
-  io::write_safetensors_sharded(
-      dir, specs,
-      [&](size_t, std::vector<io::TensorToWrite>& part) {
-        keep.clear();
-        torch::NoGradGuard ng;
-        for (auto& t : part) {
-          torch::Tensor v;
-          if (t.shape.size() == 1 && util::ends_with(t.name, "norm.weight")) {
-            v = torch::ones(t.shape, torch::TensorOptions().dtype(st));
-          } else {
-            auto gen = at::detail::createCPUGenerator(name_seed(o.seed, t.name));
-            v = at::normal(0.0, o.std, t.shape, gen, torch::TensorOptions().dtype(torch::kFloat)).to(st);
+  util::write_folder_atomic(
+      dir,
+      [&](const std::string& tmp_dir) {
+        std::vector<torch::Tensor> keep;  // the current shard's tensors
+        io::write_safetensors_sharded(
+            tmp_dir, specs,
+            [&](size_t, std::vector<io::TensorToWrite>& part) {
+              keep.clear();
+              torch::NoGradGuard ng;
+              for (auto& t : part) {
+                torch::Tensor v;
+                if (t.shape.size() == 1 && util::ends_with(t.name, "norm.weight")) {
+                  v = torch::ones(t.shape, torch::TensorOptions().dtype(st));
+                } else {
+                  auto gen = at::detail::createCPUGenerator(name_seed(o.seed, t.name));
+                  v = at::normal(0.0, o.std, t.shape, gen, torch::TensorOptions().dtype(torch::kFloat)).to(st);
+                }
+                keep.push_back(v.contiguous());
+                t.data = keep.back().data_ptr();
+                total += t.nbytes;
+              }
+            },
+            {{"format", "pt"}}, o.max_shard_bytes, "model");
+        ModelConfig c = cfg;
+        c.torch_dtype = o.dtype == io::DType::F16 ? "float16" : o.dtype == io::DType::BF16 ? "bfloat16" : "float32";
+        save_model_config(c, (fs::path(tmp_dir) / "config.json").string());
+        if (!o.tokenizer_from.empty()) {
+          bool any = false;
+          for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer.bin",
+                                "special_tokens_map.json", "vocab.txt"}) {
+            const fs::path p = fs::path(o.tokenizer_from) / f;
+            if (fs::exists(p)) {
+              fs::copy_file(p, fs::path(tmp_dir) / f, fs::copy_options::overwrite_existing);
+              any = true;
+            }
           }
-          keep.push_back(v.contiguous());
-          t.data = keep.back().data_ptr();
-          total += t.nbytes;
+          if (!any)
+            throw InputError("tokenizer folder '" + o.tokenizer_from +
+                             "' holds no tokenizer.model, tokenizer.json, tokenizer.bin or vocab.txt");
         }
       },
-      {{"format", "pt"}}, o.max_shard_bytes, "model");
-  ModelConfig c = cfg;
-  c.torch_dtype = o.dtype == io::DType::F16 ? "float16" : o.dtype == io::DType::BF16 ? "bfloat16" : "float32";
-  save_model_config(c, (fs::path(dir) / "config.json").string());
-  if (!o.tokenizer_from.empty()) {
-    bool any = false;
-    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer.bin",
-                          "special_tokens_map.json", "vocab.txt"}) {
-      const fs::path p = fs::path(o.tokenizer_from) / f;
-      if (fs::exists(p)) {
-        fs::copy_file(p, fs::path(dir) / f, fs::copy_options::overwrite_existing);
-        any = true;
-      }
-    }
-    if (!any)
-      throw InputError("tokenizer folder '" + o.tokenizer_from +
-                       "' holds no tokenizer.model, tokenizer.json, tokenizer.bin or vocab.txt");
-  }
+      "random model folder");
   return total;
 }
 

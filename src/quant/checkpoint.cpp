@@ -22,6 +22,7 @@
 #include "mpqat/quant/inspect.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
 #include "mpqat/util/torch_compat.h"
 
@@ -220,34 +221,24 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
   if (opts.plan) mp["bit_plan"] = ojson::parse(bit_plan_to_json(*opts.plan).dump());
   cfg["mpqat"] = mp;
 
-  // Build in a sibling temp folder, then swap it in.
   const fs::path out(out_dir);
   if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)) && !opts.force)
     throw InputError("output folder '" + out_dir + "' exists and is not empty (pass --force to replace it)");
-  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
-  fs::create_directories(parent);
-  const fs::path tmp = parent / (out.filename().string() + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
-    io::write_safetensors_sharded(tmp.string(), tw, checkpoint_file_metadata(), opts.max_shard_bytes, "model");
-    util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
-    if (!opts.source_dir.empty())
-      for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                            "special_tokens_map.json", "generation_config.json", "vocab.txt", "vocab.json",
-                            "merges.txt"}) {
-        const fs::path p = fs::path(opts.source_dir) / f;
-        if (fs::exists(p)) fs::copy_file(p, tmp / f, fs::copy_options::overwrite_existing);
-      }
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(tmp, out);
-  } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp);
-    throw Error("writing checkpoint '" + out_dir + "' failed: " + e.what());
-  } catch (...) {
-    fs::remove_all(tmp);
-    throw;
-  }
+  util::write_folder_atomic(
+      out_dir,
+      [&](const std::string& tmp_dir) {
+        const fs::path tmp(tmp_dir);
+        io::write_safetensors_sharded(tmp_dir, tw, checkpoint_file_metadata(), opts.max_shard_bytes, "model");
+        util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
+        if (!opts.source_dir.empty())
+          for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                "special_tokens_map.json", "generation_config.json", "vocab.txt", "vocab.json",
+                                "merges.txt"}) {
+            const fs::path p = fs::path(opts.source_dir) / f;
+            if (fs::exists(p)) fs::copy_file(p, tmp / f, fs::copy_options::overwrite_existing);
+          }
+      },
+      "checkpoint");
 }
 
 }  // namespace

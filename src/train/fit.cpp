@@ -19,6 +19,7 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
 
 namespace mpqat::train {
@@ -516,30 +517,16 @@ void save_float_model_folder(const model::TransformerModel& m, const nlohmann::j
   for (const auto& [name, t] : owned)
     tw.push_back({name, opts.dtype, t.sizes().vec(), t.data_ptr(), static_cast<size_t>(t.nbytes())});
 
-  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  const fs::path tmp = parent / (out.filename().string() + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) throw Error("cannot create '" + tmp.string() + "': " + ec.message());
-  try {
-    io::write_safetensors_sharded(tmp.string(), tw, {{"format", "pt"}});
-    util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
-    for (const auto& [src, name] : files) fs::copy_file(src, tmp / name, fs::copy_options::overwrite_existing);
-    for (const auto& [name, content] : opts.extra_files) util::write_file_atomic((tmp / name).string(), content);
-    // Swap in: the old folder moves aside first, so a failure leaves one complete folder.
-    const fs::path old = parent / (out.filename().string() + ".old." + std::to_string(::getpid()));
-    if (fs::exists(out)) fs::rename(out, old);
-    fs::rename(tmp, out);
-    fs::remove_all(old, ec);
-  } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp, ec);
-    throw Error("writing model folder '" + out.string() + "' failed: " + e.what());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  util::write_folder_atomic(
+      out.string(),
+      [&](const std::string& tmp_dir) {
+        const fs::path tmp(tmp_dir);
+        io::write_safetensors_sharded(tmp_dir, tw, {{"format", "pt"}});
+        util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
+        for (const auto& [src, name] : files) fs::copy_file(src, tmp / name, fs::copy_options::overwrite_existing);
+        for (const auto& [name, content] : opts.extra_files) util::write_file_atomic((tmp / name).string(), content);
+      },
+      "model folder");
 }
 
 }  // namespace mpqat::train
