@@ -27,11 +27,7 @@ struct RunArgs {
 
 std::string resolve_output_dir(const io::Recipe& r) {
   std::string dir = r.str("output.dir");
-  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  ::localtime_r(&now, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
+  const std::string stamp = util::local_timestamp();
   for (const auto& [key, val] : {std::pair<std::string, std::string>{"{name}", r.str("output.name")},
                                  {"{timestamp}", stamp}}) {
     for (auto pos = dir.find(key); pos != std::string::npos; pos = dir.find(key)) {

@@ -89,8 +89,7 @@ void add_train_command(CLI::App& app) {
       text(&o->device));
   map(sub->add_option("--dtype", o->dtype, "storage of unquantized tensors: float16, bfloat16, float32"),
       "output.float_dtype", [o] {
-        const auto d = io::parse_float_dtype(o->dtype, "--dtype");
-        return std::string(d == io::DType::F16 ? "float16" : d == io::DType::BF16 ? "bfloat16" : "float32");
+        return std::string(io::config_dtype_name(io::parse_float_dtype(o->dtype, "--dtype"), "--dtype"));
       });
   map(sub->add_option("--e2e-epochs", o->e2e_epochs, "E2E-QP epochs"), "training.e2e.epochs", num(&o->e2e_epochs));
   map(sub->add_option("--e2e-lr", o->e2e_lr, "E2E-QP learning rate"), "training.e2e.lr", num(&o->e2e_lr));

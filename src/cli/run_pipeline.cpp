@@ -244,7 +244,7 @@ struct Run {
 json stage_fp_eval(Run& run) {
   if (!run.r.flag("evaluation.fp_baseline")) return json::object();
   run.stages.begin("fp_eval");
-  const std::string h = fnv(run.model_id + run.eval_inputs());
+  const std::string h = util::fnv1a64_hex(run.model_id + run.eval_inputs());
   const bool reuse = run.stages.reusable("fp_eval", h, {run.out / "fp_eval.json"});
   json fp;
   if (reuse) {
@@ -264,14 +264,14 @@ std::string stage_sensitivity(Run& run, std::string& hash) {
   const auto& r = run.r;
   std::string sens_path = r.str("sensitivity.file");
   if (!sens_path.empty()) {
-    hash = fnv(file_identity(sens_path));
+    hash = util::fnv1a64_hex(file_identity(sens_path));
     return sens_path;
   }
   if (r.str("allocation.method") == "plan") return "";
   run.stages.begin("sensitivity");
   if (run.calib_path.empty())
     throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
-  hash = fnv(run.model_id + file_identity(run.calib_path) +
+  hash = util::fnv1a64_hex(run.model_id + file_identity(run.calib_path) +
              keys_text(r, {"data.calibration.", "sensitivity.", "allocation.bits", "allocation.group_sizes"}));
   sens_path = (run.out / "sensitivity.json").string();
   const bool reuse = run.stages.reusable("sensitivity", hash, {sens_path});
@@ -296,7 +296,7 @@ json stage_allocation(Run& run, const std::string& sens_path, const std::string&
   const auto& r = run.r;
   const fs::path plan_path = run.out / "bitplan.json";
   run.stages.begin("allocation");
-  hash = fnv(sens_hash + run.model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
+  hash = util::fnv1a64_hex(sens_hash + run.model_id + keys_text(r, {"allocation.", "output.float_dtype", "output.shard_size"}) +
              file_identity(r.str("allocation.plan")));
   const bool reuse = run.stages.reusable("allocation", hash, {plan_path, run.out / "allocation.json"});
   json summary;
@@ -378,7 +378,7 @@ void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& pla
   const auto& r = run.r;
   const fs::path ckpt = run.out / "checkpoint";
   run.stages.begin("quantize");
-  hash = fnv(plan_hash + run.model_id + file_identity(run.calib_path) +
+  hash = util::fnv1a64_hex(plan_hash + run.model_id + file_identity(run.calib_path) +
              keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
                            "output.shard_size"}));
   std::vector<fs::path> outs{ckpt / "config.json"};
@@ -396,7 +396,7 @@ void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& pla
 json stage_reload_eval(Run& run, const std::string& qat_hash) {
   const fs::path ckpt = run.out / "checkpoint";
   run.stages.begin("reload_eval");
-  const std::string h = fnv(qat_hash + file_identity(ckpt.string()) + run.eval_inputs());
+  const std::string h = util::fnv1a64_hex(qat_hash + file_identity(ckpt.string()) + run.eval_inputs());
   const bool reuse = run.stages.reusable("reload_eval", h, {run.out / "quantized_eval.json"});
   json qm;
   if (reuse) {
@@ -448,15 +448,6 @@ json layer_table(const Run& run, const quant::BitPlan& plan, const std::string& 
   return layers;
 }
 
-std::string utc_now() {
-  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // report.json's document (docs/pipeline.md).
 json build_report(Run& run, json fp, json qm, const json& alloc_summary, const quant::BitPlan& plan,
                   const std::string& sens_path) {
@@ -467,7 +458,7 @@ json build_report(Run& run, json fp, json qm, const json& alloc_summary, const q
   report["model"] = run.model_dir;
   report["recipe"] = r.source();
   report["name"] = r.str("output.name");
-  report["created"] = utc_now();
+  report["created"] = util::utc_iso_now();
   report["mpqat_version"] = MPQAT_VERSION;
   report["architecture"] = run.cfg.architecture;
   report["method"] = {{"allocation", r.str("allocation.method")},

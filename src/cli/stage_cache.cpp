@@ -16,12 +16,6 @@ using nlohmann::json;
 
 namespace mpqat::cli {
 
-std::string fnv(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return fmt::format("{:016x}", h);
-}
-
 std::string file_identity(const std::string& path) {
   if (path.empty()) return "-";
   std::ostringstream os;

@@ -120,14 +120,7 @@ std::string data_name_from_path(const std::string& path) {
 
 }  // namespace
 
-std::string seed_timestamp() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  localtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%d_%H%M%S", &tm);
-  return buf;
-}
+std::string seed_timestamp() { return util::local_timestamp(); }
 
 std::string seed_file_part(const std::string& name, const std::string& what) {
   std::string out;

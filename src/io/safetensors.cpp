@@ -96,6 +96,13 @@ bool checked_nbytes(const std::vector<int64_t>& shape, std::size_t elem_size, ui
   return true;
 }
 
+std::string errno_str(int e) { return std::strerror(e); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// dtypes
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -105,12 +112,15 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-std::string errno_str(int e) { return std::strerror(e); }
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// dtypes
+const char* config_dtype_name(DType dt, const std::string& context) {
+  switch (dt) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    default:
+      throw InputError(context + ": dtype " + dtype_name(dt) + " is not a float dtype (accepted: F32, F16, BF16)");
+  }
+}
 
 DType parse_float_dtype(const std::string& name, const std::string& context) {
   const auto d = util::to_lower(name);

@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "mpqat/io/safetensors.h"
+#include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -46,11 +47,7 @@ uint64_t free_bytes(const std::string& dir) {
 CacheOptions cache_options(const std::string& dtype, const std::string& limit, const std::string& dir,
                            const std::vector<std::string>& keys) {
   CacheOptions o;
-  switch (io::parse_float_dtype(dtype, keys.at(0))) {
-    case io::DType::F16: o.dtype = torch::kHalf; break;
-    case io::DType::BF16: o.dtype = torch::kBFloat16; break;
-    default: o.dtype = torch::kFloat; break;
-  }
+  o.dtype = scalar_type(io::parse_float_dtype(dtype, keys.at(0)), keys.at(0));
   o.memory_limit = util::parse_bytes(limit, keys.at(1));
   o.dir = dir;
   o.limit_key = keys.at(1);

@@ -13,15 +13,15 @@ namespace mpqat::model {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + ")";
+torch::ScalarType scalar_type(io::DType dt, const std::string& context) {
+  switch (dt) {
+    case io::DType::F32: return torch::kFloat;
+    case io::DType::F16: return torch::kHalf;
+    case io::DType::BF16: return torch::kBFloat16;
+    default:
+      throw InputError(context + ": dtype " + io::dtype_name(dt) + " is not a float dtype (accepted: F32, F16, BF16)");
+  }
 }
-
-}  // namespace
 
 ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
   if (!fs::is_directory(dir))
@@ -50,21 +50,13 @@ const data::Tokenizer& ModelFolder::tokenizer() const {
 torch::Tensor ModelFolder::tensor(const std::string& name, const std::vector<int64_t>& shape) const {
   if (!ckpt_->contains(name))
     throw InputError("model folder '" + dir_ + "': tensor '" + name + "' is missing (expected shape " +
-                     shape_str(shape) + ")");
+                     io::shape_str(shape) + ")");
   const auto& info = ckpt_->info(name);
   const std::string& file = ckpt_->file_of(name);
   if (info.shape != shape)
-    throw InputError("'" + file + "': tensor '" + name + "' has shape " + shape_str(info.shape) +
-                     ", expected " + shape_str(shape));
-  torch::ScalarType st;
-  switch (info.dtype) {
-    case io::DType::F32: st = torch::kFloat; break;
-    case io::DType::F16: st = torch::kHalf; break;
-    case io::DType::BF16: st = torch::kBFloat16; break;
-    default:
-      throw InputError("'" + file + "': tensor '" + name + "' has dtype " + io::dtype_name(info.dtype) +
-                       " (accepted: F32, F16, BF16)");
-  }
+    throw InputError("'" + file + "': tensor '" + name + "' has shape " + io::shape_str(info.shape) +
+                     ", expected " + io::shape_str(shape));
+  const torch::ScalarType st = scalar_type(info.dtype, "'" + file + "': tensor '" + name + "'");
   // Copy through an aligned buffer: safetensors offsets need not be aligned to the element size.
   auto raw = torch::empty(shape, torch::TensorOptions().dtype(st));
   std::memcpy(raw.data_ptr(), ckpt_->data(name), info.nbytes());

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/model/llama.h"
+#include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
@@ -38,27 +39,12 @@ ModelConfig random_model_shape(const std::string& name) {
 
 namespace {
 
-uint64_t name_seed(uint64_t seed, const std::string& name) {
-  uint64_t h = 1469598103934665603ull ^ seed;
-  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-torch::ScalarType scalar_of(io::DType dt) {
-  switch (dt) {
-    case io::DType::F16: return torch::kHalf;
-    case io::DType::BF16: return torch::kBFloat16;
-    case io::DType::F32: return torch::kFloat;
-    default: throw InputError("random model dtype must be F16, BF16 or F32");
-  }
-}
-
 }  // namespace
 
 uint64_t write_random_model(const std::string& dir, const ModelConfig& cfg, const RandomModelOptions& o) {
   if (cfg.family != Family::Llama)
     throw NotImplementedError("random models of the " + cfg.model_type + " family (Llama family only)");
-  const auto st = scalar_of(o.dtype);
+  const auto st = scalar_type(o.dtype, "random model dtype");
   // Names and shapes: the block-free parameters, then every block's (a block of this shape is
   // built once, its storage never touched).
   std::vector<io::TensorToWrite> specs;
@@ -88,7 +74,7 @@ uint64_t write_random_model(const std::string& dir, const ModelConfig& cfg, cons
                 if (t.shape.size() == 1 && util::ends_with(t.name, "norm.weight")) {
                   v = torch::ones(t.shape, torch::TensorOptions().dtype(st));
                 } else {
-                  auto gen = at::detail::createCPUGenerator(name_seed(o.seed, t.name));
+                  auto gen = at::detail::createCPUGenerator(util::fnv1a64(t.name, util::kFnv1aBasis ^ o.seed));
                   v = at::normal(0.0, o.std, t.shape, gen, torch::TensorOptions().dtype(torch::kFloat)).to(st);
                 }
                 keep.push_back(v.contiguous());
@@ -98,7 +84,7 @@ uint64_t write_random_model(const std::string& dir, const ModelConfig& cfg, cons
             },
             {{"format", "pt"}}, o.max_shard_bytes, "model");
         ModelConfig c = cfg;
-        c.torch_dtype = o.dtype == io::DType::F16 ? "float16" : o.dtype == io::DType::BF16 ? "bfloat16" : "float32";
+        c.torch_dtype = io::config_dtype_name(o.dtype, "random model dtype");
         save_model_config(c, (fs::path(tmp_dir) / "config.json").string());
         if (!o.tokenizer_from.empty()) {
           bool any = false;

@@ -37,12 +37,6 @@ namespace mpqat::quant {
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 std::string regex_escape(const std::string& s) {
   std::string r;
   for (char c : s) {
@@ -96,32 +90,6 @@ struct OwnedTensor {
   torch::Tensor t;  // contiguous CPU, dtype matching `dtype`
 };
 
-torch::ScalarType scalar_of(io::DType dt) {
-  switch (dt) {
-    case io::DType::F32: return torch::kFloat;
-    case io::DType::F16: return torch::kHalf;
-    case io::DType::BF16: return torch::kBFloat16;
-    default: throw InputError("float_dtype must be F16, BF16 or F32");
-  }
-}
-
-std::string iso_now() {
-  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  std::ostringstream ss;
-  ss << std::put_time(&tm, "%Y-%m-%dT%H:%M:%SZ");
-  return ss.str();
-}
-
-const char* torch_dtype_name(io::DType dt) {
-  switch (dt) {
-    case io::DType::F16: return "float16";
-    case io::DType::BF16: return "bfloat16";
-    default: return "float32";
-  }
-}
-
 }  // namespace
 
 namespace {
@@ -132,7 +100,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
                    const std::vector<std::pair<std::string, torch::Tensor>>& params,
                    const model::ModelConfig& model_cfg, const std::string& out_dir, const SaveOptions& opts) {
   torch::NoGradGuard ng;
-  const auto fst = scalar_of(opts.float_dtype);
+  const auto fst = model::scalar_type(opts.float_dtype, "output.float_dtype");
   // Packed modules, by full name.
   std::map<std::string, QuantLinearPtr> packed;
   std::vector<std::string> float_linears;
@@ -202,7 +170,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
   } else {
     cfg = ojson::parse(model::model_config_to_json(model_cfg).dump());
   }
-  cfg["torch_dtype"] = torch_dtype_name(opts.float_dtype);
+  cfg["torch_dtype"] = io::config_dtype_name(opts.float_dtype, "output.float_dtype");
   cfg["quantization_config"] = ojson{{"quant_method", "gptq"},
                                      {"checkpoint_format", "gptq_v2"},
                                      {"bits", dbits},
@@ -215,7 +183,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
              {"torch", util::torch_version_string()},
              {"method", opts.method},
              {"source_model", opts.source_dir.empty() ? "" : fs::absolute(opts.source_dir).string()},
-             {"created", iso_now()},
+             {"created", util::utc_iso_now()},
              {"packing", "bit stream per column, LSB first (GPTQ layout for 2/3/4/8 bits)"}};
   ojson mp{{"format_version", 1}, {"provenance", prov}};
   if (opts.plan) mp["bit_plan"] = ojson::parse(bit_plan_to_json(*opts.plan).dump());
@@ -444,7 +412,7 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
   auto need = [&](const io::TensorInfo& t, bool ok, const std::string& what) {
     if (!ok)
       throw InputError("'" + ckpt.file_of(t.name) + "': tensor '" + t.name + "' has dtype " + io::dtype_name(t.dtype) +
-                       " and shape " + shape_str(t.shape) + ", expected " + what);
+                       " and shape " + io::shape_str(t.shape) + ", expected " + what);
   };
   need(iq, iq.dtype == io::DType::I32 && iq.shape.size() == 2 && iq.shape[1] == out,
        "I32 [rows, " + std::to_string(out) + "] for a (" + std::to_string(out) + ", " + std::to_string(in) + ") linear");
@@ -480,7 +448,7 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
                      std::to_string(num_groups(in, expected->group_size)) + " groups)");
   }
   need(iz, iz.dtype == io::DType::I32 && iz.shape == std::vector<int64_t>{ngr, packed_words(out, bits)},
-       "I32 " + shape_str({ngr, packed_words(out, bits)}) + " (" + std::to_string(bits) + "-bit zeros, " +
+       "I32 " + io::shape_str({ngr, packed_words(out, bits)}) + " (" + std::to_string(bits) + "-bit zeros, " +
            std::to_string(ngr) + " groups)");
   if (ckpt.contains(name + ".g_idx")) {
     const auto& ig = ckpt.info(name + ".g_idx");
@@ -500,10 +468,6 @@ torch::Tensor read_raw(const io::SafetensorsCheckpoint& ckpt, const std::string&
   std::memcpy(t.data_ptr(), ckpt.data(name), info.nbytes());
   ckpt.release(name);
   return t;
-}
-
-torch::ScalarType float_scalar(io::DType dt) {
-  return dt == io::DType::F16 ? torch::kHalf : dt == io::DType::BF16 ? torch::kBFloat16 : torch::kFloat;
 }
 
 }  // namespace
@@ -529,7 +493,7 @@ QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantCo
   }
   q->qzeros.copy_(qz);
   const auto& is = ckpt.info(name + ".scales");
-  q->scales.copy_(read_raw(ckpt, name + ".scales", float_scalar(is.dtype)).to(torch::kHalf));
+  q->scales.copy_(read_raw(ckpt, name + ".scales", model::scalar_type(is.dtype, "'" + name + ".scales'")).to(torch::kHalf));
   if (d.has_g_idx) {
     auto g = read_raw(ckpt, name + ".g_idx", torch::kInt);
     const int64_t ngr = q->scales.size(0);

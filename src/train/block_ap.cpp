@@ -198,12 +198,6 @@ void save_module_atomic(torch::nn::Module& m, const fs::path& path) {
   fs::rename(tmp, path);
 }
 
-std::string hash_hex(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return fmt::format("{:016x}", h);
-}
-
 json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, const TokenBatch& data,
                  const BlockApOptions& o, int world) {
   auto ids = data.ids.contiguous();
@@ -213,8 +207,8 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
     bytes.append(reinterpret_cast<const char*>(m.data_ptr()), static_cast<size_t>(m.nbytes()));
   }
   return {{"model", fs::absolute(folder.dir()).lexically_normal().string()},
-          {"plan", hash_hex(quant::bit_plan_to_json(plan).dump())},
-          {"data", hash_hex(bytes)},
+          {"plan", util::fnv1a64_hex(quant::bit_plan_to_json(plan).dump())},
+          {"data", util::fnv1a64_hex(bytes)},
           {"world_size", world},
           {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}", o.epochs, o.patience,
                                   o.use_sgra, o.batch_size, o.lr_weights, o.lr_quant, o.min_lr_ratio, o.train_norm,

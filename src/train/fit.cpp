@@ -486,16 +486,8 @@ std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::stri
 void save_float_model_folder(const model::TransformerModel& m, const nlohmann::json& config_in,
                              const std::vector<std::pair<std::string, std::string>>& files,
                              const std::string& out_dir, const SaveOptions& opts) {
-  torch::ScalarType st;
-  std::string dtype_name;
-  switch (opts.dtype) {
-    case io::DType::F16: st = torch::kHalf; dtype_name = "float16"; break;
-    case io::DType::BF16: st = torch::kBFloat16; dtype_name = "bfloat16"; break;
-    case io::DType::F32: st = torch::kFloat; dtype_name = "float32"; break;
-    default:
-      throw InputError(std::string("save model: dtype ") + io::dtype_name(opts.dtype) +
-                       " is not a float dtype (accepted: F16, BF16, F32)");
-  }
+  const torch::ScalarType st = model::scalar_type(opts.dtype, "save model");
+  const std::string dtype_name = io::config_dtype_name(opts.dtype, "save model");
   for (const auto& f : files)
     if (!fs::is_regular_file(f.first)) throw InputError("save model: file '" + f.first + "' does not exist");
   fs::path out = fs::path(out_dir).lexically_normal();

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -206,5 +207,27 @@ std::string text_table(const std::vector<std::vector<std::string>>& rows) {
   return out;
 }
 
+
+uint64_t fnv1a64(const std::string& s, uint64_t basis) {
+  uint64_t h = basis;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string fnv1a64_hex(const std::string& s) { return fmt::format("{:016x}", fnv1a64(s)); }
+
+namespace {
+std::string format_now(const char* format, bool utc) {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  if (utc) ::gmtime_r(&now, &tm); else ::localtime_r(&now, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, format, &tm);
+  return buf;
+}
+}  // namespace
+
+std::string utc_iso_now() { return format_now("%Y-%m-%dT%H:%M:%SZ", true); }
+std::string local_timestamp() { return format_now("%Y%m%d_%H%M%S", false); }
 
 }  // namespace mpqat::util

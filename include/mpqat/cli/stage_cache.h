@@ -20,8 +20,6 @@ class Recipe;
 
 namespace mpqat::cli {
 
-// 16 hex digits of FNV-1a: input hashes of the stages.
-std::string fnv(const std::string& s);
 // Identity of a file or folder for stage hashes: path, size and modification time of each file.
 std::string file_identity(const std::string& path);
 // The recipe's values under the given key prefixes, as canonical text.

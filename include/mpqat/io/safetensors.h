@@ -29,6 +29,11 @@ DType parse_float_dtype(const std::string& name, const std::string& context);
 const char* dtype_name(DType dt);
 // Parses the safetensors spelling; throws InputError naming `context` and the accepted list.
 DType parse_dtype(const std::string& s, const std::string& context);
+// The Hugging Face config spelling (config.json's torch_dtype) of a float dtype: "float32",
+// "float16", "bfloat16". Throws InputError naming `context` for any other dtype.
+const char* config_dtype_name(DType dt, const std::string& context);
+// A tensor shape as "[4096, 11008]", for messages.
+std::string shape_str(const std::vector<int64_t>& shape);
 
 struct TensorInfo {
   std::string name;

@@ -70,6 +70,10 @@ struct LoadOptions {
   bool strict = false;
 };
 
+// The torch dtype of a float storage dtype (F32 / F16 / BF16); throws InputError naming
+// `context` and the accepted dtypes for any other.
+torch::ScalarType scalar_type(io::DType dt, const std::string& context);
+
 // Builds the whole model (fp32, eval mode, requires_grad off).
 LlamaPtr load_model(const ModelFolder& folder, const LoadOptions& opts = {});
 // Builds the model without blocks: embeddings, final norm and head only (for streaming).

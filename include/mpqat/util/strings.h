@@ -44,4 +44,14 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // Reads a whole file; throws InputError naming the path when it cannot be read.
 std::string read_file(const std::string& path);
 
+// 64-bit FNV-1a of `s`, starting from `basis` (the standard offset basis by default): the
+// identity hashes of resume fingerprints and the stage cache, and random-model tensor seeds.
+inline constexpr uint64_t kFnv1aBasis = 1469598103934665603ull;
+uint64_t fnv1a64(const std::string& s, uint64_t basis = kFnv1aBasis);
+std::string fnv1a64_hex(const std::string& s);  // 16 lowercase hex digits
+
+// Now, as 2026-12-05T14:09:24Z (UTC) and as 20261205_140924 (local time, for folder names).
+std::string utc_iso_now();
+std::string local_timestamp();
+
 }  // namespace mpqat::util
