@@ -244,7 +244,8 @@ TEST(AllocSize, ExactMatchesWrittenSafetensorsAndBoundHolds) {
     std::vector<Choice> ch(L.linears.size());
     for (auto& c : ch) c = menu[rng() % menu.size()];
     const PlanSize ps = sm.exact(ch);
-    // Write the same tensors the checkpoint writer writes, in its order, and measure the file.
+    // Write the packed layout's tensors in the writer's order and measure the file (the io rules;
+    // TinyCheckpoint.SizeModelPredictsTheShardedSaveToTheByte checks the real writer, sharded).
     std::vector<std::vector<uint8_t>> bufs;
     std::vector<io::TensorToWrite> tw;
     auto add = [&](const std::string& n, io::DType dt, std::vector<int64_t> s) {
@@ -262,11 +263,8 @@ TEST(AllocSize, ExactMatchesWrittenSafetensorsAndBoundHolds) {
       if (ch[i].quantized()) packed[L.linears[i].name] = i;
     for (const auto& [n, i] : packed) {
       const auto& l = L.linears[i];
-      const int64_t g = quant::num_groups(l.in, ch[i].group_size);
-      add(n + ".qweight", io::DType::I32, {quant::packed_words(l.in, ch[i].bits), l.out});
-      add(n + ".qzeros", io::DType::I32, {g, quant::packed_words(l.out, ch[i].bits)});
-      add(n + ".scales", io::DType::F16, {g, l.out});
-      add(n + ".g_idx", io::DType::I32, {l.in});
+      for (const auto& pt : quant::packed_tensor_shapes(l.out, l.in, quant::QuantSpec{ch[i].bits, ch[i].group_size, false}))
+        add(n + pt.suffix, pt.dtype, pt.shape);
     }
     for (std::size_t k = 0; k < tw.size(); ++k) tw[k].data = bufs[k].data();
     fs::remove_all(dir);

@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "mpqat/alloc/allocate.h"
 #include "mpqat/cli/commands.h"
 #include "mpqat/data/tokenizer.h"
 #include "mpqat/eval/perplexity.h"
@@ -187,6 +189,43 @@ TEST_F(TinyCheckpoint, WrittenFolderFollowsTheFormat) {
   EXPECT_EQ(ck.info("model.embed_tokens.weight").dtype, io::DType::F16);
   EXPECT_EQ(ck.info("model.layers.1.self_attn.o_proj.weight").dtype, io::DType::F16);
   EXPECT_FALSE(ck.contains("model.layers.0.mlp.down_proj.weight"));
+}
+
+// The size model predicts the real writer's sharded output to the byte: it shares the packed
+// tensor list and the shard / header rules with the writer, so a change to either shows here.
+TEST_F(TinyCheckpoint, SizeModelPredictsTheShardedSaveToTheByte) {
+  alloc::SizeOptions so;
+  so.max_shard_bytes = 20000;  // as SetUp saved it
+  const alloc::SizeModel sm(alloc::layout_from_config(cfg_), so);
+  std::vector<alloc::Choice> ch;
+  for (const auto& l : sm.layout().linears) {
+    const auto& mp = plan_.modules.at(l.name);
+    ch.push_back(mp.quantized() ? alloc::Choice{mp.bits, mp.group_size} : alloc::Choice{16, 0});
+  }
+  const auto ps = sm.exact(ch);
+  uint64_t bytes = 0;
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(root_ / "q"))
+    if (e.path().extension() == ".safetensors") {
+      bytes += fs::file_size(e.path());
+      ++files;
+    }
+  EXPECT_GT(files, 2);
+  EXPECT_EQ(ps.shards, files);
+  EXPECT_EQ(ps.file_bytes, bytes);
+  EXPECT_EQ(ps.tensor_bytes, io::SafetensorsCheckpoint((root_ / "q").string()).total_tensor_bytes());
+  // Every packed tensor has the list's dtype and shape.
+  io::SafetensorsCheckpoint ck((root_ / "q").string());
+  for (const auto& [name, mp] : plan_.modules) {
+    if (!mp.quantized()) continue;
+    const auto& l = sm.layout().linears[std::distance(
+        sm.layout().linears.begin(),
+        std::find_if(sm.layout().linears.begin(), sm.layout().linears.end(), [&](const auto& x) { return x.name == name; }))];
+    for (const auto& t : quant::packed_tensor_shapes(l.out, l.in, mp.spec())) {
+      EXPECT_EQ(ck.info(name + t.suffix).dtype, t.dtype) << name << t.suffix;
+      EXPECT_EQ(ck.info(name + t.suffix).shape, t.shape) << name << t.suffix;
+    }
+  }
 }
 
 TEST_F(TinyCheckpoint, ReloadDetectsPlanAndEqualsFakeQuantBitwise) {

@@ -85,7 +85,11 @@ ModelLayout layout_from_config(const model::ModelConfig& cfg) {
   ModelLayout L;
   L.cfg = cfg;
   const int64_t C = cfg.hidden_size, V = cfg.vocab_size;
+  // The writer's order (quant::save_quantized_checkpoint): the parameters outside the blocks in
+  // model order, then each block's.
   L.params.push_back({"model.embed_tokens.weight", {V, C}});
+  L.params.push_back({"model.norm.weight", {C}});
+  if (!cfg.tie_word_embeddings) L.params.push_back({"lm_head.weight", {V, C}});
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
     const std::string p = block_prefix(cfg, i);
     for (const auto& rel : block_rel_names(cfg)) {
@@ -99,8 +103,6 @@ ModelLayout layout_from_config(const model::ModelConfig& cfg) {
     L.params.push_back({p + "input_layernorm.weight", {C}});
     L.params.push_back({p + "post_attention_layernorm.weight", {C}});
   }
-  L.params.push_back({"model.norm.weight", {C}});
-  if (!cfg.tie_word_embeddings) L.params.push_back({"lm_head.weight", {V, C}});
   return L;
 }
 
@@ -220,11 +222,8 @@ uint64_t SizeModel::option_cost(SizeMetric m, std::size_t i, const Choice& c) co
   const auto fdt = opts_.float_dtype;
   if (l.bias) b += entry_len(l.name + ".bias", fdt, {l.out});
   if (!c.quantized()) return b + entry_len(l.name + ".weight", fdt, {l.out, l.in});
-  const int64_t g = quant::num_groups(l.in, c.group_size);
-  b += entry_len(l.name + ".qweight", io::DType::I32, {quant::packed_words(l.in, c.bits), l.out});
-  b += entry_len(l.name + ".qzeros", io::DType::I32, {g, quant::packed_words(l.out, c.bits)});
-  b += entry_len(l.name + ".scales", io::DType::F16, {g, l.out});
-  b += entry_len(l.name + ".g_idx", io::DType::I32, {l.in});
+  for (const auto& t : quant::packed_tensor_shapes(l.out, l.in, quant::QuantSpec{c.bits, c.group_size, false}))
+    b += entry_len(l.name + t.suffix, t.dtype, t.shape);
   return b;
 }
 
@@ -275,11 +274,8 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
   for (const auto& [name, i] : packed) {
     const auto& l = layout_.linears[i];
     const auto& c = ch[i];
-    const int64_t g = quant::num_groups(l.in, c.group_size);
-    add(name + ".qweight", io::DType::I32, {quant::packed_words(l.in, c.bits), l.out});
-    add(name + ".qzeros", io::DType::I32, {g, quant::packed_words(l.out, c.bits)});
-    add(name + ".scales", io::DType::F16, {g, l.out});
-    add(name + ".g_idx", io::DType::I32, {l.in});
+    for (const auto& t : quant::packed_tensor_shapes(l.out, l.in, quant::QuantSpec{c.bits, c.group_size, false}))
+      add(name + t.suffix, t.dtype, t.shape);
   }
   PlanSize r;
   // Shards and headers exactly as write_safetensors_sharded writes them (io owns both rules).

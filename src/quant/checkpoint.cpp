@@ -147,10 +147,16 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
     written.insert(name);
   }
   for (const auto& [name, q] : packed) {
-    owned.push_back({name + ".qweight", io::DType::I32, q->qweight.to(torch::kCPU).contiguous()});
-    owned.push_back({name + ".qzeros", io::DType::I32, q->qzeros.to(torch::kCPU).contiguous()});
-    owned.push_back({name + ".scales", io::DType::F16, q->scales.to(torch::kCPU).contiguous()});
-    owned.push_back({name + ".g_idx", io::DType::I32, q->g_idx.to(torch::kCPU).to(torch::kInt).contiguous()});
+    // The layout's one list (quant/scheme.h) names, orders and shapes the packed tensors.
+    const std::map<std::string, torch::Tensor> held = {
+        {".qweight", q->qweight}, {".qzeros", q->qzeros}, {".scales", q->scales}, {".g_idx", q->g_idx}};
+    for (const auto& t : packed_tensor_shapes(q->out_features(), q->in_features(), q->spec())) {
+      auto v = held.at(t.suffix).to(torch::kCPU).to(t.dtype == io::DType::I32 ? torch::kInt : torch::kHalf).contiguous();
+      if (v.sizes().vec() != t.shape)
+        throw Error("checkpoint writer: '" + name + t.suffix + "' has shape " + io::shape_str(v.sizes().vec()) +
+                    ", the packed layout says " + io::shape_str(t.shape));
+      owned.push_back({name + t.suffix, t.dtype, std::move(v)});
+    }
     if (q->has_bias() && !written.count(name + ".bias"))
       owned.push_back({name + ".bias", opts.float_dtype, q->bias.detach().to(torch::kCPU).to(fst).contiguous()});
   }

@@ -161,10 +161,24 @@ std::vector<int32_t> unpack_qzeros(const int32_t* qzeros, int64_t groups, int64_
   return z;
 }
 
-uint64_t packed_module_bytes(int64_t out, int64_t in, const QuantSpec& spec) {
+uint64_t PackedTensorShape::nbytes() const {
+  uint64_t n = io::dtype_size(dtype);
+  for (auto d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+std::vector<PackedTensorShape> packed_tensor_shapes(int64_t out, int64_t in, const QuantSpec& spec) {
   const int64_t g = num_groups(in, spec.group_size);
-  return 4ull * packed_words(in, spec.bits) * out + 4ull * g * packed_words(out, spec.bits) + 2ull * g * out +
-         4ull * in;
+  return {{".qweight", io::DType::I32, {packed_words(in, spec.bits), out}},
+          {".qzeros", io::DType::I32, {g, packed_words(out, spec.bits)}},
+          {".scales", io::DType::F16, {g, out}},
+          {".g_idx", io::DType::I32, {in}}};
+}
+
+uint64_t packed_module_bytes(int64_t out, int64_t in, const QuantSpec& spec) {
+  uint64_t b = 0;
+  for (const auto& t : packed_tensor_shapes(out, in, spec)) b += t.nbytes();
+  return b;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/io/safetensors.h"
+
 namespace mpqat::quant {
 
 enum class QuantType { W2, W3, W4, W5, W6, W8 };
@@ -88,7 +90,21 @@ std::vector<int32_t> pack_qzeros(const int32_t* zeros, int64_t groups, int64_t o
 // qzeros (groups, packed_words(out, bits)) -> zeros (groups, out)
 std::vector<int32_t> unpack_qzeros(const int32_t* qzeros, int64_t groups, int64_t out, int bits);
 
-// Bytes of one packed module: qweight + qzeros + fp16 scales + int32 g_idx (bias excluded).
+// The tensors one packed linear is stored as, in the writer's order (docs/checkpoint-format.md):
+//   <module>.qweight  I32 [packed_words(in, b), out]
+//   <module>.qzeros   I32 [groups, packed_words(out, b)]
+//   <module>.scales   F16 [groups, out]
+//   <module>.g_idx    I32 [in]
+// The one list: the checkpoint writer, the size model and the tests all read it.
+struct PackedTensorShape {
+  const char* suffix;  // ".qweight"
+  io::DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const;
+};
+std::vector<PackedTensorShape> packed_tensor_shapes(int64_t out, int64_t in, const QuantSpec& spec);
+
+// Bytes of one packed module: the sum over packed_tensor_shapes (bias excluded).
 uint64_t packed_module_bytes(int64_t out, int64_t in, const QuantSpec& spec);
 
 // The "__metadata__" of every safetensors file of a quantized checkpoint (the writer's and the
