@@ -546,10 +546,11 @@ std::string bits_list(const std::vector<int>& v) {
 
 }  // namespace
 
-AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts) {
-  const auto& L = sm.layout();
-  const auto& lins = L.linears;
-  check_sensitivity(sens, L);
+namespace {
+
+// allocate(), step by step.
+
+void validate_alloc_options(const AllocOptions& opts) {
   for (int b : opts.bits)
     if (!(quant::is_supported_bits(b) || b == 16 || b == 32))
       throw InputError("allocation bits " + std::to_string(b) + " is not supported (accepted: 2, 3, 4, 5, 6, 8, 16)");
@@ -557,8 +558,10 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
   for (auto g : opts.group_sizes) quant::validate_spec(quant::QuantSpec{4, g, false}, "allocation group sizes");
   if (opts.min_bits > opts.max_bits)
     throw InputError("allocation min_bits " + std::to_string(opts.min_bits) + " exceeds max_bits " + std::to_string(opts.max_bits));
+}
 
-  // Pins: regex matched from the start of the name (GPTQModel `dynamic` style).
+// Pins: regex matched from the start of the name (GPTQModel `dynamic` style); bits per linear.
+std::vector<std::optional<int>> resolve_pins(const AllocOptions& opts, const std::vector<LinearInfo>& lins) {
   std::vector<std::optional<int>> pin(lins.size());
   for (const auto& [pat, bits] : opts.pins) {
     if (!(quant::is_supported_bits(bits) || bits == 16 || bits == 32))
@@ -583,8 +586,12 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
       throw InputError("pin '" + pat + "' matches no quantizable module (names look like '" +
                        (lins.empty() ? std::string() : lins.front().name) + "')");
   }
+  return pin;
+}
 
-  // Units: per module, merged by ties, or per block.
+// Units: per module, merged by ties, or per block; each with its pin.
+std::vector<Unit> build_units(const AllocOptions& opts, const std::vector<LinearInfo>& lins,
+                              const std::vector<std::optional<int>>& pin) {
   std::vector<Unit> units;
   {
     std::map<std::string, std::size_t> key_unit;
@@ -606,7 +613,14 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
       u.members.push_back(i);
     }
   }
-  const bool solver_method = opts.method == Method::QBO || opts.method == Method::MPQ;
+  return units;
+}
+
+bool is_solver_method(Method m) { return m == Method::QBO || m == Method::MPQ; }
+
+// Each unit's menu of choices: its pin, or (for the solvers) the bits x group sizes in range.
+void fill_menus(std::vector<Unit>& units, const AllocOptions& opts) {
+  const bool solver_method = is_solver_method(opts.method);
   for (auto& u : units) {
     if (u.pin) {
       if (*u.pin >= 16) u.menu.push_back({16, 0});
@@ -629,16 +643,11 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
       throw InputError("allocation menu is empty: bits [" + bits_list(opts.bits) + "] within min_bits " +
                        std::to_string(opts.min_bits) + " .. max_bits " + std::to_string(opts.max_bits) + " leave no option");
   }
+}
 
-  AllocResult res;
-  res.method = opts.method;
-  res.budget = opts.budget;
-  res.units = units.size();
-  if (opts.budget) {
-    res.metric = budget_metric(opts.budget->kind);
-    res.budget_total = budget_total(*opts.budget, sm);
-  }
-  std::vector<Choice> choice(lins.size());
+// Each unit's sensitivity score: the mean of its modules', or the block's own score per block.
+std::vector<double> unit_scores(const Sensitivity& sens, const std::vector<LinearInfo>& lins,
+                                const std::vector<Unit>& units, const AllocOptions& opts) {
   std::vector<double> unit_score(units.size(), 0);
   for (std::size_t u = 0; u < units.size(); ++u) {
     double s = 0;
@@ -649,89 +658,109 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
     for (std::size_t u = 0; u < units.size(); ++u)
       if (auto it = sens.blocks.find(lins[units[u].members.front()].block); it != sens.blocks.end() && it->second.score)
         unit_score[u] = *it->second.score;
+  return unit_score;
+}
 
-  const auto t0 = std::chrono::steady_clock::now();
-  if (solver_method) {
-    if (!opts.budget) throw InputError(std::string("allocation method ") + method_name(opts.method) + " needs a budget (--budget)");
-    const SizeMetric m = res.metric;
-    std::vector<std::vector<McOption>> classes(units.size());
-    for (std::size_t u = 0; u < units.size(); ++u)
-      for (const auto& c : units[u].menu) {
-        McOption o;
-        for (auto i : units[u].members) {
-          o.cost += sm.option_cost(m, i, c);
-          o.value += module_omega(sens, lins[i], c);
-        }
-        classes[u].push_back(o);
+// QBO / MPQ: the multiple-choice knapsack under the budget; fills res's totals and solver fields.
+std::vector<Choice> solve_under_budget(const SizeModel& sm, const Sensitivity& sens, const std::vector<Unit>& units,
+                                       const AllocOptions& opts, AllocResult& res) {
+  const auto& L = sm.layout();
+  const auto& lins = L.linears;
+  std::vector<Choice> choice(lins.size());
+  if (!opts.budget) throw InputError(std::string("allocation method ") + method_name(opts.method) + " needs a budget (--budget)");
+  const SizeMetric m = res.metric;
+  std::vector<std::vector<McOption>> classes(units.size());
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (const auto& c : units[u].menu) {
+      McOption o;
+      for (auto i : units[u].members) {
+        o.cost += sm.option_cost(m, i, c);
+        o.value += module_omega(sens, lins[i], c);
       }
-    const uint64_t fixed = sm.fixed_cost(m);
-    res.min_total = fixed + mckp_min_cost(classes);
-    res.max_total = fixed + mckp_max_cost(classes);
-    const std::string unit_s = m == SizeMetric::LinearBytes ? "avg bits" : metric_name(m);
-    auto lim = [&](uint64_t v) {
-      if (m == SizeMetric::LinearBytes)
-        return fmt::format("{:.4f} avg bits", 8.0 * static_cast<double>(v) / static_cast<double>(L.linear_weights()));
-      if (m == SizeMetric::TensorBytes)
-        return fmt::format("{} bytes (compression {:.3f}x)", v, static_cast<double>(sm.fp16_bytes()) / static_cast<double>(v));
-      return fmt::format("{} bytes ({})", v, util::format_bytes(v));
-    };
-    if (res.budget_total < res.min_total || res.budget_total > res.max_total)
-      throw InputError("budget '" + opts.budget->text + "' (" + lim(res.budget_total) + ") is " +
-                       (res.budget_total < res.min_total ? "below the smallest" : "above the largest") +
-                       " size this menu can reach: smallest " + lim(res.min_total) + ", largest " + lim(res.max_total));
-    const uint64_t cap = res.budget_total - fixed;
-    McResult r;
-    if (opts.lagrangian) {
-      r = solve_mckp_lagrangian(classes, cap);
-      res.solver = "lagrangian";
-    } else {
-      r = solve_mckp_dp(classes, cap);
-      res.solver = "dp";
-      res.max_front = r.max_front;
-      const McResult l = solve_mckp_lagrangian(classes, cap);
-      res.lagrangian_objective = l.value;
-      res.lagrangian_gap = l.value - r.value;
+      classes[u].push_back(o);
     }
-    if (!r.feasible) throw Error("allocation solver found no feasible plan although the budget is within the limits");
-    res.lower_bound = r.lower_bound;
-    for (std::size_t u = 0; u < units.size(); ++u)
-      for (auto i : units[u].members) choice[i] = units[u].menu[r.choice[u]];
-  } else if (opts.method == Method::Uniform) {
-    for (std::size_t u = 0; u < units.size(); ++u)
-      for (auto i : units[u].members)
-        choice[i] = units[u].pin ? units[u].menu.front()
-                                 : (opts.uniform_bits >= 16 ? Choice{16, 0} : Choice{opts.uniform_bits, opts.group_sizes.front()});
+  const uint64_t fixed = sm.fixed_cost(m);
+  res.min_total = fixed + mckp_min_cost(classes);
+  res.max_total = fixed + mckp_max_cost(classes);
+  auto lim = [&](uint64_t v) {
+    if (m == SizeMetric::LinearBytes)
+      return fmt::format("{:.4f} avg bits", 8.0 * static_cast<double>(v) / static_cast<double>(L.linear_weights()));
+    if (m == SizeMetric::TensorBytes)
+      return fmt::format("{} bytes (compression {:.3f}x)", v, static_cast<double>(sm.fp16_bytes()) / static_cast<double>(v));
+    return fmt::format("{} bytes ({})", v, util::format_bytes(v));
+  };
+  if (res.budget_total < res.min_total || res.budget_total > res.max_total)
+    throw InputError("budget '" + opts.budget->text + "' (" + lim(res.budget_total) + ") is " +
+                     (res.budget_total < res.min_total ? "below the smallest" : "above the largest") +
+                     " size this menu can reach: smallest " + lim(res.min_total) + ", largest " + lim(res.max_total));
+  const uint64_t cap = res.budget_total - fixed;
+  McResult r;
+  if (opts.lagrangian) {
+    r = solve_mckp_lagrangian(classes, cap);
+    res.solver = "lagrangian";
   } else {
-    if (static_cast<int>(opts.preset.size()) != opts.groups)
-      throw InputError("clustering preset [" + bits_list(opts.preset) + "] has " + std::to_string(opts.preset.size()) +
-                       " entries but groups is " + std::to_string(opts.groups) + " (one bit-width per group, most sensitive first)");
-    for (int b : opts.preset)
-      if (!(quant::is_supported_bits(b) || b == 16 || b == 32))
-        throw InputError("clustering preset bits " + std::to_string(b) + " is not supported (accepted: 2, 3, 4, 5, 6, 8, 16, 32)");
-    // Pinned units keep their pin and do not take part in the clustering.
-    std::vector<double> sc;
-    std::vector<std::size_t> free_units;
-    for (std::size_t u = 0; u < units.size(); ++u)
-      if (!units[u].pin) {
-        sc.push_back(unit_score[u]);
-        free_units.push_back(u);
-      }
-    const auto grp = cluster_scores(sc, opts.groups,
-                                    opts.method == Method::KMeans       ? ClusterMethod::KMeans
-                                    : opts.method == Method::Percentile ? ClusterMethod::Percentile
-                                                                        : ClusterMethod::Hierarchical);
-    std::vector<Choice> uc(units.size());
-    for (std::size_t u = 0; u < units.size(); ++u)
-      if (units[u].pin) uc[u] = units[u].menu.front();
-    for (std::size_t k = 0; k < free_units.size(); ++k) {
-      const int b = opts.preset[grp[k]];
-      uc[free_units[k]] = b >= 16 ? Choice{b, 0} : Choice{b, opts.group_sizes.front()};
-    }
-    for (std::size_t u = 0; u < units.size(); ++u)
-      for (auto i : units[u].members) choice[i] = uc[u];
+    r = solve_mckp_dp(classes, cap);
+    res.solver = "dp";
+    res.max_front = r.max_front;
+    const McResult l = solve_mckp_lagrangian(classes, cap);
+    res.lagrangian_objective = l.value;
+    res.lagrangian_gap = l.value - r.value;
   }
-  res.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!r.feasible) throw Error("allocation solver found no feasible plan although the budget is within the limits");
+  res.lower_bound = r.lower_bound;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (auto i : units[u].members) choice[i] = units[u].menu[r.choice[u]];
+  return choice;
+}
 
+std::vector<Choice> uniform_choices(const std::vector<Unit>& units, std::size_t n, const AllocOptions& opts) {
+  std::vector<Choice> choice(n);
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (auto i : units[u].members)
+      choice[i] = units[u].pin ? units[u].menu.front()
+                               : (opts.uniform_bits >= 16 ? Choice{16, 0} : Choice{opts.uniform_bits, opts.group_sizes.front()});
+  return choice;
+}
+
+// The seeds' clustering presets: unit scores in `groups` clusters, one bit-width per cluster.
+std::vector<Choice> cluster_choices(const std::vector<Unit>& units, const std::vector<double>& unit_score,
+                                    std::size_t n, const AllocOptions& opts) {
+  std::vector<Choice> choice(n);
+  if (static_cast<int>(opts.preset.size()) != opts.groups)
+    throw InputError("clustering preset [" + bits_list(opts.preset) + "] has " + std::to_string(opts.preset.size()) +
+                     " entries but groups is " + std::to_string(opts.groups) + " (one bit-width per group, most sensitive first)");
+  for (int b : opts.preset)
+    if (!(quant::is_supported_bits(b) || b == 16 || b == 32))
+      throw InputError("clustering preset bits " + std::to_string(b) + " is not supported (accepted: 2, 3, 4, 5, 6, 8, 16, 32)");
+  // Pinned units keep their pin and do not take part in the clustering.
+  std::vector<double> sc;
+  std::vector<std::size_t> free_units;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    if (!units[u].pin) {
+      sc.push_back(unit_score[u]);
+      free_units.push_back(u);
+    }
+  const auto grp = cluster_scores(sc, opts.groups,
+                                  opts.method == Method::KMeans       ? ClusterMethod::KMeans
+                                  : opts.method == Method::Percentile ? ClusterMethod::Percentile
+                                                                      : ClusterMethod::Hierarchical);
+  std::vector<Choice> uc(units.size());
+  for (std::size_t u = 0; u < units.size(); ++u)
+    if (units[u].pin) uc[u] = units[u].menu.front();
+  for (std::size_t k = 0; k < free_units.size(); ++k) {
+    const int b = opts.preset[grp[k]];
+    uc[free_units[k]] = b >= 16 ? Choice{b, 0} : Choice{b, opts.group_sizes.front()};
+  }
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (auto i : units[u].members) choice[i] = uc[u];
+  return choice;
+}
+
+// The per-module result in model order, with bytes, omega, SGRA settings and the totals.
+void assemble_modules(const SizeModel& sm, const Sensitivity& sens, const std::vector<Unit>& units,
+                      const std::vector<double>& unit_score, const std::vector<Choice>& choice,
+                      const AllocOptions& opts, AllocResult& res) {
+  const auto& lins = sm.layout().linears;
   std::vector<SgraSettings> sg;
   if (opts.sgra) sg = sgra_settings(unit_score, opts.sgra_ranges);
   res.size = sm.exact(choice);
@@ -755,6 +784,34 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
             [&](const ModuleAlloc& a, const ModuleAlloc& b) { return pos[a.name] < pos[b.name]; });
   for (const auto& a : res.modules) res.objective += a.omega;
   if (opts.budget) res.fits = res.size.of(res.metric) <= res.budget_total;
+}
+
+}  // namespace
+
+AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts) {
+  const auto& lins = sm.layout().linears;
+  check_sensitivity(sens, sm.layout());
+  validate_alloc_options(opts);
+  std::vector<Unit> units = build_units(opts, lins, resolve_pins(opts, lins));
+  fill_menus(units, opts);
+
+  AllocResult res;
+  res.method = opts.method;
+  res.budget = opts.budget;
+  res.units = units.size();
+  if (opts.budget) {
+    res.metric = budget_metric(opts.budget->kind);
+    res.budget_total = budget_total(*opts.budget, sm);
+  }
+  const std::vector<double> unit_score = unit_scores(sens, lins, units, opts);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<Choice> choice =
+      is_solver_method(opts.method)     ? solve_under_budget(sm, sens, units, opts, res)
+      : opts.method == Method::Uniform ? uniform_choices(units, lins.size(), opts)
+                                       : cluster_choices(units, unit_score, lins.size(), opts);
+  res.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  assemble_modules(sm, sens, units, unit_score, choice, opts, res);
   return res;
 }
 
