@@ -10,6 +10,7 @@
 //   mpqat_bench_train [--hidden 4096] [--intermediate 11008] [--heads 32] [--kv-heads 32]
 //                     [--context 2048] [--batch 1] [--bits 4] [--group 128] [--steps 3]
 //                     [--threads 0 = every CPU of the affinity mask] [--variant fused|ops|both]
+//                     [--device cpu|cuda]
 // Defaults are a Llama-2-7B block at context 2048. Each variant runs in its own process (the
 // binary runs itself with --variant X --machine), so that peak RSS (VmHWM) belongs to that
 // variant alone. Prints a Markdown table (median of --steps steps after 1 warm-up step) and the
@@ -51,6 +52,7 @@ struct Args {
   int64_t group = 128;
   int steps = 3, threads = 0;  // 0 = every CPU this process may run on
   std::string variant = "both";
+  std::string device = "cpu";  // or cuda: the block, caches and optimizer state on the GPU
   bool machine = false;  // child mode: print one RESULT line on stdout
 };
 
@@ -160,19 +162,21 @@ Result run_variant(const Args& a, const std::string& variant) {
   quant::validate_spec(spec, "--bits / --group");
 
   // Float block, calibration input and its float target, kept as fp16 caches like Block-AP's.
+  const torch::Device dev(a.device == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU));
   auto block = std::make_shared<mpqat::model::LlamaBlock>(cfg);
   block->reset_parameters();
+  block->to(dev);
   block->eval();
   for (auto& p : block->parameters()) p.set_requires_grad(false);
   mpqat::model::RotaryEmbedding rope(cfg);
   mpqat::model::BlockContext ctx;
   ctx.batch = B;
   ctx.length = T;
-  std::tie(ctx.cos, ctx.sin) = rope.get(0, T, torch::kCPU);
+  std::tie(ctx.cos, ctx.sin) = rope.get(0, T, dev);
   torch::Tensor Xc, Yc;  // (B, T, C) fp16
   {
     torch::NoGradGuard ng;
-    auto x = torch::randn({B, T, C});
+    auto x = torch::randn({B, T, C}).to(dev);
     Xc = x.to(torch::kHalf);
     Yc = block->run(Xc.to(torch::kFloat), ctx).to(torch::kHalf);
   }
@@ -237,6 +241,7 @@ Result run_variant(const Args& a, const std::string& variant) {
     flat.clear();
     const auto t3 = Clock::now();
     if (finite) opt.step();
+    if (dev.is_cuda()) torch::cuda::synchronize();
     const auto t4 = Clock::now();
     if (!finite) throw mpqat::Error("non-finite loss or gradient in the benchmark step " + std::to_string(s));
     const double step = std::chrono::duration<double>(t4 - t0).count();
@@ -282,7 +287,7 @@ Result run_child(const Args& a, const std::string& variant) {
   cmd << "'" << exe << "' --machine --variant " << variant << " --hidden " << a.hidden << " --intermediate "
       << a.intermediate << " --heads " << a.heads << " --kv-heads " << a.kv_heads << " --context " << a.context
       << " --batch " << a.batch << " --bits " << a.bits << " --group " << a.group << " --steps " << a.steps
-      << " --threads " << a.threads;
+      << " --threads " << a.threads << " --device " << a.device;
   FILE* p = ::popen(cmd.str().c_str(), "r");
   if (p == nullptr) throw mpqat::Error("cannot start the per-variant process: " + cmd.str());
   std::string out;
@@ -339,7 +344,8 @@ void print_table(const Args& a, const std::vector<Result>& rs) {
 
 const char* kUsage =
     "usage: %s [--hidden 4096] [--intermediate 11008] [--heads 32] [--kv-heads 32] [--context 2048] [--batch 1]\n"
-    "          [--bits 4] [--group 128] [--steps 3] [--threads 0 (= all CPUs)] [--variant fused|ops|both]\n";
+    "          [--bits 4] [--group 128] [--steps 3] [--threads 0 (= all CPUs)] [--variant fused|ops|both]\n"
+    "          [--device cpu|cuda]\n";
 
 }  // namespace
 
@@ -361,6 +367,7 @@ int main(int argc, char** argv) {
       else if (k == "--group" && has) a.group = std::stoll(argv[++i]);
       else if (k == "--steps" && has) a.steps = std::stoi(argv[++i]);
       else if (k == "--threads" && has) a.threads = std::stoi(argv[++i]);
+      else if (k == "--device" && has) a.device = argv[++i];
       else {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
@@ -369,6 +376,14 @@ int main(int argc, char** argv) {
   } catch (const std::exception&) {
     std::fprintf(stderr, "error: option values must be integers\n");
     std::fprintf(stderr, kUsage, argv[0]);
+    return 2;
+  }
+  if (a.device != "cpu" && a.device != "cuda") {
+    std::fprintf(stderr, "error: --device '%s': accepted are cpu, cuda\n", a.device.c_str());
+    return 2;
+  }
+  if (a.device == "cuda" && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "error: --device cuda: LibTorch sees no CUDA device\n");
     return 2;
   }
   if (a.variant != "fused" && a.variant != "ops" && a.variant != "both") {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference logits from Hugging Face transformers for the C++ parity test.
 
-Builds small random Llama / OPT / BERT models with transformers, saves each with
+Builds small random Llama / Qwen2 / OPT / BERT models with transformers, saves each with
 save_pretrained(safe_serialization=True) and the logits transformers computes for fixed
 input ids (with padding) as .npy files:
 
@@ -53,6 +53,11 @@ def cases():
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=V, max_position_embeddings=128, rms_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    # Qwen2: q/k/v with bias, o without (mpqat derives that from the architecture).
+    qwen2 = transformers.Qwen2Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=V, max_position_embeddings=128, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, use_sliding_window=False)
     opt = dict(hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
                vocab_size=V, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
                eos_token_id=2, activation_function="relu")
@@ -68,6 +73,7 @@ def cases():
     # (name, class, config, pad id, padding side)
     return [
         ("llama_causal", transformers.LlamaForCausalLM, llama, 0, "right"),
+        ("qwen2_causal", transformers.Qwen2ForCausalLM, qwen2, 0, "right"),
         ("opt_causal_preln", transformers.OPTForCausalLM, opt_pre, 1, "left"),
         ("opt_causal_postln_proj", transformers.OPTForCausalLM, opt_post, 1, "right"),
         ("opt_seqcls", transformers.OPTForSequenceClassification, opt_cls, 1, "right"),
