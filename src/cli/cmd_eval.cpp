@@ -67,34 +67,232 @@ std::string family_name(model::Family f) {
   return "unknown";
 }
 
-// Whether a classifier's input starts with the tokenizer's BOS / [CLS] the way its HF tokenizer does.
-}  // namespace
+// What `mpqat eval` was asked to do.
+struct EvalWhat {
+  bool gen = false, ppl = false, tasks = false, cls = false;
+};
 
-void add_eval_command(CLI::App& app) {
-  auto o = std::make_shared<EvalOpts>();
-  auto* cmd = app.add_subcommand("eval", "Evaluate a model folder: generation, perplexity, zero-shot tasks, classification");
+void validate_eval_options(const EvalOpts& opts, const EvalWhat& w) {
+  const EvalOpts* o = &opts;
+  const bool do_gen = w.gen, do_ppl = w.ppl, do_tasks = w.tasks, do_cls = w.cls;
+  if (!do_gen && !do_ppl && !do_tasks && !do_cls)
+    throw InputError(
+        "eval: nothing to do (give --generate PROMPT, --ppl FILE, --tasks LIST and/or --classify FILE)");
+  if (o->json && !do_ppl && !do_tasks && !do_cls)
+    throw InputError("eval: --json applies to --ppl, --tasks and --classify; give one of them");
+  if (o->limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o->limit));
+  if (o->max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o->max_length));
+  if (o->batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o->batch_size));
+  if (o->context < 0) throw InputError("--context must be >= 0, got " + std::to_string(o->context));
+  if (o->streaming && do_gen)
+    throw InputError("--streaming applies to --ppl, --tasks and --classify, not to --generate");
+  if (do_cls && (do_gen || do_ppl || do_tasks))
+    throw InputError("--classify needs a *ForSequenceClassification folder, --generate / --ppl / --tasks a "
+                     "causal LM: run them separately");
+}
+
+// Everything the evaluations share: the folder, the ranks, the device, the (streamed) model.
+struct EvalContext {
+  const EvalOpts* o = nullptr;
+  std::unique_ptr<model::ModelFolder> folder_;
+  std::shared_ptr<dist::Communicator> comm;
+  torch::Device device = torch::kCPU;
+  bool main_rank = true;
+  std::unique_ptr<model::BlockSource> src;
+  uint64_t limit = 0;
+  model::BatchFn run_model;
+  const model::ModelFolder& folder() const { return *folder_; }
+  const model::ModelConfig& config() const { return folder_->config(); }
+};
+
+// Opens the folder, checks that it suits what was asked, and sets up ranks, device and model.
+EvalContext open_eval_context(const EvalOpts& opts, const EvalWhat& w) {
+  const EvalOpts* o = &opts;
+  const bool do_gen = w.gen, do_cls = w.cls;
+  EvalContext c;
+  c.o = o;
+  c.folder_ = std::make_unique<model::ModelFolder>(o->dir);
+  const auto& folder = *c.folder_;
+  const auto& cfg = folder.config();
+  const bool causal = !cfg.is_sequence_classifier();
+  if (do_cls && causal)
+    throw InputError("--classify needs a *ForSequenceClassification folder; '" + o->dir + "' holds " +
+                     cfg.architecture + ", a causal LM (use --ppl / --tasks / --generate with it)");
+  if (!do_cls && !causal)
+    throw InputError("--generate / --ppl / --tasks need a causal LM; '" + o->dir + "' holds " + cfg.architecture +
+                     ", a sequence classifier (use --classify FILE with it)");
+  if (do_gen && cfg.family != model::Family::Llama)
+    throw NotImplementedError("eval --generate for the " + family_name(cfg.family) + " family (" +
+                              cfg.architecture + "); generation supports Llama-family models");
+  // Ranks launched by `mpqat launch` / torchrun split the work; a plain run is one rank.
+  c.comm = dist::Communicator::from_env();
+  c.device = dist::resolve_device(o->device, *c.comm, "--device");
+  c.main_rank = c.comm->is_main();
+  // The whole model when it fits --memory-limit (and --streaming is not given), else one block at
+  // a time from the mapped file, each block read once per group of batches.
+  model::StreamingOptions st;
+  st.device = c.device;
+  st.mode = o->streaming ? "always" : "auto";
+  st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
+  st.limit_key = "--memory-limit";
+  if (do_gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
+  c.src = model::open_blocks(folder, st);
+  c.limit = st.memory_limit ? st.memory_limit : model::auto_memory_limit(c.device);
+  c.run_model = model::batch_fn(*c.src, std::max<uint64_t>(256ull << 20, c.limit / 4));
+  return c;
+}
+
+void run_generate(EvalContext& c, nlohmann::json& out) {
+  const EvalOpts* o = c.o;
+  const auto& cfg = c.config();
+  const auto& folder = c.folder();
+  const auto& tok = folder.tokenizer();
+  const uint64_t limit = c.limit;
+  const bool main_rank = c.main_rank;
+  auto& src = c.src;
+  if (model::whole_model_bytes(folder) > limit)
+    throw InputError("eval --generate holds the whole model (" + util::format_bytes(model::whole_model_bytes(folder)) +
+                     ") but --memory-limit is " + util::format_bytes(limit) + " (raise it, or use --ppl / --tasks, which stream)");
+  auto llama = dynamic_cast<model::LlamaForCausalLM*>(&src->shell());
+  if (!llama) throw Error("eval --generate: the loaded " + cfg.architecture + " is not a LlamaForCausalLM");
+  eval::GenerateOptions g;
+  g.max_new_tokens = o->max_new_tokens;
+  g.greedy = o->greedy;
+  g.temperature = o->temperature;
+  g.top_p = o->top_p;
+  g.seed = o->seed;
+  if (o->json) {
+    const auto text = eval::generate(*llama, tok, o->prompt, g).text;
+    out["generated"] = text;
+  } else if (main_rank) {
+    eval::generate(*llama, tok, o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
+    std::cout << "\n";
+  }
+}
+
+void run_perplexity(EvalContext& c, nlohmann::json& out, eval::EvalReport& report) {
+  const EvalOpts* o = c.o;
+  const auto& cfg = c.config();
+  const auto& tok = c.folder().tokenizer();
+  const auto& device = c.device;
+  const auto& run_model = c.run_model;
+  auto& comm = c.comm;
+  auto& src = c.src;
+  const bool main_rank = c.main_rank;
+  const auto ids = tok.encode(util::read_file(o->ppl_file), /*add_bos=*/true);
+  const int context = o->context > 0 ? o->context : eval::default_context(cfg);
+  const auto r = eval::evaluate_perplexity(run_model, ids, context, o->batch_size, o->json ? 0 : 1, device,
+                                           comm.get());
+  out["ppl"] = r.ppl;
+  out["nll"] = r.nll;
+  out["tokens"] = r.tokens;
+  out["windows"] = r.windows;
+  out["context"] = r.context;
+  report.set_section("perplexity", nlohmann::json{{"file", o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
+                                                  {"tokens", r.tokens}, {"windows", r.windows},
+                                                  {"context", r.context}, {"streaming", src->streaming()}});
+  if (!o->json && main_rank)
+    std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
+              << r.windows << "  context " << r.context << "\n";
+}
+
+void run_tasks(EvalContext& c, const std::vector<eval::MultipleChoiceTask>& loaded, nlohmann::json& out,
+               eval::EvalReport& report) {
+  const EvalOpts* o = c.o;
+  const auto& cfg = c.config();
+  const auto& tok = c.folder().tokenizer();
+  const auto& device = c.device;
+  const auto& run_model = c.run_model;
+  auto& comm = c.comm;
+  const bool main_rank = c.main_rank;
+  eval::MultipleChoiceOptions mo;
+  mo.batch_size = o->batch_size;
+  mo.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
+  mo.limit = o->limit;
+  mo.add_bos = !o->no_bos;
+  mo.progress = !o->json;
+  mo.comm = comm.get();
+  mo.device = device;
+  report.set_meta("limit", o->limit);
+  report.set_meta("batch_size", o->batch_size);
+  report.set_meta("max_length", mo.max_length);
+  report.set_meta("num_fewshot", 0);
+  report.set_meta("bos", mo.add_bos);
+  for (const auto& t : loaded) {
+    const auto r = eval::evaluate_task(run_model, tok, t, mo);
+    report.add_multiple_choice(r);
+    out["tasks"][r.task] = report.json()["tasks"][r.task];
+  }
+  if (!o->json && main_rank) std::cout << report.to_text();
+}
+
+void run_classification(EvalContext& c, const data::ClassificationData& cls_data, nlohmann::json& out,
+                        eval::EvalReport& report) {
+  const EvalOpts* o = c.o;
+  const auto& cfg = c.config();
+  const auto& tok = c.folder().tokenizer();
+  const auto& device = c.device;
+  const auto& run_model = c.run_model;
+  auto& comm = c.comm;
+  const bool main_rank = c.main_rank;
+  if (cfg.num_labels != static_cast<int64_t>(cls_data.label_names.size()))
+    throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
+                     " labels but " + o->dir + " classifies into " + std::to_string(cfg.num_labels) +
+                     " (give the label order with --labels)");
+  const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
+  eval::PredictOptions po;
+  po.batch_size = o->batch_size;
+  po.max_length = o->max_length > 0 ? o->max_length : enc.max_length;
+  po.pad_id = enc.pad_id;  // the config's pad id first: OPT's head finds each row's last token by it
+  po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
+  po.progress = !o->json;
+  po.device = device;
+  po.comm = comm.get();
+  const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, enc.add_bos); };
+  auto metrics = eval::evaluate_classifier(run_model, encode, cls_data, po);
+  const auto mj = metrics.to_json();
+  for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
+  const std::string name = std::filesystem::path(o->classify_file).stem().string();
+  report.set_meta("max_length", po.max_length);
+  report.add_classification(name, metrics);
+  if (!o->json && main_rank) {
+    std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
+              << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
+              << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
+              << "confusion [true][predicted], labels in order:";
+    for (const auto& l : cls_data.label_names) std::cout << " " << l;
+    std::cout << "\n";
+    for (const auto& row : metrics.confusion) {
+      for (size_t c = 0; c < row.size(); ++c) std::cout << (c ? " " : "  ") << row[c];
+      std::cout << "\n";
+    }
+  }
+}
+
+void register_eval_options(CLI::App* cmd, EvalOpts* o, CLI::Option*& gen, CLI::Option*& ppl, CLI::Option*& tasks,
+                           CLI::Option*& classify) {
   cmd->add_option("DIR", o->dir, "model folder (config.json, model.safetensors, tokenizer)")->required();
-  auto* gen = cmd->add_option("--generate", o->prompt, "generate text from PROMPT (\"\" starts from BOS)");
+  gen = cmd->add_option("--generate", o->prompt, "generate text from PROMPT (\"\" starts from BOS)");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate at most")->capture_default_str();
   cmd->add_flag("--greedy", o->greedy, "greedy decoding (argmax) instead of sampling")->capture_default_str();
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy)")->capture_default_str();
   cmd->add_option("--top-p", o->top_p, "nucleus sampling mass (1 = full distribution)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "sampling seed")->capture_default_str();
-  auto* ppl = cmd->add_option("--ppl", o->ppl_file, "perplexity of a text file (one document, with BOS)");
+  ppl = cmd->add_option("--ppl", o->ppl_file, "perplexity of a text file (one document, with BOS)");
   cmd->add_option("--context", o->context, "perplexity window length (0 = min(2048, model max))")->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size,
                   "perplexity windows / task requests / classified examples per forward pass")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print the perplexity / task / classification results as one JSON object")
       ->capture_default_str();
-  auto* tasks = cmd->add_option("--tasks", o->tasks,
+  tasks = cmd->add_option("--tasks", o->tasks,
                                 "zero-shot multiple-choice tasks, lm-eval-harness style: piqa, arc_easy, "
                                 "arc_challenge, hellaswag (comma-separated)")
                     ->delimiter(',');
   cmd->add_option("--task-dir", o->task_dir, "folder holding piqa/, arc/, hellaswag/")->capture_default_str();
   cmd->add_option("--limit", o->limit, "items per task / first examples of --classify FILE (0 = all)")->capture_default_str();
   cmd->add_option("--report", o->report, "write the results to PREFIX.json and PREFIX.txt");
-  auto* classify = cmd->add_option("--classify", o->classify_file,
+  classify = cmd->add_option("--classify", o->classify_file,
                                    "accuracy / precision / recall / F1 of a sequence classifier on a labelled "
                                    ".tsv, .csv or .jsonl file");
   cmd->add_option("--text-field", o->text_field, "text column of --classify FILE")->capture_default_str();
@@ -119,29 +317,23 @@ void add_eval_command(CLI::App& app) {
                   "memory the whole model may take; a larger model is streamed block by block (auto = 80% of "
                   "the available host memory, or of the GPU's free memory)")
       ->capture_default_str();
+}
 
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto o = std::make_shared<EvalOpts>();
+  auto* cmd = app.add_subcommand("eval", "Evaluate a model folder: generation, perplexity, zero-shot tasks, classification");
+  CLI::Option *gen = nullptr, *ppl = nullptr, *tasks = nullptr, *classify = nullptr;
+  register_eval_options(cmd, o.get(), gen, ppl, tasks, classify);
   cmd->callback([o, gen, ppl, tasks, classify] {
-    const bool do_gen = gen->count() > 0, do_ppl = ppl->count() > 0;
-    const bool do_tasks = tasks->count() > 0, do_cls = classify->count() > 0;
-    if (!do_gen && !do_ppl && !do_tasks && !do_cls)
-      throw InputError(
-          "eval: nothing to do (give --generate PROMPT, --ppl FILE, --tasks LIST and/or --classify FILE)");
-    if (o->json && !do_ppl && !do_tasks && !do_cls)
-      throw InputError("eval: --json applies to --ppl, --tasks and --classify; give one of them");
-    if (o->limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o->limit));
-    if (o->max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o->max_length));
-    if (o->batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o->batch_size));
-    if (o->context < 0) throw InputError("--context must be >= 0, got " + std::to_string(o->context));
-    if (o->streaming && do_gen)
-      throw InputError("--streaming applies to --ppl, --tasks and --classify, not to --generate");
-    if (do_cls && (do_gen || do_ppl || do_tasks))
-      throw InputError("--classify needs a *ForSequenceClassification folder, --generate / --ppl / --tasks a "
-                       "causal LM: run them separately");
+    const EvalWhat w{gen->count() > 0, ppl->count() > 0, tasks->count() > 0, classify->count() > 0};
+    validate_eval_options(*o, w);
     // Load task and classification files before the model so a typo fails fast.
     std::vector<eval::MultipleChoiceTask> loaded;
     for (const auto& t : o->tasks) loaded.push_back(eval::load_task(util::trim(t), o->task_dir));
     data::ClassificationData cls_data;
-    if (do_cls) {
+    if (w.cls) {
       data::ClassificationReadOptions ro;
       ro.text_field = o->text_field;
       ro.label_field = o->label_field;
@@ -152,132 +344,17 @@ void add_eval_command(CLI::App& app) {
         cls_data.labels.resize(static_cast<size_t>(o->limit));
       }
     }
-    const model::ModelFolder folder(o->dir);
-    const auto& cfg = folder.config();
-    const bool causal = !cfg.is_sequence_classifier();
-    if (do_cls && causal)
-      throw InputError("--classify needs a *ForSequenceClassification folder; '" + o->dir + "' holds " +
-                       cfg.architecture + ", a causal LM (use --ppl / --tasks / --generate with it)");
-    if (!do_cls && !causal)
-      throw InputError("--generate / --ppl / --tasks need a causal LM; '" + o->dir + "' holds " + cfg.architecture +
-                       ", a sequence classifier (use --classify FILE with it)");
-    if (do_gen && cfg.family != model::Family::Llama)
-      throw NotImplementedError("eval --generate for the " + family_name(cfg.family) + " family (" +
-                                cfg.architecture + "); generation supports Llama-family models");
-    // Ranks launched by `mpqat launch` / torchrun split the work; a plain run is one rank.
-    auto comm = dist::Communicator::from_env();
-    const torch::Device device = dist::resolve_device(o->device, *comm, "--device");
-    const bool main_rank = comm->is_main();
-    const auto& tok = folder.tokenizer();
-    // The whole model when it fits --memory-limit (and --streaming is not given), else one block at
-    // a time from the mapped file, each block read once per group of batches.
-    model::StreamingOptions st;
-    st.device = device;
-    st.mode = o->streaming ? "always" : "auto";
-    st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
-    st.limit_key = "--memory-limit";
-    if (do_gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
-    auto src = model::open_blocks(folder, st);
-    const uint64_t limit = st.memory_limit ? st.memory_limit : model::auto_memory_limit(device);
-    const model::BatchFn run_model = model::batch_fn(*src, std::max<uint64_t>(256ull << 20, limit / 4));
+    EvalContext c = open_eval_context(*o, w);
     nlohmann::json out;
-    if (do_gen) {
-      if (model::whole_model_bytes(folder) > limit)
-        throw InputError("eval --generate holds the whole model (" + util::format_bytes(model::whole_model_bytes(folder)) +
-                         ") but --memory-limit is " + util::format_bytes(limit) + " (raise it, or use --ppl / --tasks, which stream)");
-      auto llama = dynamic_cast<model::LlamaForCausalLM*>(&src->shell());
-      if (!llama) throw Error("eval --generate: the loaded " + cfg.architecture + " is not a LlamaForCausalLM");
-      eval::GenerateOptions g;
-      g.max_new_tokens = o->max_new_tokens;
-      g.greedy = o->greedy;
-      g.temperature = o->temperature;
-      g.top_p = o->top_p;
-      g.seed = o->seed;
-      if (o->json) {
-        const auto text = eval::generate(*llama, tok, o->prompt, g).text;
-        out["generated"] = text;
-      } else if (main_rank) {
-        eval::generate(*llama, tok, o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
-        std::cout << "\n";
-      }
-    }
+    if (w.gen) run_generate(c, out);
     eval::EvalReport report(o->dir);
-    report.set_meta("device", device.str());
-    report.set_meta("streamed", src->streaming());
-    report.set_meta("ranks", comm->world_size());
-    if (do_ppl) {
-      const auto ids = tok.encode(util::read_file(o->ppl_file), /*add_bos=*/true);
-      const int context = o->context > 0 ? o->context : eval::default_context(cfg);
-      const auto r = eval::evaluate_perplexity(run_model, ids, context, o->batch_size, o->json ? 0 : 1, device,
-                                               comm.get());
-      out["ppl"] = r.ppl;
-      out["nll"] = r.nll;
-      out["tokens"] = r.tokens;
-      out["windows"] = r.windows;
-      out["context"] = r.context;
-      report.set_section("perplexity", nlohmann::json{{"file", o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
-                                                      {"tokens", r.tokens}, {"windows", r.windows},
-                                                      {"context", r.context}, {"streaming", src->streaming()}});
-      if (!o->json && main_rank)
-        std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
-                  << r.windows << "  context " << r.context << "\n";
-    }
-    if (do_tasks) {
-      eval::MultipleChoiceOptions mo;
-      mo.batch_size = o->batch_size;
-      mo.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
-      mo.limit = o->limit;
-      mo.add_bos = !o->no_bos;
-      mo.progress = !o->json;
-      mo.comm = comm.get();
-      mo.device = device;
-      report.set_meta("limit", o->limit);
-      report.set_meta("batch_size", o->batch_size);
-      report.set_meta("max_length", mo.max_length);
-      report.set_meta("num_fewshot", 0);
-      report.set_meta("bos", mo.add_bos);
-      for (const auto& t : loaded) {
-        const auto r = eval::evaluate_task(run_model, tok, t, mo);
-        report.add_multiple_choice(r);
-        out["tasks"][r.task] = report.json()["tasks"][r.task];
-      }
-      if (!o->json && main_rank) std::cout << report.to_text();
-    }
-    if (do_cls) {
-      if (cfg.num_labels != static_cast<int64_t>(cls_data.label_names.size()))
-        throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
-                         " labels but " + o->dir + " classifies into " + std::to_string(cfg.num_labels) +
-                         " (give the label order with --labels)");
-      const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
-      eval::PredictOptions po;
-      po.batch_size = o->batch_size;
-      po.max_length = o->max_length > 0 ? o->max_length : enc.max_length;
-      po.pad_id = enc.pad_id;  // the config's pad id first: OPT's head finds each row's last token by it
-      po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
-      po.progress = !o->json;
-      po.device = device;
-      po.comm = comm.get();
-      const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, enc.add_bos); };
-      auto metrics = eval::evaluate_classifier(run_model, encode, cls_data, po);
-      const auto mj = metrics.to_json();
-      for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
-      const std::string name = std::filesystem::path(o->classify_file).stem().string();
-      report.set_meta("max_length", po.max_length);
-      report.add_classification(name, metrics);
-      if (!o->json && main_rank) {
-        std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
-                  << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
-                  << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
-                  << "confusion [true][predicted], labels in order:";
-        for (const auto& l : cls_data.label_names) std::cout << " " << l;
-        std::cout << "\n";
-        for (const auto& row : metrics.confusion) {
-          for (size_t c = 0; c < row.size(); ++c) std::cout << (c ? " " : "  ") << row[c];
-          std::cout << "\n";
-        }
-      }
-    }
-    if (!main_rank) return;
+    report.set_meta("device", c.device.str());
+    report.set_meta("streamed", c.src->streaming());
+    report.set_meta("ranks", c.comm->world_size());
+    if (w.ppl) run_perplexity(c, out, report);
+    if (w.tasks) run_tasks(c, loaded, out, report);
+    if (w.cls) run_classification(c, cls_data, out, report);
+    if (!c.main_rank) return;
     if (o->json) std::cout << out.dump() << "\n";
     if (!o->report.empty()) report.write(o->report);
   });
