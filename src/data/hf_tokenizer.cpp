@@ -206,7 +206,6 @@ std::vector<std::string> regex_split_llama3(const std::string& text) {
 }
 
 HfBpeTokenizer::HfBpeTokenizer(const std::string& json_path) : path_(json_path) {
-  namespace fs = std::filesystem;
   std::ifstream in(json_path, std::ios::binary);
   if (!in) throw InputError("cannot open tokenizer file '" + json_path + "'");
   json j;
@@ -235,191 +234,215 @@ HfBpeTokenizer::HfBpeTokenizer(const std::string& json_path) : path_(json_path) 
     if (!model.contains("vocab") || !model.at("vocab").is_object())
       throw InputError("tokenizer file '" + json_path + "' has no model.vocab object");
 
-    int32_t max_id = -1;
-    for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
-      const int32_t id = it.value().get<int32_t>();
-      if (id < 0) throw InputError("tokenizer file '" + json_path + "' has a negative id for '" + it.key() + "'");
-      vocab_[it.key()] = id;
-      max_id = std::max(max_id, id);
-    }
-    if (j.contains("added_tokens") && j.at("added_tokens").is_array()) {
-      for (const auto& t : j.at("added_tokens")) {
-        AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(),
-                     t.value("special", false)};
-        if (a.id < 0 || a.content.empty()) continue;
-        vocab_.emplace(a.content, a.id);
-        max_id = std::max(max_id, a.id);
-        added_.push_back(a);
-      }
-    }
-    id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
-    is_special_.assign(static_cast<size_t>(max_id + 1), 0);
-    for (const auto& [tok, id] : vocab_) id_to_token_[static_cast<size_t>(id)] = tok;
-    for (const auto& a : added_) {
-      id_to_token_[static_cast<size_t>(a.id)] = a.content;
-      is_special_[static_cast<size_t>(a.id)] = a.special ? 1 : 2;
-    }
-    std::stable_sort(added_.begin(), added_.end(), [](const AddedToken& x, const AddedToken& y) {
-      return x.content.size() > y.content.size();
-    });
-
-    // Merges: "a b" strings or [a, b] arrays; rank = position.
-    if (model.contains("merges") && model.at("merges").is_array()) {
-      int32_t rank = 0;
-      for (const auto& m : model.at("merges")) {
-        std::string a, b;
-        if (m.is_string()) {
-          const std::string s = m.get<std::string>();
-          const size_t sp = s.find(' ', 1);
-          if (sp == std::string::npos)
-            throw InputError("tokenizer file '" + json_path + "' has merge " +
-                             std::to_string(rank) + " '" + s + "' without a space separator");
-          a = s.substr(0, sp);
-          b = s.substr(sp + 1);
-        } else if (m.is_array() && m.size() == 2) {
-          a = m.at(0).get<std::string>();
-          b = m.at(1).get<std::string>();
-        } else {
-          throw InputError("tokenizer file '" + json_path + "' has merge " + std::to_string(rank) +
-                           " that is neither \"a b\" nor [a, b]");
-        }
-        const int32_t ia = token_id(a), ib = token_id(b), ic = token_id(a + b);
-        if (ia < 0 || ib < 0 || ic < 0)
-          throw InputError("tokenizer file '" + json_path + "' has merge " + std::to_string(rank) +
-                           " ('" + a + "', '" + b + "') whose pieces are not in the vocab");
-        const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) |
-                             static_cast<uint32_t>(ib);
-        merges_.emplace(key, std::make_pair(rank, ic));  // first (lowest rank) wins
-        ++rank;
-      }
-    }
-    byte_fallback_ = model.value("byte_fallback", false);
-    fuse_unk_ = model.value("fuse_unk", false);
-    ignore_merges_ = model.value("ignore_merges", false);
-    if (model.contains("unk_token") && model.at("unk_token").is_string())
-      unk_id_ = token_id(model.at("unk_token").get<std::string>());
-    if (!model.value("continuing_subword_prefix", json()).is_null() &&
-        !model.at("continuing_subword_prefix").get<std::string>().empty())
-      throw InputError("tokenizer file '" + json_path +
-                       "' uses continuing_subword_prefix, which is not supported (" + supported + ")");
-    if (!model.value("end_of_word_suffix", json()).is_null() &&
-        !model.at("end_of_word_suffix").get<std::string>().empty())
-      throw InputError("tokenizer file '" + json_path +
-                       "' uses end_of_word_suffix, which is not supported (" + supported + ")");
-    for (int b = 0; b < 256; ++b) {
-      char name[8];
-      std::snprintf(name, sizeof(name), "<0x%02X>", b);
-      byte_ids_[b] = token_id(name);
-    }
-
-    // bytes_to_unicode: printable Latin-1 bytes stand for themselves, the rest map to 256+n.
-    int next = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      const uint32_t cp = keep ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + next++);
-      byte_to_char_[b].clear();
-      util::append_utf8(byte_to_char_[b], cp);
-      char_to_byte_[cp] = b;
-    }
-
-    auto unsupported = [&](const std::string& what, const std::string& t) {
-      return InputError("tokenizer file '" + json_path + "' uses " + what + " '" + t +
-                        "', which is not supported (" + supported + ")");
-    };
-    if (j.contains("normalizer"))
-      for_each_ancestor(j.at("normalizer"), "normalizers", [&](const json& n) {
-        const std::string t = n.value("type", std::string());
-        if (t == "Prepend") {
-          norm_ops_.push_back(NormOp{true, "", n.at("prepend").get<std::string>()});
-        } else if (t == "Replace") {
-          const json& pat = n.at("pattern");
-          if (!pat.contains("String")) throw unsupported("a regex Replace normalizer", pat.dump());
-          norm_ops_.push_back(NormOp{false, pat.at("String").get<std::string>(),
-                                     n.at("content").get<std::string>()});
-        } else {
-          throw unsupported("normalizer", t);
-        }
-      });
-    if (j.contains("pre_tokenizer"))
-      for_each_ancestor(j.at("pre_tokenizer"), "pretokenizers", [&](const json& p) {
-        const std::string t = p.value("type", std::string());
-        if (t == "ByteLevel") {
-          byte_level_ = true;
-          add_prefix_space_ = p.value("add_prefix_space", false);
-          if (p.value("use_regex", true) && split_ == Split::kNone) split_ = Split::kGpt2;
-        } else if (t == "Split") {
-          const json& pat = p.at("pattern");
-          const std::string re = pat.contains("Regex") ? pat.at("Regex").get<std::string>() : "";
-          if (re.find("\\p{N}{1,3}") != std::string::npos) split_ = Split::kLlama3;
-          else if (re.find("'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+") != std::string::npos)
-            split_ = Split::kGpt2;
-          else throw unsupported("Split pattern", pat.dump());
-        } else if (t == "Metaspace") {
-          metaspace_ = true;
-          meta_replacement_ = p.value("replacement", meta_replacement_);
-          if (p.contains("prepend_scheme")) meta_prepend_scheme_ = p.at("prepend_scheme").get<std::string>();
-          else meta_prepend_scheme_ = p.value("add_prefix_space", true) ? "always" : "never";
-          meta_split_ = p.value("split", true);
-        } else {
-          throw unsupported("pre_tokenizer", t);
-        }
-      });
-    if (j.contains("decoder"))
-      for_each_ancestor(j.at("decoder"), "decoders", [&](const json& d) {
-        const std::string t = d.value("type", std::string());
-        if (t == "ByteLevel") byte_level_ = true;
-        if (t == "Strip" && d.value("content", std::string()) == " " && d.value("start", 0) >= 1)
-          strip_leading_space_ = true;
-        if (t == "Metaspace") {
-          std::string scheme = d.contains("prepend_scheme")
-                                   ? d.at("prepend_scheme").get<std::string>()
-                                   : (d.value("add_prefix_space", true) ? "always" : "never");
-          if (scheme != "never") strip_leading_space_ = true;
-        }
-      });
-
-    // BOS / EOS: tokenizer_config.json, else the post-processor template, else known names.
-    bool have_add_bos = false;
-    const fs::path cfg = fs::path(json_path).parent_path() / "tokenizer_config.json";
-    if (fs::exists(cfg)) {
-      std::ifstream cin(cfg);
-      json c;
-      try {
-        c = json::parse(cin);
-      } catch (const json::parse_error& e) {
-        throw InputError("tokenizer config '" + cfg.string() + "' is not valid JSON (" + e.what() + ")");
-      }
-      if (c.contains("bos_token")) bos_id_ = token_id(token_content(c.at("bos_token")));
-      if (c.contains("eos_token")) eos_id_ = token_id(token_content(c.at("eos_token")));
-      if (c.contains("add_bos_token") && c.at("add_bos_token").is_boolean()) {
-        default_add_bos_ = c.at("add_bos_token").get<bool>();
-        have_add_bos = true;
-      }
-    }
-    int32_t template_bos = -1;
-    if (j.contains("post_processor"))
-      for_each_ancestor(j.at("post_processor"), "processors", [&](const json& p) {
-        if (p.value("type", std::string()) != "TemplateProcessing" || !p.contains("single")) return;
-        const json& single = p.at("single");
-        if (!single.empty() && single.at(0).contains("SpecialToken"))
-          template_bos = token_id(single.at(0).at("SpecialToken").at("id").get<std::string>());
-      });
-    if (bos_id_ < 0) bos_id_ = template_bos;
-    auto first_of = [&](std::initializer_list<const char*> names) {
-      for (const char* nm : names)
-        if (int32_t id = token_id(nm); id >= 0) return id;
-      return -1;
-    };
-    const bool fairseq_layout = byte_level_ && token_id("<s>") == 0 && token_id("<pad>") == 1 &&
-                                token_id("</s>") == 2;  // OPT: BOS is "</s>"
-    if (bos_id_ < 0)
-      bos_id_ = fairseq_layout ? 2 : first_of({"<s>", "<|begin_of_text|>", "<|endoftext|>"});
-    if (eos_id_ < 0) eos_id_ = first_of({"</s>", "<|end_of_text|>", "<|endoftext|>"});
-    if (!have_add_bos) default_add_bos_ = template_bos >= 0 || (!byte_level_ && bos_id_ >= 0);
+    read_vocab(j);
+    read_merges(model);
+    read_model_flags(model, supported);
+    build_byte_maps();
+    read_pipeline(j, supported);
+    read_special_tokens(j);
   } catch (const json::exception& e) {
     throw InputError("tokenizer file '" + json_path + "' has an unexpected layout (" + e.what() +
                      "; " + supported + ")");
   }
+}
+
+// Vocab and added tokens: the id maps and which ids are special.
+void HfBpeTokenizer::read_vocab(const json& j) {
+  const json& model = j.at("model");
+  int32_t max_id = -1;
+  for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
+    const int32_t id = it.value().get<int32_t>();
+    if (id < 0) throw InputError("tokenizer file '" + path_ + "' has a negative id for '" + it.key() + "'");
+    vocab_[it.key()] = id;
+    max_id = std::max(max_id, id);
+  }
+  if (j.contains("added_tokens") && j.at("added_tokens").is_array()) {
+    for (const auto& t : j.at("added_tokens")) {
+      AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(),
+                   t.value("special", false)};
+      if (a.id < 0 || a.content.empty()) continue;
+      vocab_.emplace(a.content, a.id);
+      max_id = std::max(max_id, a.id);
+      added_.push_back(a);
+    }
+  }
+  id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
+  is_special_.assign(static_cast<size_t>(max_id + 1), 0);
+  for (const auto& [tok, id] : vocab_) id_to_token_[static_cast<size_t>(id)] = tok;
+  for (const auto& a : added_) {
+    id_to_token_[static_cast<size_t>(a.id)] = a.content;
+    is_special_[static_cast<size_t>(a.id)] = a.special ? 1 : 2;
+  }
+  std::stable_sort(added_.begin(), added_.end(), [](const AddedToken& x, const AddedToken& y) {
+    return x.content.size() > y.content.size();
+  });
+}
+
+// Merges: "a b" strings or [a, b] arrays; rank = position.
+void HfBpeTokenizer::read_merges(const json& model) {
+  if (model.contains("merges") && model.at("merges").is_array()) {
+    int32_t rank = 0;
+    for (const auto& m : model.at("merges")) {
+      std::string a, b;
+      if (m.is_string()) {
+        const std::string s = m.get<std::string>();
+        const size_t sp = s.find(' ', 1);
+        if (sp == std::string::npos)
+          throw InputError("tokenizer file '" + path_ + "' has merge " +
+                           std::to_string(rank) + " '" + s + "' without a space separator");
+        a = s.substr(0, sp);
+        b = s.substr(sp + 1);
+      } else if (m.is_array() && m.size() == 2) {
+        a = m.at(0).get<std::string>();
+        b = m.at(1).get<std::string>();
+      } else {
+        throw InputError("tokenizer file '" + path_ + "' has merge " + std::to_string(rank) +
+                         " that is neither \"a b\" nor [a, b]");
+      }
+      const int32_t ia = token_id(a), ib = token_id(b), ic = token_id(a + b);
+      if (ia < 0 || ib < 0 || ic < 0)
+        throw InputError("tokenizer file '" + path_ + "' has merge " + std::to_string(rank) +
+                         " ('" + a + "', '" + b + "') whose pieces are not in the vocab");
+      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) |
+                           static_cast<uint32_t>(ib);
+      merges_.emplace(key, std::make_pair(rank, ic));  // first (lowest rank) wins
+      ++rank;
+    }
+  }
+}
+
+void HfBpeTokenizer::read_model_flags(const json& model, const std::string& supported) {
+  byte_fallback_ = model.value("byte_fallback", false);
+  fuse_unk_ = model.value("fuse_unk", false);
+  ignore_merges_ = model.value("ignore_merges", false);
+  if (model.contains("unk_token") && model.at("unk_token").is_string())
+    unk_id_ = token_id(model.at("unk_token").get<std::string>());
+  if (!model.value("continuing_subword_prefix", json()).is_null() &&
+      !model.at("continuing_subword_prefix").get<std::string>().empty())
+    throw InputError("tokenizer file '" + path_ +
+                     "' uses continuing_subword_prefix, which is not supported (" + supported + ")");
+  if (!model.value("end_of_word_suffix", json()).is_null() &&
+      !model.at("end_of_word_suffix").get<std::string>().empty())
+    throw InputError("tokenizer file '" + path_ +
+                     "' uses end_of_word_suffix, which is not supported (" + supported + ")");
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    byte_ids_[b] = token_id(name);
+  }
+}
+
+// bytes_to_unicode: printable Latin-1 bytes stand for themselves, the rest map to 256+n.
+void HfBpeTokenizer::build_byte_maps() {
+  int next = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const uint32_t cp = keep ? static_cast<uint32_t>(b) : static_cast<uint32_t>(256 + next++);
+    byte_to_char_[b].clear();
+    util::append_utf8(byte_to_char_[b], cp);
+    char_to_byte_[cp] = b;
+  }
+}
+
+// Normalizer, pre-tokenizer and decoder: the supported pieces, anything else refused by name.
+void HfBpeTokenizer::read_pipeline(const json& j, const std::string& supported) {
+  auto unsupported = [&](const std::string& what, const std::string& t) {
+    return InputError("tokenizer file '" + path_ + "' uses " + what + " '" + t +
+                      "', which is not supported (" + supported + ")");
+  };
+  if (j.contains("normalizer"))
+    for_each_ancestor(j.at("normalizer"), "normalizers", [&](const json& n) {
+      const std::string t = n.value("type", std::string());
+      if (t == "Prepend") {
+        norm_ops_.push_back(NormOp{true, "", n.at("prepend").get<std::string>()});
+      } else if (t == "Replace") {
+        const json& pat = n.at("pattern");
+        if (!pat.contains("String")) throw unsupported("a regex Replace normalizer", pat.dump());
+        norm_ops_.push_back(NormOp{false, pat.at("String").get<std::string>(),
+                                   n.at("content").get<std::string>()});
+      } else {
+        throw unsupported("normalizer", t);
+      }
+    });
+  if (j.contains("pre_tokenizer"))
+    for_each_ancestor(j.at("pre_tokenizer"), "pretokenizers", [&](const json& p) {
+      const std::string t = p.value("type", std::string());
+      if (t == "ByteLevel") {
+        byte_level_ = true;
+        add_prefix_space_ = p.value("add_prefix_space", false);
+        if (p.value("use_regex", true) && split_ == Split::kNone) split_ = Split::kGpt2;
+      } else if (t == "Split") {
+        const json& pat = p.at("pattern");
+        const std::string re = pat.contains("Regex") ? pat.at("Regex").get<std::string>() : "";
+        if (re.find("\\p{N}{1,3}") != std::string::npos) split_ = Split::kLlama3;
+        else if (re.find("'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+") != std::string::npos)
+          split_ = Split::kGpt2;
+        else throw unsupported("Split pattern", pat.dump());
+      } else if (t == "Metaspace") {
+        metaspace_ = true;
+        meta_replacement_ = p.value("replacement", meta_replacement_);
+        if (p.contains("prepend_scheme")) meta_prepend_scheme_ = p.at("prepend_scheme").get<std::string>();
+        else meta_prepend_scheme_ = p.value("add_prefix_space", true) ? "always" : "never";
+        meta_split_ = p.value("split", true);
+      } else {
+        throw unsupported("pre_tokenizer", t);
+      }
+    });
+  if (j.contains("decoder"))
+    for_each_ancestor(j.at("decoder"), "decoders", [&](const json& d) {
+      const std::string t = d.value("type", std::string());
+      if (t == "ByteLevel") byte_level_ = true;
+      if (t == "Strip" && d.value("content", std::string()) == " " && d.value("start", 0) >= 1)
+        strip_leading_space_ = true;
+      if (t == "Metaspace") {
+        std::string scheme = d.contains("prepend_scheme")
+                                 ? d.at("prepend_scheme").get<std::string>()
+                                 : (d.value("add_prefix_space", true) ? "always" : "never");
+        if (scheme != "never") strip_leading_space_ = true;
+      }
+    });
+}
+
+// BOS / EOS: tokenizer_config.json, else the post-processor template, else known names.
+void HfBpeTokenizer::read_special_tokens(const json& j) {
+  namespace fs = std::filesystem;
+  bool have_add_bos = false;
+  const fs::path cfg = fs::path(path_).parent_path() / "tokenizer_config.json";
+  if (fs::exists(cfg)) {
+    std::ifstream cin(cfg);
+    json c;
+    try {
+      c = json::parse(cin);
+    } catch (const json::parse_error& e) {
+      throw InputError("tokenizer config '" + cfg.string() + "' is not valid JSON (" + e.what() + ")");
+    }
+    if (c.contains("bos_token")) bos_id_ = token_id(token_content(c.at("bos_token")));
+    if (c.contains("eos_token")) eos_id_ = token_id(token_content(c.at("eos_token")));
+    if (c.contains("add_bos_token") && c.at("add_bos_token").is_boolean()) {
+      default_add_bos_ = c.at("add_bos_token").get<bool>();
+      have_add_bos = true;
+    }
+  }
+  int32_t template_bos = -1;
+  if (j.contains("post_processor"))
+    for_each_ancestor(j.at("post_processor"), "processors", [&](const json& p) {
+      if (p.value("type", std::string()) != "TemplateProcessing" || !p.contains("single")) return;
+      const json& single = p.at("single");
+      if (!single.empty() && single.at(0).contains("SpecialToken"))
+        template_bos = token_id(single.at(0).at("SpecialToken").at("id").get<std::string>());
+    });
+  if (bos_id_ < 0) bos_id_ = template_bos;
+  auto first_of = [&](std::initializer_list<const char*> names) {
+    for (const char* nm : names)
+      if (int32_t id = token_id(nm); id >= 0) return id;
+    return -1;
+  };
+  const bool fairseq_layout = byte_level_ && token_id("<s>") == 0 && token_id("<pad>") == 1 &&
+                              token_id("</s>") == 2;  // OPT: BOS is "</s>"
+  if (bos_id_ < 0)
+    bos_id_ = fairseq_layout ? 2 : first_of({"<s>", "<|begin_of_text|>", "<|endoftext|>"});
+  if (eos_id_ < 0) eos_id_ = first_of({"</s>", "<|end_of_text|>", "<|endoftext|>"});
+  if (!have_add_bos) default_add_bos_ = template_bos >= 0 || (!byte_level_ && bos_id_ >= 0);
 }
 
 int32_t HfBpeTokenizer::token_id(const std::string& token) const {

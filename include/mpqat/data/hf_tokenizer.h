@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "mpqat/data/tokenizer.h"
 
 namespace mpqat::data {
@@ -56,6 +58,13 @@ class HfBpeTokenizer : public Tokenizer {
                       std::vector<int32_t>& out) const;
   void bpe_word(const std::string& word, std::vector<int32_t>& out) const;
   std::string token_text(int32_t id) const;  // decoded bytes of one non-special token
+  // The constructor, step by step (tokenizer.json's sections).
+  void read_vocab(const nlohmann::json& j);
+  void read_merges(const nlohmann::json& model);
+  void read_model_flags(const nlohmann::json& model, const std::string& supported);
+  void build_byte_maps();
+  void read_pipeline(const nlohmann::json& j, const std::string& supported);
+  void read_special_tokens(const nlohmann::json& j);
 
   std::string path_;
   std::unordered_map<std::string, int32_t> vocab_;
