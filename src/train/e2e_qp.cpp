@@ -66,6 +66,42 @@ class StepSizeLinearImpl : public model::LinearImpl {
   quant::QuantLinearPtr unit_;
 };
 
+// A block's QuantLinear swapped for a step-size-trainable one.
+struct SwappedLinear {
+  size_t block;
+  std::string rel;
+  std::shared_ptr<StepSizeLinearImpl> linear;
+};
+
+// Every QuantLinear becomes a StepSizeLinear whose step sizes (only) train; all else is frozen.
+std::vector<SwappedLinear> swap_in_step_sizes(QatResult& r, const torch::Device& device) {
+  std::vector<SwappedLinear> swapped;
+  for (size_t bi = 0; bi < r.blocks.size(); ++bi) {
+    for (auto& p : r.blocks[bi]->parameters()) p.set_requires_grad(false);
+    for (const auto& [rel, lin] : r.blocks[bi]->linears())
+      if (auto q = std::dynamic_pointer_cast<quant::QuantLinearImpl>(lin)) {
+        auto s = std::make_shared<StepSizeLinearImpl>(*q);
+        s->to(device);
+        r.blocks[bi]->set_linear(rel, s);
+        for (auto& p : s->parameters()) p.set_requires_grad(false);
+        s->scale.set_requires_grad(true);
+        swapped.push_back({bi, rel, s});
+      }
+  }
+  if (swapped.empty()) throw InputError("E2E-QP: the model has no quantized linear");
+  for (auto& p : r.shell->parameters()) p.set_requires_grad(false);
+  return swapped;
+}
+
+// Back to packed QuantLinears, with the trained step sizes stored in fp16.
+void repack_step_sizes(QatResult& r, const std::vector<SwappedLinear>& swapped, const torch::Device& device) {
+  for (const auto& w : swapped) {
+    auto q = w.linear->repack();
+    q->to(device);
+    r.blocks[w.block]->set_linear(w.rel, q);
+  }
+}
+
 }  // namespace
 
 void e2e_qp(QatResult& r, const TokenBatch& data, const E2eOptions& o, dist::Communicator* comm) {
@@ -79,24 +115,9 @@ void e2e_qp(QatResult& r, const TokenBatch& data, const E2eOptions& o, dist::Com
   const int64_t nb = static_cast<int64_t>(r.blocks.size());
   const int64_t L = data.ids.size(1), C = r.config.hidden_size;
 
-  // Swap every QuantLinear for a step-size-trainable one.
-  std::vector<std::pair<size_t, std::pair<std::string, std::shared_ptr<StepSizeLinearImpl>>>> swapped;
+  std::vector<SwappedLinear> swapped = swap_in_step_sizes(r, device);
   std::vector<torch::Tensor> params;
-  for (size_t bi = 0; bi < r.blocks.size(); ++bi) {
-    for (auto& p : r.blocks[bi]->parameters()) p.set_requires_grad(false);
-    for (const auto& [rel, lin] : r.blocks[bi]->linears())
-      if (auto q = std::dynamic_pointer_cast<quant::QuantLinearImpl>(lin)) {
-        auto s = std::make_shared<StepSizeLinearImpl>(*q);
-        s->to(device);
-        r.blocks[bi]->set_linear(rel, s);
-        for (auto& p : s->parameters()) p.set_requires_grad(false);
-        s->scale.set_requires_grad(true);
-        params.push_back(s->scale);
-        swapped.push_back({bi, {rel, s}});
-      }
-  }
-  if (params.empty()) throw InputError("E2E-QP: the model has no quantized linear");
-  for (auto& p : r.shell->parameters()) p.set_requires_grad(false);
+  for (auto& w : swapped) params.push_back(w.linear->scale);
 
   struct Batch {
     torch::Tensor ids, mask;
@@ -210,12 +231,7 @@ void e2e_qp(QatResult& r, const TokenBatch& data, const E2eOptions& o, dist::Com
     }
   }
   for (auto& p : params) p.set_requires_grad(false);
-  // Re-pack with fp16 step sizes.
-  for (auto& [bi, named] : swapped) {
-    auto q = named.second->repack();
-    q->to(device);
-    r.blocks[bi]->set_linear(named.first, q);
-  }
+  repack_step_sizes(r, swapped, device);
   log.end_loss = eval_loss();
   log.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   spdlog::info("E2E-QP: {} steps, next-token loss {:.4f} -> {:.4f} ({:.1f} s)", log.steps, log.start_loss,
