@@ -394,13 +394,12 @@ DataFileInfo inspect_data_file(const std::string& path) {
   return info;
 }
 
-WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
-  Session s(io);
-  io.out << "mpqat wizard: the seeds' two-phase workflow as a recipe. Press Enter to take the "
-            "default in [brackets].\n";
-  std::vector<Entry> e;
+namespace {
 
-  // ---- model
+// run_wizard's questions, one function per part of the recipe. Each appends its entries to `e`.
+
+// The model folder; notes what config.json holds.
+std::string ask_model(Session& s, const WizardOptions& o, std::vector<Entry>& e) {
   std::string model_def = o.model_default;
   if (model_def.empty() && fs::is_regular_file("config.json")) model_def = ".";
   const std::string model = s.ask(
@@ -426,8 +425,12 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
   }
   e.push_back({"model.path", yaml_string(model), ""});
 
-  // ---- phase
-  const std::size_t phase = 1 + s.choose(
+  return model;
+}
+
+// 1 = sensitivity only, 2 = quantize with a sensitivity file, 3 = both.
+std::size_t ask_phase(Session& s) {
+  return 1 + s.choose(
       "phase", "phase 1 measures how sensitive each layer is; phase 2 groups the layers by it, "
       "quantizes and evaluates",
       {{"Phase 1: Sensitivity analysis", "sensitivity"},
@@ -435,179 +438,190 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
        {"Run both phases (recommended for a first run)", "both"}},
       2);
 
-  std::string calibration;
-  if (phase != 2) {
-    // ---- calibration data, size, sampling
-    DataChoice cal = ask_data_file(
-        s, "calibration data", "labelled examples the sensitivities are measured on (a train "
-        "split: TSV/CSV with a header row, JSONL, or plain text)", o.calibration_default, "", "");
-    calibration = cal.path;
-    e.push_back({"data.calibration.path", yaml_string(cal.path), ""});
-    if (!cal.text_field.empty()) {
-      e.push_back({"data.calibration.text_field", yaml_string(cal.text_field), ""});
-    }
-    if (!cal.label_field.empty()) {
-      e.push_back({"data.calibration.label_field", yaml_string(cal.label_field), ""});
-    }
-    const int64_t n = ask_size(
-        s, "calibration size", "how many examples the sensitivities are computed from "
-        "(sensitivity converges around 10k)",
-        {{"5k (fast, noisy)", "5k"},
-         {"10k (stable)", "10k"},
-         {"25k (full IMDB train in the seeds; final results)", "25k"},
-         {"custom", "custom"}},
-        {5000, 10000, 25000}, cal.info, "calibration");
-    e.push_back({"data.calibration.samples", std::to_string(n), ""});
-    const bool labelled = cal.info.format != "text" && !cal.label_field.empty();
-    const std::size_t sampling = s.choose(
-        "sampling", "how examples are drawn from the calibration file",
-        {{"Stratified sampling (recommended: balances the labels)", "stratified"},
-         {"Random sampling", "random"}},
-        labelled ? 0 : 1);
-    if (sampling == 0 && !labelled) {
-      s.warn("stratified sampling needs a label column; the run will refuse this file");
-    }
-    e.push_back({"data.calibration.sampling", sampling == 0 ? "stratified" : "random", ""});
+}
 
-    // ---- metrics
-    const std::size_t m = s.choose(
-        "metrics", "how each layer's sensitivity is measured (several are combined by rank)",
-        {{"PWCCA + CKA (recommended: two complementary views)", "pwcca+cka"},
-         {"PWCCA only (faster)", "pwcca"},
-         {"SVCCA only (top-k singular directions)", "svcca"},
-         {"CKA only (robust, no hyperparameters)", "cka"},
-         {"All three: PWCCA, SVCCA, CKA (thorough, slowest)", "all"},
-         {"Fisher information of the classification loss (gradient-based)", "fisher"}},
-        0);
-    static const std::vector<std::vector<std::string>> kMetrics = {
-        {"pwcca", "cka"}, {"pwcca"}, {"svcca"}, {"cka"}, {"pwcca", "svcca", "cka"}, {"fisher"}};
-    e.push_back({"sensitivity.metrics", yaml_list(kMetrics[m]), ""});
-    if (m == 2 || m == 4) {
-      const io::KeySpec* k = io::find_key("sensitivity.svcca_k");
-      const std::string def = k ? k->default_yaml : "20";
-      const std::string topk = s.ask(
-          "SVCCA top-k", "singular directions SVCCA keeps (0 = enough for 99% of the variance)",
-          {}, def, [](const std::string& a) {
-            return parse_count(a, 0) ? std::string()
-                                     : fmt::format("'{}' is not a whole number >= 0", a);
-          });
-      e.push_back({"sensitivity.svcca_k", std::to_string(*parse_count(topk, 0)), ""});
-    }
-  } else {
-    const std::string sens = s.ask(
-        "sensitivity file", "the sensitivity.json phase 1 wrote (mpqat sensitivity, or a run "
-        "folder's)", {}, "", [](const std::string& a) {
-          return fs::is_regular_file(a)
-                     ? std::string()
-                     : fmt::format("'{}' is not a file; give the sensitivity.json of phase 1", a);
-        });
-    e.push_back({"sensitivity.file", yaml_string(sens), "from phase 1"});
+// Phase 1: calibration data, its size and sampling, the metrics. Returns the calibration path.
+std::string ask_sensitivity_phase(Session& s, const WizardOptions& o, std::vector<Entry>& e) {
+  // ---- calibration data, size, sampling
+  DataChoice cal = ask_data_file(
+      s, "calibration data", "labelled examples the sensitivities are measured on (a train "
+      "split: TSV/CSV with a header row, JSONL, or plain text)", o.calibration_default, "", "");
+  e.push_back({"data.calibration.path", yaml_string(cal.path), ""});
+  if (!cal.text_field.empty()) {
+    e.push_back({"data.calibration.text_field", yaml_string(cal.text_field), ""});
   }
-  // The seeds score and group whole layers (blocks), not single linear modules.
-  e.push_back({"sensitivity.unit", "block", "one score per layer, as the seeds"});
+  if (!cal.label_field.empty()) {
+    e.push_back({"data.calibration.label_field", yaml_string(cal.label_field), ""});
+  }
+  const int64_t n = ask_size(
+      s, "calibration size", "how many examples the sensitivities are computed from "
+      "(sensitivity converges around 10k)",
+      {{"5k (fast, noisy)", "5k"},
+       {"10k (stable)", "10k"},
+       {"25k (full IMDB train in the seeds; final results)", "25k"},
+       {"custom", "custom"}},
+      {5000, 10000, 25000}, cal.info, "calibration");
+  e.push_back({"data.calibration.samples", std::to_string(n), ""});
+  const bool labelled = cal.info.format != "text" && !cal.label_field.empty();
+  const std::size_t sampling = s.choose(
+      "sampling", "how examples are drawn from the calibration file",
+      {{"Stratified sampling (recommended: balances the labels)", "stratified"},
+       {"Random sampling", "random"}},
+      labelled ? 0 : 1);
+  if (sampling == 0 && !labelled) {
+    s.warn("stratified sampling needs a label column; the run will refuse this file");
+  }
+  e.push_back({"data.calibration.sampling", sampling == 0 ? "stratified" : "random", ""});
 
-  // ---- evaluation, grouping, bits
-  std::size_t grouping = 0;
+  // ---- metrics
+  const std::size_t m = s.choose(
+      "metrics", "how each layer's sensitivity is measured (several are combined by rank)",
+      {{"PWCCA + CKA (recommended: two complementary views)", "pwcca+cka"},
+       {"PWCCA only (faster)", "pwcca"},
+       {"SVCCA only (top-k singular directions)", "svcca"},
+       {"CKA only (robust, no hyperparameters)", "cka"},
+       {"All three: PWCCA, SVCCA, CKA (thorough, slowest)", "all"},
+       {"Fisher information of the classification loss (gradient-based)", "fisher"}},
+      0);
+  static const std::vector<std::vector<std::string>> kMetrics = {
+      {"pwcca", "cka"}, {"pwcca"}, {"svcca"}, {"cka"}, {"pwcca", "svcca", "cka"}, {"fisher"}};
+  e.push_back({"sensitivity.metrics", yaml_list(kMetrics[m]), ""});
+  if (m == 2 || m == 4) {
+    const io::KeySpec* k = io::find_key("sensitivity.svcca_k");
+    const std::string def = k ? k->default_yaml : "20";
+    const std::string topk = s.ask(
+        "SVCCA top-k", "singular directions SVCCA keeps (0 = enough for 99% of the variance)",
+        {}, def, [](const std::string& a) {
+          return parse_count(a, 0) ? std::string()
+                                   : fmt::format("'{}' is not a whole number >= 0", a);
+        });
+    e.push_back({"sensitivity.svcca_k", std::to_string(*parse_count(topk, 0)), ""});
+  }
+  return cal.path;
+}
+
+// Phase 2 alone: the sensitivity file phase 1 wrote.
+void ask_sensitivity_file(Session& s, std::vector<Entry>& e) {
+  const std::string sens = s.ask(
+      "sensitivity file", "the sensitivity.json phase 1 wrote (mpqat sensitivity, or a run "
+      "folder's)", {}, "", [](const std::string& a) {
+        return fs::is_regular_file(a)
+                   ? std::string()
+                   : fmt::format("'{}' is not a file; give the sensitivity.json of phase 1", a);
+      });
+  e.push_back({"sensitivity.file", yaml_string(sens), "from phase 1"});
+}
+
+// Bits per group, most sensitive first: a preset of the menu or a typed list.
+std::vector<int64_t> ask_bit_preset(Session& s, int64_t groups) {
+  std::vector<int64_t> preset = {16, 8, 4};
+  std::vector<MenuItem> items;
+  std::vector<std::vector<int64_t>> presets;
+  if (groups == 3) {
+    items = {{"[16, 8, 4] conservative (recommended)", "conservative"},
+             {"[8, 4, 2] aggressive", "aggressive"},
+             {"custom (type the bits, e.g. 16,8,4)", "custom"}};
+    presets = {{16, 8, 4}, {8, 4, 2}};
+  } else {
+    items = {{"[32, 16, 8, 4] conservative (recommended)", "conservative"},
+             {"[16, 8, 4, 2] moderate", "moderate"},
+             {"[8, 4, 2, 2] aggressive", "aggressive"},
+             {"custom (type the bits, e.g. 32,16,8,4)", "custom"}};
+    presets = {{32, 16, 8, 4}, {16, 8, 4, 2}, {8, 4, 2, 2}};
+  }
+  // The menu also takes a bit list typed directly ("8,4,2").
+  std::vector<std::string> lines, aliases;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    lines.push_back(fmt::format("{}. {}", i + 1, items[i].label));
+    aliases.push_back(items[i].alias);
+  }
+  bool custom = false;
+  s.ask("bit preset", "bits per group, most sensitive group first (16/32 = keep that float "
+        "width)", lines, "1", [&](const std::string& a) {
+          const std::string l = util::to_lower(a);
+          for (std::size_t i = 0; i < items.size(); ++i) {
+            if (l == std::to_string(i + 1) || l == aliases[i]) {
+              custom = i == presets.size();
+              if (!custom) preset = presets[i];
+              return std::string();
+            }
+          }
+          if (a.find_first_of(", /[") != std::string::npos) {
+            std::vector<int64_t> bits;
+            const std::string why = parse_bits(a, groups, bits);
+            if (why.empty()) preset = bits;
+            return why;
+          }
+          return fmt::format("'{}' is not a choice here; allowed: 1-{} (or {}), or a list of {} "
+                             "bit-widths such as {}", a, items.size(), join(aliases), groups,
+                             groups == 4 ? "32,16,8,4" : "16,8,4");
+        });
+  if (custom) {
+    s.ask("custom bits", fmt::format("{} bit-widths, most sensitive group first, comma-separated",
+                                     groups),
+          {}, "", [&](const std::string& a) {
+            std::vector<int64_t> bits;
+            const std::string why = parse_bits(a, groups, bits);
+            if (why.empty()) preset = bits;
+            return why;
+          });
+  }
+  return preset;
+}
+
+struct GroupingChoice {
+  std::size_t grouping = 0;  // kmeans, percentile, hierarchical
   int64_t groups = 3;
   std::vector<int64_t> preset = {16, 8, 4};
-  if (phase != 1) {
-    DataChoice ev = ask_data_file(
-        s, "evaluation data", "labelled test examples for accuracy, precision, recall and F1 "
-        "before and after quantization (a test/dev split)", o.evaluation_default,
-        "calibration", calibration);
-    e.push_back({"evaluation.classification.path", yaml_string(ev.path), ""});
-    if (!ev.text_field.empty()) {
-      e.push_back({"evaluation.classification.text_field", yaml_string(ev.text_field), ""});
-    }
-    if (!ev.label_field.empty()) {
-      e.push_back({"evaluation.classification.label_field", yaml_string(ev.label_field), ""});
-    }
-    const int64_t n = ask_size(
-        s, "evaluation size", "how many test examples are evaluated (more = steadier numbers)",
-        {{"5k (fast iteration)", "5k"},
-         {"10k", "10k"},
-         {"25k (full IMDB test in the seeds; final numbers)", "25k"},
-         {"all examples in the file", "all"},
-         {"custom", "custom"}},
-        {5000, 10000, 25000, 0}, ev.info, "evaluation");
-    e.push_back({"evaluation.classification.limit", std::to_string(n), n == 0 ? "all" : ""});
+};
 
-    grouping = s.choose("grouping", "how layers are grouped by sensitivity; each group gets one "
-                        "bit-width",
-                        {{"K-means (recommended)", "kmeans"},
-                         {"Percentile bucketing (sorted, split at quantiles)", "percentile"},
-                         {"Hierarchical clustering (bottom-up)", "hierarchical"}},
-                        0);
-    std::string g;
-    s.ask("groups", "number of precision groups: 3 = simpler (~2x smaller), 4 = finer control "
-          "(better accuracy)", {}, "3", [&](const std::string& a) {
-            if (a != "3" && a != "4") return fmt::format("'{}' is not allowed; answer 3 or 4", a);
-            g = a;
-            return std::string();
-          });
-    groups = std::stoll(g);
-
-    std::vector<MenuItem> items;
-    std::vector<std::vector<int64_t>> presets;
-    if (groups == 3) {
-      items = {{"[16, 8, 4] conservative (recommended)", "conservative"},
-               {"[8, 4, 2] aggressive", "aggressive"},
-               {"custom (type the bits, e.g. 16,8,4)", "custom"}};
-      presets = {{16, 8, 4}, {8, 4, 2}};
-    } else {
-      items = {{"[32, 16, 8, 4] conservative (recommended)", "conservative"},
-               {"[16, 8, 4, 2] moderate", "moderate"},
-               {"[8, 4, 2, 2] aggressive", "aggressive"},
-               {"custom (type the bits, e.g. 32,16,8,4)", "custom"}};
-      presets = {{32, 16, 8, 4}, {16, 8, 4, 2}, {8, 4, 2, 2}};
-    }
-    // The menu also takes a bit list typed directly ("8,4,2").
-    std::vector<std::string> lines, aliases;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      lines.push_back(fmt::format("{}. {}", i + 1, items[i].label));
-      aliases.push_back(items[i].alias);
-    }
-    bool custom = false;
-    s.ask("bit preset", "bits per group, most sensitive group first (16/32 = keep that float "
-          "width)", lines, "1", [&](const std::string& a) {
-            const std::string l = util::to_lower(a);
-            for (std::size_t i = 0; i < items.size(); ++i) {
-              if (l == std::to_string(i + 1) || l == aliases[i]) {
-                custom = i == presets.size();
-                if (!custom) preset = presets[i];
-                return std::string();
-              }
-            }
-            if (a.find_first_of(", /[") != std::string::npos) {
-              std::vector<int64_t> bits;
-              const std::string why = parse_bits(a, groups, bits);
-              if (why.empty()) preset = bits;
-              return why;
-            }
-            return fmt::format("'{}' is not a choice here; allowed: 1-{} (or {}), or a list of {} "
-                               "bit-widths such as {}", a, items.size(), join(aliases), groups,
-                               groups == 4 ? "32,16,8,4" : "16,8,4");
-          });
-    if (custom) {
-      s.ask("custom bits", fmt::format("{} bit-widths, most sensitive group first, comma-separated",
-                                       groups),
-            {}, "", [&](const std::string& a) {
-              std::vector<int64_t> bits;
-              const std::string why = parse_bits(a, groups, bits);
-              if (why.empty()) preset = bits;
-              return why;
-            });
-    }
+// Phase 2: evaluation data and size, then the grouping, the number of groups and their bits.
+GroupingChoice ask_quantization_phase(Session& s, const WizardOptions& o, const std::string& calibration,
+                                      std::vector<Entry>& e) {
+  GroupingChoice c;
+  std::size_t& grouping = c.grouping;
+  int64_t& groups = c.groups;
+  DataChoice ev = ask_data_file(
+      s, "evaluation data", "labelled test examples for accuracy, precision, recall and F1 "
+      "before and after quantization (a test/dev split)", o.evaluation_default,
+      "calibration", calibration);
+  e.push_back({"evaluation.classification.path", yaml_string(ev.path), ""});
+  if (!ev.text_field.empty()) {
+    e.push_back({"evaluation.classification.text_field", yaml_string(ev.text_field), ""});
   }
-  static const char* kGrouping[] = {"kmeans", "percentile", "hierarchical"};
-  e.push_back({"allocation.method", kGrouping[grouping], phase == 1 ? "phase 2's default" : ""});
-  e.push_back({"allocation.unit", "block", "one bit-width per layer, as the seeds"});
-  e.push_back({"allocation.groups", std::to_string(groups), ""});
-  e.push_back({"allocation.preset", join_ints(preset), ""});
-  e.push_back({"training.method", "rtn",
-               "post-training quantization as the seeds (block-ap = QAT)"});
+  if (!ev.label_field.empty()) {
+    e.push_back({"evaluation.classification.label_field", yaml_string(ev.label_field), ""});
+  }
+  const int64_t n = ask_size(
+      s, "evaluation size", "how many test examples are evaluated (more = steadier numbers)",
+      {{"5k (fast iteration)", "5k"},
+       {"10k", "10k"},
+       {"25k (full IMDB test in the seeds; final numbers)", "25k"},
+       {"all examples in the file", "all"},
+       {"custom", "custom"}},
+      {5000, 10000, 25000, 0}, ev.info, "evaluation");
+  e.push_back({"evaluation.classification.limit", std::to_string(n), n == 0 ? "all" : ""});
 
-  // ---- output
+  grouping = s.choose("grouping", "how layers are grouped by sensitivity; each group gets one "
+                      "bit-width",
+                      {{"K-means (recommended)", "kmeans"},
+                       {"Percentile bucketing (sorted, split at quantiles)", "percentile"},
+                       {"Hierarchical clustering (bottom-up)", "hierarchical"}},
+                      0);
+  std::string g;
+  s.ask("groups", "number of precision groups: 3 = simpler (~2x smaller), 4 = finer control "
+        "(better accuracy)", {}, "3", [&](const std::string& a) {
+          if (a != "3" && a != "4") return fmt::format("'{}' is not allowed; answer 3 or 4", a);
+          g = a;
+          return std::string();
+        });
+  groups = std::stoll(g);
+  c.preset = ask_bit_preset(s, groups);
+  return c;
+}
+
+// Where the run writes; phase 1 alone stops after the sensitivity stage.
+void ask_output(Session& s, const std::string& model, std::size_t phase, std::vector<Entry>& e) {
   const std::string out_dir = s.ask(
       "output folder", "where the run writes sensitivities, reports and the quantized model "
       "({name} = model folder's name, {timestamp} = start time)", {},
@@ -619,7 +633,11 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
   e.push_back({"output.dir", yaml_string(out_dir), ""});
   e.push_back({"output.name", yaml_string(run_name_of(model)), "model folder's name"});
   if (phase == 1) e.push_back({"output.stop_after", "sensitivity", "phase 1 only"});
+}
 
+// The recipe: checked by the recipe reader, written atomically, shown; then "run it now?".
+WizardResult finish_wizard(WizardIO& io, Session& s, const WizardOptions& o, const std::vector<Entry>& e,
+                           std::size_t phase) {
   static const char* kPhase[] = {"", "phase 1: sensitivity analysis",
                                  "phase 2: quantization and evaluation",
                                  "phases 1 and 2: sensitivity, then quantization and evaluation"};
@@ -661,6 +679,36 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
         },
         "y/N");
   return r;
+}
+
+}  // namespace
+
+WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
+  Session s(io);
+  io.out << "mpqat wizard: the seeds' two-phase workflow as a recipe. Press Enter to take the "
+            "default in [brackets].\n";
+  std::vector<Entry> e;
+  const std::string model = ask_model(s, o, e);
+  const std::size_t phase = ask_phase(s);
+  std::string calibration;
+  if (phase != 2) calibration = ask_sensitivity_phase(s, o, e);
+  else ask_sensitivity_file(s, e);
+  // The seeds score and group whole layers (blocks), not single linear modules.
+  e.push_back({"sensitivity.unit", "block", "one score per layer, as the seeds"});
+  GroupingChoice g;
+  if (phase != 1) g = ask_quantization_phase(s, o, calibration, e);
+  const std::size_t grouping = g.grouping;
+  const int64_t groups = g.groups;
+  const std::vector<int64_t>& preset = g.preset;
+  static const char* kGrouping[] = {"kmeans", "percentile", "hierarchical"};
+  e.push_back({"allocation.method", kGrouping[grouping], phase == 1 ? "phase 2's default" : ""});
+  e.push_back({"allocation.unit", "block", "one bit-width per layer, as the seeds"});
+  e.push_back({"allocation.groups", std::to_string(groups), ""});
+  e.push_back({"allocation.preset", join_ints(preset), ""});
+  e.push_back({"training.method", "rtn",
+               "post-training quantization as the seeds (block-ap = QAT)"});
+  ask_output(s, model, phase, e);
+  return finish_wizard(io, s, o, e, phase);
 }
 
 }  // namespace mpqat::cli
