@@ -101,8 +101,14 @@ void run_workflow(const std::string& tag, const json& cfg) {
   ASSERT_EQ(q.code, 0) << q.out << q.err;
   const json qrep = json::parse(mpqat::testing::slurp(s + "/run_qat/report.json"));
   ASSERT_EQ(qrep["blocks"].size(), 2u);
-  for (const auto& b : qrep["blocks"])
+  // Block-AP keeps a block's best state (never worse than RTN, by construction), so that alone
+  // proves nothing: training must have lowered the validation error of at least one block by 1%.
+  int improved = 0;
+  for (const auto& b : qrep["blocks"]) {
     EXPECT_LE(b["end_val_mse"].get<double>(), b["start_val_mse"].get<double>() * (1 + 1e-9)) << b.dump();
+    if (b["end_val_mse"].get<double>() < 0.99 * b["start_val_mse"].get<double>()) ++improved;
+  }
+  EXPECT_GE(improved, 1) << qrep["blocks"].dump();
   EXPECT_GT(qrep["quantized"]["classification"]["accuracy"].get<double>(), 0.85);
   fs::remove_all(d);
 }
