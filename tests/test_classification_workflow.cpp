@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/eval/classification.h"
+#include "mpqat/model/model_input.h"
 #include "run_command.h"
 #include "sentiment_fixture.h"
 
@@ -121,6 +122,18 @@ TEST(ClassificationWorkflow, TinyBertThroughSensitivityClusteringRtnEval) {
 
 TEST(ClassificationWorkflow, TinyOptThroughSensitivityClusteringRtnEval) {
   run_workflow("opt", mpqat::testing::opt_json(true, static_cast<int64_t>(mpqat::testing::sentiment_vocab().size())));
+}
+
+// The one padded-batch builder (fit, the pipeline's labelled calibration, classification).
+TEST(ClassificationWorkflow, PadRightPadsAfterEachSequenceAndMasksTheTokens) {
+  const auto in = mpqat::model::pad_right({{5, 6, 7}, {}, {8}}, 9);
+  ASSERT_EQ(in.ids.sizes(), (std::vector<int64_t>{3, 3}));
+  const std::vector<int64_t> ids = {5, 6, 7, 9, 9, 9, 8, 9, 9}, mask = {1, 1, 1, 0, 0, 0, 1, 0, 0};
+  for (int64_t k = 0; k < 9; ++k) {
+    EXPECT_EQ(in.ids.view(-1)[k].item<int64_t>(), ids[static_cast<size_t>(k)]) << k;
+    EXPECT_EQ(in.mask.view(-1)[k].item<int64_t>(), mask[static_cast<size_t>(k)]) << k;
+  }
+  EXPECT_EQ(mpqat::model::pad_right({}, 0).ids.sizes(), (std::vector<int64_t>{0, 1}));  // T is at least 1
 }
 
 TEST(ClassificationWorkflow, PrecisionRecallF1MatchAHandCount) {

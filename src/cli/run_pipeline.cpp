@@ -35,6 +35,7 @@
 #include "mpqat/model/block_source.h"
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
+#include "mpqat/model/model_input.h"
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/inspect.h"
@@ -162,17 +163,10 @@ train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::
   auto enc = model::classifier_encoding(cfg, tok);
   enc.max_length = std::min<int64_t>(seqlen, enc.max_length);
   const auto seqs = model::encode_for_classifier(tok, cal.texts, enc);
-  int64_t L = 1;
-  for (const auto& v : seqs) L = std::max<int64_t>(L, static_cast<int64_t>(v.size()));
-  const int64_t pad = enc.pad_id;
+  auto padded = model::pad_right(seqs, enc.pad_id);
   train::TokenBatch b;
-  b.ids = torch::full({static_cast<int64_t>(seqs.size()), L}, pad, torch::kLong);
-  b.mask = torch::zeros({static_cast<int64_t>(seqs.size()), L}, torch::kLong);
-  for (size_t i = 0; i < seqs.size(); ++i)
-    for (size_t t = 0; t < seqs[i].size(); ++t) {
-      b.ids[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = seqs[i][t];
-      b.mask[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = 1;
-    }
+  b.ids = padded.ids;
+  b.mask = padded.mask;
   return b;
 }
 

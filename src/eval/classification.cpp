@@ -129,7 +129,6 @@ std::vector<int64_t> predict_local(const model::BatchFn& run, const EncodeFn& en
   for (std::size_t b0 = 0; b0 < mine.size(); b0 += static_cast<std::size_t>(opts.batch_size)) {
     const std::size_t b1 = std::min(mine.size(), b0 + static_cast<std::size_t>(opts.batch_size));
     std::vector<std::vector<int32_t>> enc;
-    int64_t T = 1;
     for (std::size_t k = b0; k < b1; ++k) {
       auto ids = encode(texts[mine[k]]);
       if (static_cast<int64_t>(ids.size()) > opts.max_length) {
@@ -138,20 +137,10 @@ std::vector<int64_t> predict_local(const model::BatchFn& run, const EncodeFn& en
         if (opts.keep_last_token) ids.back() = last;
       }
       if (ids.empty()) ids.push_back(opts.pad_id);  // an empty text still needs one position
-      T = std::max<int64_t>(T, static_cast<int64_t>(ids.size()));
       enc.push_back(std::move(ids));
     }
-    const auto B = static_cast<int64_t>(enc.size());
-    auto ids = torch::full({B, T}, static_cast<int64_t>(opts.pad_id), torch::kLong);  // (B, T)
-    auto mask = torch::zeros({B, T}, torch::kLong);                                   // (B, T)
-    auto ia = ids.accessor<int64_t, 2>();
-    auto ma = mask.accessor<int64_t, 2>();
-    for (int64_t r = 0; r < B; ++r)
-      for (std::size_t t = 0; t < enc[r].size(); ++t) {
-        ia[r][static_cast<int64_t>(t)] = enc[r][t];
-        ma[r][static_cast<int64_t>(t)] = 1;
-      }
-    batches.push_back({ids.to(opts.device), mask.to(opts.device)});
+    auto in = model::pad_right(enc, opts.pad_id);
+    batches.push_back({in.ids.to(opts.device), in.mask.to(opts.device)});
   }
   std::vector<int64_t> preds;
   preds.reserve(mine.size());

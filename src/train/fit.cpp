@@ -16,6 +16,7 @@
 #include "mpqat/data/wordpiece_tokenizer.h"
 #include "mpqat/model/config.h"
 #include "mpqat/model/loader.h"
+#include "mpqat/model/model_input.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
@@ -284,21 +285,11 @@ namespace {
 // Right-padded (B, T) ids and mask for the examples `rows` of `encoded`.
 std::pair<torch::Tensor, torch::Tensor> pad_batch(const std::vector<std::vector<int32_t>>& encoded,
                                                   const std::vector<int64_t>& rows, int32_t pad_id) {
-  size_t T = 1;
-  for (auto i : rows) T = std::max(T, encoded[static_cast<size_t>(i)].size());
-  const int64_t B = static_cast<int64_t>(rows.size());
-  auto ids = torch::full({B, static_cast<int64_t>(T)}, static_cast<int64_t>(pad_id), torch::kLong);
-  auto mask = torch::zeros({B, static_cast<int64_t>(T)}, torch::kLong);
-  auto ia = ids.accessor<int64_t, 2>();
-  auto ma = mask.accessor<int64_t, 2>();
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& e = encoded[static_cast<size_t>(rows[static_cast<size_t>(b)])];
-    for (size_t t = 0; t < e.size(); ++t) {
-      ia[b][static_cast<int64_t>(t)] = e[t];
-      ma[b][static_cast<int64_t>(t)] = 1;
-    }
-  }
-  return {ids, mask};
+  std::vector<std::vector<int32_t>> picked;
+  picked.reserve(rows.size());
+  for (auto i : rows) picked.push_back(encoded[static_cast<size_t>(i)]);
+  auto in = model::pad_right(picked, pad_id);
+  return {in.ids, in.mask};
 }
 
 void check_labels(const std::vector<int64_t>& labels, int64_t num_labels, const std::string& what) {

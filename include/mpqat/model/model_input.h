@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -14,6 +15,10 @@ struct ModelInput {
   at::Tensor ids;   // (B, T) int64
   at::Tensor mask;  // (B, T) or undefined (no padding)
 };
+
+// The one builder of padded batches: (B, T) int64 ids with `pad_id` after each sequence and a
+// (B, T) int64 mask of 1 on real tokens, on the CPU; T = the longest sequence (at least 1).
+ModelInput pad_right(const std::vector<std::vector<int32_t>>& seqs, int64_t pad_id);
 
 // Receives the head's output of input `index`: (B, T, V) logits or (B, num_labels).
 using OutputFn = std::function<void(std::size_t index, const at::Tensor& output)>;
