@@ -1,5 +1,7 @@
 #include "mpqat/eval/run_report.h"
 
+#include "mpqat/eval/json_access.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -21,24 +23,8 @@ namespace {
 
 // ---------------------------------------------------------------- json access (lenient)
 
-const json& null_json() {
-  static const json n;
-  return n;
-}
-
-// obj[key] when obj is an object holding key, else null.
-const json& field(const json& obj, const char* key) {
-  if (!obj.is_object()) return null_json();
-  auto it = obj.find(key);
-  return it == obj.end() ? null_json() : *it;
-}
-
-std::optional<double> number(const json& v) {
-  if (!v.is_number()) return std::nullopt;  // bools are not numbers in nlohmann::json
-  return v.get<double>();
-}
-
-std::optional<double> number(const json& obj, const char* key) { return number(field(obj, key)); }
+using json_access::field;
+using json_access::number;
 
 std::optional<double> finite(const std::optional<double>& v) {
   if (v && std::isfinite(*v)) return v;

@@ -1,5 +1,7 @@
 #include "mpqat/eval/seed_outputs.h"
 
+#include "mpqat/eval/json_access.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -58,23 +60,9 @@ std::string impact(double drop_pct) {
 
 // ------------------------------------------------------------ report.json access (lenient)
 
-const json& null_json() {
-  static const json n;
-  return n;
-}
-
-const json& field(const json& obj, const char* key) {
-  if (!obj.is_object()) return null_json();
-  auto it = obj.find(key);
-  return it == obj.end() ? null_json() : *it;
-}
-
-std::optional<double> number(const json& v) {
-  if (!v.is_number()) return std::nullopt;
-  return v.get<double>();
-}
-
-std::string string_of(const json& v) { return v.is_string() ? v.get<std::string>() : std::string(); }
+using json_access::field;
+using json_access::number;
+using json_access::string_of;
 
 // "<side>.classification" as a flat metric object, and the key it came from ("" when flat).
 const json* classification_of(const json& side, std::string* file_key) {
