@@ -72,21 +72,19 @@ struct EvalWhat {
   bool gen = false, ppl = false, tasks = false, cls = false;
 };
 
-void validate_eval_options(const EvalOpts& opts, const EvalWhat& w) {
-  const EvalOpts* o = &opts;
-  const bool do_gen = w.gen, do_ppl = w.ppl, do_tasks = w.tasks, do_cls = w.cls;
-  if (!do_gen && !do_ppl && !do_tasks && !do_cls)
+void validate_eval_options(const EvalOpts& o, const EvalWhat& w) {
+  if (!w.gen && !w.ppl && !w.tasks && !w.cls)
     throw InputError(
         "eval: nothing to do (give --generate PROMPT, --ppl FILE, --tasks LIST and/or --classify FILE)");
-  if (o->json && !do_ppl && !do_tasks && !do_cls)
+  if (o.json && !w.ppl && !w.tasks && !w.cls)
     throw InputError("eval: --json applies to --ppl, --tasks and --classify; give one of them");
-  if (o->limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o->limit));
-  if (o->max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o->max_length));
-  if (o->batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o->batch_size));
-  if (o->context < 0) throw InputError("--context must be >= 0, got " + std::to_string(o->context));
-  if (o->streaming && do_gen)
+  if (o.limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o.limit));
+  if (o.max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o.max_length));
+  if (o.batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o.batch_size));
+  if (o.context < 0) throw InputError("--context must be >= 0, got " + std::to_string(o.context));
+  if (o.streaming && w.gen)
     throw InputError("--streaming applies to --ppl, --tasks and --classify, not to --generate");
-  if (do_cls && (do_gen || do_ppl || do_tasks))
+  if (w.cls && (w.gen || w.ppl || w.tasks))
     throw InputError("--classify needs a *ForSequenceClassification folder, --generate / --ppl / --tasks a "
                      "causal LM: run them separately");
 }
@@ -103,39 +101,38 @@ struct EvalContext {
   model::BatchFn run_model;
   const model::ModelFolder& folder() const { return *folder_; }
   const model::ModelConfig& config() const { return folder_->config(); }
+  const data::Tokenizer& tokenizer() const { return folder_->tokenizer(); }
 };
 
 // Opens the folder, checks that it suits what was asked, and sets up ranks, device and model.
-EvalContext open_eval_context(const EvalOpts& opts, const EvalWhat& w) {
-  const EvalOpts* o = &opts;
-  const bool do_gen = w.gen, do_cls = w.cls;
+EvalContext open_eval_context(const EvalOpts& o, const EvalWhat& w) {
   EvalContext c;
-  c.o = o;
-  c.folder_ = std::make_unique<model::ModelFolder>(o->dir);
+  c.o = &o;
+  c.folder_ = std::make_unique<model::ModelFolder>(o.dir);
   const auto& folder = *c.folder_;
   const auto& cfg = folder.config();
   const bool causal = !cfg.is_sequence_classifier();
-  if (do_cls && causal)
-    throw InputError("--classify needs a *ForSequenceClassification folder; '" + o->dir + "' holds " +
+  if (w.cls && causal)
+    throw InputError("--classify needs a *ForSequenceClassification folder; '" + o.dir + "' holds " +
                      cfg.architecture + ", a causal LM (use --ppl / --tasks / --generate with it)");
-  if (!do_cls && !causal)
-    throw InputError("--generate / --ppl / --tasks need a causal LM; '" + o->dir + "' holds " + cfg.architecture +
+  if (!w.cls && !causal)
+    throw InputError("--generate / --ppl / --tasks need a causal LM; '" + o.dir + "' holds " + cfg.architecture +
                      ", a sequence classifier (use --classify FILE with it)");
-  if (do_gen && cfg.family != model::Family::Llama)
+  if (w.gen && cfg.family != model::Family::Llama)
     throw NotImplementedError("eval --generate for the " + family_name(cfg.family) + " family (" +
                               cfg.architecture + "); generation supports Llama-family models");
   // Ranks launched by `mpqat launch` / torchrun split the work; a plain run is one rank.
   c.comm = dist::Communicator::from_env();
-  c.device = dist::resolve_device(o->device, *c.comm, "--device");
+  c.device = dist::resolve_device(o.device, *c.comm, "--device");
   c.main_rank = c.comm->is_main();
   // The whole model when it fits --memory-limit (and --streaming is not given), else one block at
   // a time from the mapped file, each block read once per group of batches.
   model::StreamingOptions st;
   st.device = c.device;
-  st.mode = o->streaming ? "always" : "auto";
-  st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
+  st.mode = o.streaming ? "always" : "auto";
+  st.memory_limit = model::parse_memory_limit(o.memory_limit, "--memory-limit");
   st.limit_key = "--memory-limit";
-  if (do_gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
+  if (w.gen && st.mode == "auto") st.mode = "never";  // decoding holds the model (KV cache)
   c.src = model::open_blocks(folder, st);
   c.limit = st.memory_limit ? st.memory_limit : model::auto_memory_limit(c.device);
   c.run_model = model::batch_fn(*c.src, std::max<uint64_t>(256ull << 20, c.limit / 4));
@@ -143,119 +140,90 @@ EvalContext open_eval_context(const EvalOpts& opts, const EvalWhat& w) {
 }
 
 void run_generate(EvalContext& c, nlohmann::json& out) {
-  const EvalOpts* o = c.o;
-  const auto& cfg = c.config();
-  const auto& folder = c.folder();
-  const auto& tok = folder.tokenizer();
-  const uint64_t limit = c.limit;
-  const bool main_rank = c.main_rank;
-  auto& src = c.src;
-  if (model::whole_model_bytes(folder) > limit)
-    throw InputError("eval --generate holds the whole model (" + util::format_bytes(model::whole_model_bytes(folder)) +
-                     ") but --memory-limit is " + util::format_bytes(limit) + " (raise it, or use --ppl / --tasks, which stream)");
-  auto llama = dynamic_cast<model::LlamaForCausalLM*>(&src->shell());
-  if (!llama) throw Error("eval --generate: the loaded " + cfg.architecture + " is not a LlamaForCausalLM");
+  if (model::whole_model_bytes(c.folder()) > c.limit)
+    throw InputError("eval --generate holds the whole model (" + util::format_bytes(model::whole_model_bytes(c.folder())) +
+                     ") but --memory-limit is " + util::format_bytes(c.limit) + " (raise it, or use --ppl / --tasks, which stream)");
+  auto llama = dynamic_cast<model::LlamaForCausalLM*>(&c.src->shell());
+  if (!llama) throw Error("eval --generate: the loaded " + c.config().architecture + " is not a LlamaForCausalLM");
   eval::GenerateOptions g;
-  g.max_new_tokens = o->max_new_tokens;
-  g.greedy = o->greedy;
-  g.temperature = o->temperature;
-  g.top_p = o->top_p;
-  g.seed = o->seed;
-  if (o->json) {
-    const auto text = eval::generate(*llama, tok, o->prompt, g).text;
+  g.max_new_tokens = c.o->max_new_tokens;
+  g.greedy = c.o->greedy;
+  g.temperature = c.o->temperature;
+  g.top_p = c.o->top_p;
+  g.seed = c.o->seed;
+  if (c.o->json) {
+    const auto text = eval::generate(*llama, c.tokenizer(), c.o->prompt, g).text;
     out["generated"] = text;
-  } else if (main_rank) {
-    eval::generate(*llama, tok, o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
+  } else if (c.main_rank) {
+    eval::generate(*llama, c.tokenizer(), c.o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
     std::cout << "\n";
   }
 }
 
 void run_perplexity(EvalContext& c, nlohmann::json& out, eval::EvalReport& report) {
-  const EvalOpts* o = c.o;
-  const auto& cfg = c.config();
-  const auto& tok = c.folder().tokenizer();
-  const auto& device = c.device;
-  const auto& run_model = c.run_model;
-  auto& comm = c.comm;
-  auto& src = c.src;
-  const bool main_rank = c.main_rank;
-  const auto ids = tok.encode(util::read_file(o->ppl_file), /*add_bos=*/true);
-  const int context = o->context > 0 ? o->context : eval::default_context(cfg);
-  const auto r = eval::evaluate_perplexity(run_model, ids, context, o->batch_size, o->json ? 0 : 1, device,
-                                           comm.get());
+  const auto ids = c.tokenizer().encode(util::read_file(c.o->ppl_file), /*add_bos=*/true);
+  const int context = c.o->context > 0 ? c.o->context : eval::default_context(c.config());
+  const auto r = eval::evaluate_perplexity(c.run_model, ids, context, c.o->batch_size, c.o->json ? 0 : 1, c.device,
+                                           c.comm.get());
   out["ppl"] = r.ppl;
   out["nll"] = r.nll;
   out["tokens"] = r.tokens;
   out["windows"] = r.windows;
   out["context"] = r.context;
-  report.set_section("perplexity", nlohmann::json{{"file", o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
+  report.set_section("perplexity", nlohmann::json{{"file", c.o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
                                                   {"tokens", r.tokens}, {"windows", r.windows},
-                                                  {"context", r.context}, {"streaming", src->streaming()}});
-  if (!o->json && main_rank)
+                                                  {"context", r.context}, {"streaming", c.src->streaming()}});
+  if (!c.o->json && c.main_rank)
     std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
               << r.windows << "  context " << r.context << "\n";
 }
 
 void run_tasks(EvalContext& c, const std::vector<eval::MultipleChoiceTask>& loaded, nlohmann::json& out,
                eval::EvalReport& report) {
-  const EvalOpts* o = c.o;
-  const auto& cfg = c.config();
-  const auto& tok = c.folder().tokenizer();
-  const auto& device = c.device;
-  const auto& run_model = c.run_model;
-  auto& comm = c.comm;
-  const bool main_rank = c.main_rank;
   eval::MultipleChoiceOptions mo;
-  mo.batch_size = o->batch_size;
-  mo.max_length = o->max_length > 0 ? o->max_length : cfg.max_position_embeddings;
-  mo.limit = o->limit;
-  mo.add_bos = !o->no_bos;
-  mo.progress = !o->json;
-  mo.comm = comm.get();
-  mo.device = device;
-  report.set_meta("limit", o->limit);
-  report.set_meta("batch_size", o->batch_size);
+  mo.batch_size = c.o->batch_size;
+  mo.max_length = c.o->max_length > 0 ? c.o->max_length : c.config().max_position_embeddings;
+  mo.limit = c.o->limit;
+  mo.add_bos = !c.o->no_bos;
+  mo.progress = !c.o->json;
+  mo.comm = c.comm.get();
+  mo.device = c.device;
+  report.set_meta("limit", c.o->limit);
+  report.set_meta("batch_size", c.o->batch_size);
   report.set_meta("max_length", mo.max_length);
   report.set_meta("num_fewshot", 0);
   report.set_meta("bos", mo.add_bos);
   for (const auto& t : loaded) {
-    const auto r = eval::evaluate_task(run_model, tok, t, mo);
+    const auto r = eval::evaluate_task(c.run_model, c.tokenizer(), t, mo);
     report.add_multiple_choice(r);
     out["tasks"][r.task] = report.json()["tasks"][r.task];
   }
-  if (!o->json && main_rank) std::cout << report.to_text();
+  if (!c.o->json && c.main_rank) std::cout << report.to_text();
 }
 
 void run_classification(EvalContext& c, const data::ClassificationData& cls_data, nlohmann::json& out,
                         eval::EvalReport& report) {
-  const EvalOpts* o = c.o;
-  const auto& cfg = c.config();
-  const auto& tok = c.folder().tokenizer();
-  const auto& device = c.device;
-  const auto& run_model = c.run_model;
-  auto& comm = c.comm;
-  const bool main_rank = c.main_rank;
-  if (cfg.num_labels != static_cast<int64_t>(cls_data.label_names.size()))
-    throw InputError("'" + o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
-                     " labels but " + o->dir + " classifies into " + std::to_string(cfg.num_labels) +
+  if (c.config().num_labels != static_cast<int64_t>(cls_data.label_names.size()))
+    throw InputError("'" + c.o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
+                     " labels but " + c.o->dir + " classifies into " + std::to_string(c.config().num_labels) +
                      " (give the label order with --labels)");
-  const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
+  const auto enc = model::classifier_encoding(c.config(), c.tokenizer());  // the rules every stage shares
   eval::PredictOptions po;
-  po.batch_size = o->batch_size;
-  po.max_length = o->max_length > 0 ? o->max_length : enc.max_length;
+  po.batch_size = c.o->batch_size;
+  po.max_length = c.o->max_length > 0 ? c.o->max_length : enc.max_length;
   po.pad_id = enc.pad_id;  // the config's pad id first: OPT's head finds each row's last token by it
   po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
-  po.progress = !o->json;
-  po.device = device;
-  po.comm = comm.get();
-  const eval::EncodeFn encode = [&](const std::string& text) { return tok.encode(text, enc.add_bos); };
-  auto metrics = eval::evaluate_classifier(run_model, encode, cls_data, po);
+  po.progress = !c.o->json;
+  po.device = c.device;
+  po.comm = c.comm.get();
+  const eval::EncodeFn encode = [&](const std::string& text) { return c.tokenizer().encode(text, enc.add_bos); };
+  auto metrics = eval::evaluate_classifier(c.run_model, encode, cls_data, po);
   const auto mj = metrics.to_json();
   for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
-  const std::string name = std::filesystem::path(o->classify_file).stem().string();
+  const std::string name = std::filesystem::path(c.o->classify_file).stem().string();
   report.set_meta("max_length", po.max_length);
   report.add_classification(name, metrics);
-  if (!o->json && main_rank) {
+  if (!c.o->json && c.main_rank) {
     std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
               << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
               << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
@@ -263,7 +231,7 @@ void run_classification(EvalContext& c, const data::ClassificationData& cls_data
     for (const auto& l : cls_data.label_names) std::cout << " " << l;
     std::cout << "\n";
     for (const auto& row : metrics.confusion) {
-      for (size_t c = 0; c < row.size(); ++c) std::cout << (c ? " " : "  ") << row[c];
+      for (size_t col = 0; col < row.size(); ++col) std::cout << (col ? " " : "  ") << row[col];
       std::cout << "\n";
     }
   }
