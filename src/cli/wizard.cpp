@@ -396,6 +396,13 @@ DataFileInfo inspect_data_file(const std::string& path) {
 
 namespace {
 
+// A data file's recipe entries under `section`: path, and the text / label columns when chosen.
+void add_data_entries(std::vector<Entry>& e, const std::string& section, const DataChoice& d) {
+  e.push_back({section + ".path", yaml_string(d.path), ""});
+  if (!d.text_field.empty()) e.push_back({section + ".text_field", yaml_string(d.text_field), ""});
+  if (!d.label_field.empty()) e.push_back({section + ".label_field", yaml_string(d.label_field), ""});
+}
+
 // run_wizard's questions, one function per part of the recipe. Each appends its entries to `e`.
 
 // The model folder; notes what config.json holds.
@@ -446,13 +453,7 @@ std::string ask_sensitivity_phase(Session& s, const WizardOptions& o, std::vecto
   DataChoice cal = ask_data_file(
       s, "calibration data", "labelled examples the sensitivities are measured on (a train "
       "split: TSV/CSV with a header row, JSONL, or plain text)", o.calibration_default, "", "");
-  e.push_back({"data.calibration.path", yaml_string(cal.path), ""});
-  if (!cal.text_field.empty()) {
-    e.push_back({"data.calibration.text_field", yaml_string(cal.text_field), ""});
-  }
-  if (!cal.label_field.empty()) {
-    e.push_back({"data.calibration.label_field", yaml_string(cal.label_field), ""});
-  }
+  add_data_entries(e, "data.calibration", cal);
   const int64_t n = ask_size(
       s, "calibration size", "how many examples the sensitivities are computed from "
       "(sensitivity converges around 10k)",
@@ -585,13 +586,7 @@ GroupingChoice ask_quantization_phase(Session& s, const WizardOptions& o, const 
       s, "evaluation data", "labelled test examples for accuracy, precision, recall and F1 "
       "before and after quantization (a test/dev split)", o.evaluation_default,
       "calibration", calibration);
-  e.push_back({"evaluation.classification.path", yaml_string(ev.path), ""});
-  if (!ev.text_field.empty()) {
-    e.push_back({"evaluation.classification.text_field", yaml_string(ev.text_field), ""});
-  }
-  if (!ev.label_field.empty()) {
-    e.push_back({"evaluation.classification.label_field", yaml_string(ev.label_field), ""});
-  }
+  add_data_entries(e, "evaluation.classification", ev);
   const int64_t n = ask_size(
       s, "evaluation size", "how many test examples are evaluated (more = steadier numbers)",
       {{"5k (fast iteration)", "5k"},
