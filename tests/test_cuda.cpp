@@ -19,6 +19,7 @@
 #include "mpqat/sensitivity/fisher.h"
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -43,14 +44,7 @@ fs::path model_folder(const std::string& name) {
   torch::manual_seed(3);
   auto m = model::build_model(model::parse_model_config(llama_json(), name));
   std::ofstream(dir / "config.json") << llama_json().dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m->named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(*m, dir);
   return dir;
 }
 

@@ -26,6 +26,7 @@
 #include "mpqat/util/error.h"
 
 #include "eval_cli.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -103,14 +104,7 @@ const std::vector<std::string> kVocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[M
 void save_folder(torch::nn::Module& m, const json& cfg, const fs::path& dir) {
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m.named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(m, dir);
   std::ofstream v(dir / "vocab.txt");
   for (const auto& t : kVocab) v << t << "\n";
 }

@@ -22,6 +22,7 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/util/error.h"
 #include "test_util.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -71,14 +72,7 @@ std::string error_message(F&& f) {
 void save_folder(model::LlamaForCausalLM& m, const json& cfg, const fs::path& dir) {
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m.named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(m, dir);
 }
 
 }  // namespace

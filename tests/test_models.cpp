@@ -26,6 +26,7 @@
 #include "mpqat/model/model.h"
 #include "mpqat/model/opt.h"
 #include "mpqat/util/error.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -267,15 +268,7 @@ void save_folder(torch::nn::Module& m, const json& cfg, const fs::path& dir,
                  const std::function<std::string(const std::string&)>& rename = nullptr) {
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m.named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({rename ? rename(item.key()) : item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(),
-                  t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(m, dir, rename);
 }
 
 template <typename E, typename F>

@@ -27,6 +27,7 @@
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 #include "test_util.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -69,14 +70,7 @@ json tiny_config() {
 void save_float_folder(const model::TransformerModel& m, const json& cfg, const fs::path& dir) {
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m.named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(m, dir);
 }
 
 // Every tensor of a folder's checkpoint as raw bytes, to rewrite it with edits.

@@ -31,6 +31,7 @@
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "test_util.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -73,14 +74,7 @@ fs::path model_folder(const std::string& name, const json& cfg, uint64_t seed) {
   torch::manual_seed(seed);
   auto m = model::build_model(model::parse_model_config(cfg, name));
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m->named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(*m, dir);
   return dir;
 }
 

@@ -25,6 +25,7 @@
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "test_util.h"
+#include "float_folder.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -53,14 +54,7 @@ fs::path tiny_folder(const std::string& name, int layers = 3, uint64_t seed = 7)
   torch::manual_seed(seed);
   auto m = model::build_model(model::parse_model_config(cfg, "tiny"));
   std::ofstream(dir / "config.json") << cfg.dump(2);
-  std::vector<torch::Tensor> keep;
-  std::vector<io::TensorToWrite> ts;
-  for (const auto& item : m->named_parameters(true)) {
-    auto t = item.value().detach().contiguous();
-    keep.push_back(t);
-    ts.push_back({item.key(), io::DType::F32, t.sizes().vec(), t.data_ptr(), t.numel() * sizeof(float)});
-  }
-  io::write_safetensors((dir / "model.safetensors").string(), ts);
+  mpqat::testing::write_f32_safetensors(*m, dir);
   return dir;
 }
 
