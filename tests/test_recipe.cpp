@@ -114,7 +114,7 @@ TEST(Recipe, ChoicesAndRangesAreChecked) {
   std::string msg = error_of([] {
     Recipe::from_yaml(std::string(kMinimal) + "training:\n  method: blockap\n", "r.yaml");
   });
-  EXPECT_NE(msg.find("training.method must be one of block-ap|rtn, got 'blockap'"),
+  EXPECT_NE(msg.find("training.method must be one of block-ap|gptq|rtn, got 'blockap'"),
             std::string::npos) << msg;
   EXPECT_NE(msg.find("did you mean 'block-ap'"), std::string::npos) << msg;
   msg = error_of([] {

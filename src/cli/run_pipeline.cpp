@@ -42,6 +42,7 @@
 #include "mpqat/sensitivity/run_sensitivity.h"
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
+#include "mpqat/train/gptq.h"
 #include "mpqat/train/options.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -333,11 +334,13 @@ void quantize_into(Run& run, const quant::BitPlan& plan, const fs::path& ckpt) {
     }
     return;
   }
+  const std::string method = r.str("training.method");
   if (run.calib_path.empty())
-    throw InputError(r.source() + ": data.calibration.path is required for training.method block-ap");
+    throw InputError(r.source() + ": data.calibration.path is required for training.method " + method);
   const bool e2e = r.flag("training.e2e.enabled");
   if (e2e && !run.causal) throw InputError(r.source() + ": training.e2e needs a causal LM (next-token loss)");
-  spdlog::info("stage quantize: Block-AP{}", e2e ? " + E2E-QP" : "");
+  const bool gptq = method == "gptq";
+  spdlog::info("stage quantize: {}{}", gptq ? "GPTQ" : "Block-AP", e2e ? " + E2E-QP" : "");
   const auto batch = calibration_batch(run.folder, r, r.integer("data.calibration.samples"),
                                        r.integer("data.calibration.seqlen"),
                                        static_cast<uint64_t>(r.integer("data.calibration.seed")));
@@ -345,9 +348,22 @@ void quantize_into(Run& run, const quant::BitPlan& plan, const fs::path& ckpt) {
   bo.state_dir = (run.out / "train_state").string();
   bo.device = run.device();
   bo.comm = &run.comm;
-  run.stages.part_begin("block_ap");
-  auto res = train::block_ap(run.folder, plan, batch, bo);
-  run.stages.part_done();
+  train::QatResult res;
+  std::vector<train::GptqBlockLog> gptq_logs;
+  if (gptq) {
+    auto go = train::gptq_run_options_from_recipe(r);
+    go.device = run.device();
+    go.comm = &run.comm;
+    run.stages.part_begin("gptq");
+    auto g = train::gptq_model(run.folder, plan, batch, go);
+    run.stages.part_done();
+    res = std::move(g.model);
+    gptq_logs = std::move(g.logs);
+  } else {
+    run.stages.part_begin("block_ap");
+    res = train::block_ap(run.folder, plan, batch, bo);
+    run.stages.part_done();
+  }
   if (e2e) {
     const auto edata = calibration_batch(run.folder, r, r.integer("training.e2e.samples"),
                                          r.integer("training.e2e.seqlen"),
@@ -356,13 +372,17 @@ void quantize_into(Run& run, const quant::BitPlan& plan, const fs::path& ckpt) {
     train::e2e_qp(res, edata, train::e2e_options_from_recipe(r), &run.comm);
     run.stages.part_done();
   }
-  so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
+  so.method = std::string(gptq ? "gptq" : "block-ap") + (e2e ? "+e2e-qp" : "");
   if (run.main) {
     run.stages.part_begin("save");
     quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, ckpt.string(), so);
     run.stages.part_done();
+    if (gptq) {
+      util::write_file_atomic((run.out / "gptq_log.jsonl").string(), train::gptq_log_jsonl(gptq_logs));
+      std::cout << train::gptq_summary_table(gptq_logs);
+    }
     util::write_file_atomic((run.out / "train_log.jsonl").string(), train::train_log_jsonl(res));
-    std::cout << train::summary_table(res);
+    if (!gptq) std::cout << train::summary_table(res);
     fs::remove_all(bo.state_dir);
   }
 }
@@ -376,7 +396,8 @@ void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& pla
              keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
                            "output.shard_size"}));
   std::vector<fs::path> outs{ckpt / "config.json"};
-  if (r.str("training.method") == "block-ap") outs.push_back(run.out / "train_log.jsonl");
+  if (r.str("training.method") != "rtn") outs.push_back(run.out / "train_log.jsonl");
+  if (r.str("training.method") == "gptq") outs.push_back(run.out / "gptq_log.jsonl");
   const bool reuse = run.stages.reusable("quantize", hash, outs);
   if (!reuse) {
     run.stages.forget("reload_eval");
@@ -492,6 +513,18 @@ json build_report(Run& run, json fp, json qm, const json& alloc_summary, const q
     }
   }
   if (!blocks.empty()) report["blocks"] = blocks;
+  if (fs::exists(run.out / "gptq_log.jsonl")) {
+    // GPTQ: the proxy loss tr((W - Q) H (W - Q)^T) summed over modules, against RTN's.
+    double g = 0, rtn = 0, secs = 0;
+    std::istringstream ls(util::read_file((run.out / "gptq_log.jsonl").string()));
+    for (std::string line; std::getline(ls, line);) {
+      if (line.empty()) continue;
+      const auto l = json::parse(line).at("gptq");
+      for (const auto& m : l.at("modules")) g += m.at("proxy_loss").get<double>(), rtn += m.at("rtn_proxy_loss").get<double>();
+      secs += l.at("seconds").get<double>();
+    }
+    report["gptq"] = {{"proxy_loss", g}, {"rtn_proxy_loss", rtn}, {"seconds", secs}};
+  }
   if (!run.causal) {
     report["data"] = seed_data_name(r.str("evaluation.classification.path"));
     report["sensitivity_metric"] = r.strings("sensitivity.metrics").front();

@@ -701,7 +701,8 @@ WizardResult run_wizard(WizardIO& io, const WizardOptions& o) {
   e.push_back({"allocation.groups", std::to_string(groups), ""});
   e.push_back({"allocation.preset", join_ints(preset), ""});
   e.push_back({"training.method", "rtn",
-               "post-training quantization as the seeds (block-ap = QAT)"});
+               "post-training quantization as the seeds (gptq = post-training with calibration "
+               "Hessians; block-ap = QAT)"});
   ask_output(s, model, phase, e);
   return finish_wizard(io, s, o, e, phase);
 }

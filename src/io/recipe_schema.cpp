@@ -159,8 +159,9 @@ std::vector<KeySpec> allocation_keys() {
 std::vector<KeySpec> training_keys() {
   return {
     key("training.method", K::String, "block-ap",
-        "block-ap = block-wise QAT (EfficientQAT); rtn = round to nearest, no training",
-        {"block-ap", "rtn"}),
+        "block-ap = block-wise QAT (EfficientQAT); gptq = GPTQ post-training (no training); "
+        "rtn = round to nearest",
+        {"block-ap", "gptq", "rtn"}),
     key("training.epochs", K::Int, "2", "epochs per block when SGRA is off", {}, 0.0),
     key("training.batch_size", K::Int, "2", "sequences per optimisation step", {}, 1.0),
     key("training.lr_weights", K::Float, "1e-5", "AdamW learning rate of the weights", {}, 0.0),
@@ -170,8 +171,16 @@ std::vector<KeySpec> training_keys() {
         1.0),
     key("training.train_norm", K::Bool, "false", "also train the blocks' norm weights"),
     key("training.init", K::String, "minmax",
-        "quantizer init: minmax, or mse (clipping search minimising weight MSE)",
-        {"minmax", "mse"}),
+        "quantizer start: minmax (rtn is the same), mse (clipping search minimising weight MSE), "
+        "or gptq (Block-AP starts from GPTQ's codes)",
+        {"minmax", "rtn", "mse", "gptq"}),
+    key("training.gptq.damp", K::Float, "0.01",
+        "GPTQ damping lambda, relative to mean(diag H); raised x10 while H is indefinite", {}, 0.0),
+    key("training.gptq.act_order", K::Bool, "false",
+        "GPTQ columns by decreasing diag(H) (desc_act; g_idx maps the permuted groups)"),
+    key("training.gptq.static_groups", K::Bool, "false",
+        "with act_order: groups fixed on the original column order (contiguous groups)"),
+    key("training.gptq.block_columns", K::Int, "128", "GPTQ lazy-batch width in columns", {}, 1.0),
     key("training.cache_dtype", K::String, "float16", "dtype of cached block inputs/targets",
         {"float16", "bfloat16", "float32"}),
     key("training.cache_memory_limit", K::String, "8GiB",

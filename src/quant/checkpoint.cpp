@@ -129,6 +129,11 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
     dynamic["+:^" + regex_escape(name) + "$"] = o;
   }
   for (const auto& name : float_linears) dynamic["-:^" + regex_escape(name) + "$"] = ojson::object();
+  // desc_act: some module's g_idx is not i / group_size (GPTQ act-order groups).
+  bool desc_act = false;
+  for (const auto& [name, q] : packed)
+    desc_act = desc_act || !torch::equal(q->g_idx.to(torch::kCPU).to(torch::kInt),
+                                         default_g_idx(q->in_features(), q->spec().group_size));
 
   // Tensors: every parameter except the float weights / quantizer parameters of packed modules.
   std::vector<OwnedTensor> owned;
@@ -182,7 +187,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
                                      {"bits", dbits},
                                      {"group_size", dgroup},
                                      {"sym", dsym},
-                                     {"desc_act", false},
+                                     {"desc_act", desc_act},
                                      {"pack_dtype", "int32"},
                                      {"dynamic", dynamic}};
   ojson prov{{"tool", std::string("mpqat ") + MPQAT_VERSION},

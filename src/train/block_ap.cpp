@@ -23,7 +23,9 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/quant/scheme.h"
+#include "mpqat/train/block_runner.h"
 #include "mpqat/train/fault_injection.h"
+#include "mpqat/train/gptq.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/memory.h"
@@ -94,40 +96,6 @@ double token_count(const TokenBatch& data, const std::vector<int64_t>& gs) {
   for (auto g : gs) n += data.mask[g].ne(0).sum().item<double>();
   return n;
 }
-
-struct BlockRunner {
-  model::TransformerModel& shell;
-  const Shard& shard;
-  torch::Device device;
-  model::BlockContext ctx(const std::vector<int64_t>& local) const {
-    auto idx = torch::tensor(local, torch::kLong);
-    auto ids = shard.ids.index_select(0, idx).to(device);
-    torch::Tensor mask;
-    if (shard.mask.defined()) mask = shard.mask.index_select(0, idx).to(device);
-    return shell.context(ids, mask);
-  }
-  // Sum of squared errors of block(x[local]) against t[local] over valid positions.
-  torch::Tensor sse(model::Block& block, const model::ActivationCache& xc, const model::ActivationCache& tc,
-                    const std::vector<int64_t>& local) const {
-    auto idx = torch::tensor(local, torch::kLong);
-    auto x = xc.get(local, device);  // (k, L, C) fp32
-    auto t = tc.get(local, device);
-    auto c = ctx(local);
-    auto d = (block.run(x, c) - t).pow(2);
-    if (shard.mask.defined()) d = d * shard.mask.index_select(0, idx).to(device, torch::kFloat).unsqueeze(-1);
-    return d.sum();
-  }
-  // In place: cache[local] = block(cache[local]) in chunks.
-  void apply(model::Block& block, model::ActivationCache& cache, int64_t chunk) const {
-    torch::NoGradGuard ng;
-    const int64_t n = cache.items();
-    for (int64_t s = 0; s < n; s += chunk) {
-      std::vector<int64_t> local;
-      for (int64_t k = s; k < std::min(n, s + chunk); ++k) local.push_back(k);
-      cache.put(local, block.run(cache.get(local, device), ctx(local)));
-    }
-  }
-};
 
 // Global MSE over the global sequences `gs` (each rank sums its own).
 double eval_mse(const BlockRunner& run, model::Block& block, const model::ActivationCache& xc,
@@ -210,9 +178,12 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
           {"plan", util::fnv1a64_hex(quant::bit_plan_to_json(plan).dump())},
           {"data", util::fnv1a64_hex(bytes)},
           {"world_size", world},
-          {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}", o.epochs, o.patience,
+          {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}{}", o.epochs, o.patience,
                                   o.use_sgra, o.batch_size, o.lr_weights, o.lr_quant, o.min_lr_ratio, o.train_norm,
-                                  o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache.dtype))}};
+                                  o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache.dtype),
+                                  o.gptq_init ? fmt::format(" gptq{}/{}/{}/{}", o.gptq.damp, o.gptq.act_order,
+                                                            o.gptq.static_groups, o.gptq.block_columns)
+                                              : "")}};
 }
 
 }  // namespace
@@ -500,7 +471,60 @@ std::pair<model::BlockPtr, std::vector<Trainable::Module>> rtn_block(const Block
   return {fresh, mods};
 }
 
-// One block: target, fake-quant, training, packing (or RTN when training lost), the quantized
+// A trainable FakeQuantLinear that computes exactly what the packed `q` does (weight = W^,
+// scale and zero = q's; contiguous groups).
+quant::FakeQuantLinearPtr fake_from_packed(const quant::QuantLinearImpl& q, const BlockApOptions& o) {
+  torch::NoGradGuard ng;
+  const auto& spec = q.spec();
+  model::LinearImpl plain(q.in_features(), q.out_features(), q.has_bias());
+  plain.weight.copy_(q.dequantize().to(plain.weight.device()));
+  if (q.has_bias()) plain.bias.copy_(q.bias.to(plain.bias.device()));
+  auto fq = std::make_shared<quant::FakeQuantLinearImpl>(plain, spec, o.init);
+  const int64_t groups = q.scales.size(0), out = q.out_features();
+  auto qz = q.qzeros.to(torch::kCPU).contiguous();
+  auto zeros = quant::unpack_qzeros(qz.data_ptr<int32_t>(), groups, out, spec.bits);  // (groups, out)
+  fq->scale.copy_(q.scales.to(torch::kCPU, torch::kFloat).t());
+  fq->zero.copy_(torch::from_blob(zeros.data(), {groups, out}, torch::kInt).to(torch::kFloat).t());
+  fq->to(o.device);
+  return fq;
+}
+
+// Block bi's start: RTN (fake_quantize_block), or GPTQ on the quantized chain's inputs (the block
+// is still float here). With GPTQ, `start` receives the packed GPTQ modules, the fallback when
+// training does not beat them.
+std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& block, int64_t bi,
+                                          const std::string& prefix,
+                                          std::map<std::string, model::LinearPtr>& start) {
+  const auto& o = b.o;
+  if (!o.gptq_init) return fake_quantize_block(block, prefix, b.plan, o);
+  GptqRunOptions go;
+  go.gptq = o.gptq;
+  go.gptq.static_groups = go.gptq.static_groups || go.gptq.act_order;  // contiguous groups to train
+  go.gptq.measure = false;
+  go.init = o.init;
+  go.chunk = b.chunk;
+  go.device = o.device;
+  go.comm = o.comm;
+  gptq_block(block, bi, prefix, b.plan, b.run, b.Xq, go);
+  std::vector<Trainable::Module> mods;
+  for (const auto& [rel, lin] : block.linears()) {
+    auto it = b.plan.modules.find(prefix + rel);
+    if (it == b.plan.modules.end() || !it->second.quantized()) continue;
+    auto q = std::dynamic_pointer_cast<quant::QuantLinearImpl>(lin);
+    if (!q) throw Error("GPTQ init left '" + prefix + rel + "' unquantized");
+    start[rel] = lin;
+    auto fq = fake_from_packed(*q, o);
+    block.set_linear(rel, fq);
+    Trainable::Module m;
+    m.name = rel;
+    m.fq = fq;
+    m.lr_scale = o.use_sgra && it->second.sgra ? it->second.sgra->lr_scale : 1.0;
+    mods.push_back(m);
+  }
+  return mods;
+}
+
+// One block: target, init, training, packing (or the init when training lost), the quantized
 // chain propagated. Returns the packed block.
 model::BlockPtr quantize_block(const BlockApRun& b, int64_t bi, BlockLog& log) {
   const auto& o = b.o;
@@ -511,7 +535,8 @@ model::BlockPtr quantize_block(const BlockApRun& b, int64_t bi, BlockLog& log) {
   b.run.apply(*block, b.Y, b.chunk);  // the target: the float block on the float chain
 
   Trainable tr;
-  tr.modules = fake_quantize_block(*block, prefix, b.plan, o);
+  std::map<std::string, model::LinearPtr> start;  // packed GPTQ start (gptq_init only)
+  tr.modules = init_block(b, *block, bi, prefix, start);
   std::set<const void*> lin_params;
   for (const auto& [rel, lin] : block->linears())
     for (const auto& p : lin->parameters()) lin_params.insert(p.unsafeGetTensorImpl());
@@ -522,34 +547,45 @@ model::BlockPtr quantize_block(const BlockApRun& b, int64_t bi, BlockLog& log) {
 
   auto params = tr.all();
   for (auto& p : params) p.set_requires_grad(true);
-  log.start_train_mse = b.mse(*block, b.train_g);  // the start: RTN
+  log.start_train_mse = b.mse(*block, b.train_g);  // the start: RTN or GPTQ
   log.start_val_mse = b.val_mse(*block, log.start_train_mse);
   log.best_val_mse = log.start_val_mse;
   if (log.epochs_planned > 0) train_epochs(b, *block, tr, params, bi, log);
   for (auto& p : params) p.set_requires_grad(false);
   for (auto& p : params) p.mutable_grad() = torch::Tensor();
-  if (log.epochs_planned > 0 && log.best_epoch == 0) {
-    // No epoch beat the start: rebuild it from the file (no snapshot was kept).
+  // Back to the start. RTN: rebuilt from the file (no snapshot was kept); GPTQ: its packed
+  // modules (trained norms, if any, are restored from the file too).
+  auto restart = [&](bool packed) {
     params.clear();
     tr = Trainable{};
     block.reset();
+    if (o.gptq_init) {
+      block = model::load_any_block(b.folder, bi, {o.device});
+      block->eval();
+      for (auto& p : block->parameters()) p.set_requires_grad(false);
+      for (const auto& [rel, q] : start) block->set_linear(rel, q);
+      if (!packed)
+        for (const auto& [rel, q] : start) {
+          auto fq = fake_from_packed(dynamic_cast<const quant::QuantLinearImpl&>(*q), o);
+          block->set_linear(rel, fq);
+          tr.modules.push_back({rel, fq, 1.0});
+        }
+      return;
+    }
     std::tie(block, tr.modules) = rtn_block(b, bi, prefix);
-  }
+    if (packed) pack_block(*block, tr.modules, o.device), tr.modules.clear();
+  };
+  if (log.epochs_planned > 0 && log.best_epoch == 0) restart(false);  // no epoch beat the start
   pack_block(*block, tr.modules, o.device);  // what will be saved, measured
   log.end_train_mse = b.mse(*block, b.train_g);
   log.end_val_mse = b.val_mse(*block, log.end_train_mse);
   if (log.end_val_mse > log.start_val_mse && !tr.modules.empty()) {
-    params.clear();
-    tr = Trainable{};
-    block.reset();
-    auto [fresh, mods] = rtn_block(b, bi, prefix);
-    pack_block(*fresh, mods, o.device);
-    block = fresh;
+    restart(true);
     log.kept_rtn = true;
     log.end_train_mse = b.mse(*block, b.train_g);
     log.end_val_mse = b.val_mse(*block, log.end_train_mse);
-    spdlog::warn("block {}: trained val MSE {:.4g} is worse than RTN's {:.4g}; keeping the RTN result", bi,
-                 log.best_val_mse, log.start_val_mse);
+    spdlog::warn("block {}: trained val MSE {:.4g} is worse than the {} start's {:.4g}; keeping the start", bi,
+                 log.best_val_mse, o.gptq_init ? "GPTQ" : "RTN", log.start_val_mse);
   }
   b.run.apply(*block, b.Xq, b.chunk);  // propagate the quantized chain
   return block;
@@ -639,8 +675,8 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
     log.seconds = since(t0);
     const double tokens = static_cast<double>(log.steps) * static_cast<double>(o.batch_size * L);
     log.tokens_per_second = log.seconds > 0 ? tokens / log.seconds : 0;
-    spdlog::info("block {}/{}: {:.2f} avg bits, {} epochs, val MSE {:.4g} (RTN) -> {:.4g}{}{}, {:.1f} s", bi + 1, nb,
-                 log.avg_bits, log.epochs_run, log.start_val_mse, log.end_val_mse, log.kept_rtn ? " [kept RTN]" : "",
+    spdlog::info("block {}/{}: {:.2f} avg bits, {} epochs, val MSE {:.4g} ({}) -> {:.4g}{}{}, {:.1f} s", bi + 1, nb,
+                 log.avg_bits, log.epochs_run, log.start_val_mse, o.gptq_init ? "GPTQ" : "RTN", log.end_val_mse, log.kept_rtn ? " [kept the start]" : "",
                  log.nan_steps ? fmt::format(" [{} NaN steps]", log.nan_steps) : "", log.seconds);
     res.logs.push_back(log);
     if (!o.state_dir.empty()) save_progress(b, fp, bi, nb, *block, res.logs);
@@ -669,12 +705,12 @@ std::string train_log_jsonl(const QatResult& r) {
 std::string summary_table(const QatResult& r) {
   std::ostringstream os;
   os << fmt::format("{:>5} {:>8} {:>6} {:>9} {:>11} {:>11} {:>11} {:>7} {:>8}\n", "block", "avg bits", "epochs",
-                    "lr scale", "RTN val", "best val", "final val", "kept", "seconds");
+                    "lr scale", "start val", "best val", "final val", "kept", "seconds");
   double secs = 0;
   for (const auto& l : r.logs) {
     os << fmt::format("{:>5} {:>8.2f} {:>6} {:>9.2f} {:>11.4g} {:>11.4g} {:>11.4g} {:>7} {:>8.1f}{}\n", l.block,
                       l.avg_bits, fmt::format("{}/{}", l.epochs_run, l.epochs_planned), l.lr_scale, l.start_val_mse,
-                      l.best_val_mse, l.end_val_mse, l.kept_rtn ? "RTN" : "trained", l.seconds,
+                      l.best_val_mse, l.end_val_mse, l.kept_rtn ? "start" : "trained", l.seconds,
                       l.resumed ? "  (resumed)" : "");
     secs += l.seconds;
   }

@@ -17,6 +17,8 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
   bo.min_lr_ratio = r.number("training.min_lr_ratio");
   bo.train_norm = r.flag("training.train_norm");
   bo.init.clip_search = r.str("training.init") == "mse";
+  bo.gptq_init = r.str("training.init") == "gptq";
+  bo.gptq = gptq_options_from_recipe(r);
   const double nval = static_cast<double>(r.integer("data.validation_samples"));
   bo.val_fraction = sequences > 1 ? std::min(0.5, nval / static_cast<double>(sequences)) : 0.0;
   bo.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
@@ -26,6 +28,26 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
   bo.resume = r.flag("training.resume");
   bo.seed = static_cast<uint64_t>(r.integer("seed"));
   return bo;
+}
+
+quant::GptqOptions gptq_options_from_recipe(const io::Recipe& r) {
+  quant::GptqOptions g;
+  g.damp = r.number("training.gptq.damp");
+  g.act_order = r.flag("training.gptq.act_order");
+  g.static_groups = r.flag("training.gptq.static_groups");
+  g.block_columns = r.integer("training.gptq.block_columns");
+  return g;
+}
+
+GptqRunOptions gptq_run_options_from_recipe(const io::Recipe& r) {
+  GptqRunOptions go;
+  go.gptq = gptq_options_from_recipe(r);
+  go.init.clip_search = r.str("training.init") == "mse";
+  go.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
+                                  r.str("training.cache_dir"),
+                                  {"training.cache_dtype", "training.cache_memory_limit", "training.cache_dir"});
+  go.chunk = r.integer("training.batch_size");
+  return go;
 }
 
 E2eOptions e2e_options_from_recipe(const io::Recipe& r) {

@@ -31,6 +31,7 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/model/model.h"
 #include "mpqat/quant/bitplan.h"
+#include "mpqat/quant/gptq.h"
 #include "mpqat/quant/quantizer.h"
 
 namespace mpqat::dist {
@@ -60,6 +61,11 @@ struct BlockApOptions {
   double min_lr_ratio = 0.05;  // cosine floor: lr * ratio
   bool train_norm = false;
   quant::InitOptions init;
+  // Start from GPTQ's codes, scales and zeros (training.init: gptq) instead of min-max rounding:
+  // the block's Hessians come from the quantized chain's inputs Xq (train/gptq.h). act_order
+  // uses static groups here (the fake-quant modules need contiguous groups).
+  bool gptq_init = false;
+  quant::GptqOptions gptq;
   double val_fraction = 0.1;  // held-out share of the sequences (at least 1 when N >= 2)
   // Xq / Y caches (fp16, 8 GiB per rank by default; past the limit they are files in cache.dir;
   // cache.dir "" = state_dir, else the system temp folder).
@@ -87,11 +93,11 @@ struct BlockLog {
   double avg_bits = 0;                            // over the block's parameters (16 = float)
   int epochs_planned = 0, epochs_run = 0, patience = 0;
   double lr_weights = 0, lr_quant = 0, lr_scale = 1;
-  double start_train_mse = 0, start_val_mse = 0;  // RTN init
+  double start_train_mse = 0, start_val_mse = 0;  // the init (RTN, or GPTQ with gptq_init)
   double end_train_mse = 0, end_val_mse = 0;      // the packed block that was kept
   double best_val_mse = 0;                        // best fake-quant epoch (0 = RTN start)
   int best_epoch = 0;
-  bool kept_rtn = false;  // training did not beat RTN: the RTN result was kept
+  bool kept_rtn = false;  // training did not beat the init: the init (RTN or GPTQ) was kept
   int nan_steps = 0;      // discarded NaN/Inf steps
   int64_t steps = 0;
   double seconds = 0, tokens_per_second = 0;
