@@ -60,7 +60,7 @@ GptqModuleResult gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, c
 // W^ (out, in) fp32 = (codes - Z[g_idx]) * s[g_idx].
 torch::Tensor gptq_dequantize(const GptqModuleResult& r, const QuantSpec& spec);
 
-// tr((W - Q) H (W - Q)^T) in double.
+// tr((W - Q) H (W - Q)^T): the product in fp32, the sum in fp64.
 double hessian_proxy_loss(const torch::Tensor& w, const torch::Tensor& q, const torch::Tensor& h);
 
 }  // namespace mpqat::quant
