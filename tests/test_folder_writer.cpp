@@ -3,6 +3,7 @@
 // MPQAT_TEST_KILL_IN_FOLDER_SWAP; the parent then reads what is on disk).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -124,6 +125,10 @@ TEST_F(FolderWriter, KilledBeforeTheSwapLeavesTheOldFolder) {
   ASSERT_EQ(others().size(), 1u);
   EXPECT_NE(others()[0].find("ckpt.tmp."), std::string::npos);
   EXPECT_EQ(files(root_ / others()[0]), expected(fill_new));
+  // The next write of the same folder removes what the killed writer left.
+  util::write_folder_atomic(out_, fill_new);
+  EXPECT_EQ(files(out_), expected(fill_new));
+  EXPECT_TRUE(others().empty());
 }
 
 // Killed after the swap, before the old folder is removed: the new folder is in place.
@@ -139,6 +144,28 @@ TEST_F(FolderWriter, KilledAfterTheSwapLeavesTheNewFolder) {
   EXPECT_EQ(files(out_), expected(fill_new));
   ASSERT_EQ(others().size(), 1u);  // the old one, whole, under the .tmp.PID name
   EXPECT_EQ(files(root_ / others()[0]), expected(fill_old));
+  util::recover_stale_writes(out_);
+  EXPECT_EQ(files(out_), expected(fill_new));
+  EXPECT_TRUE(others().empty());
+}
+
+// The fallback path's gap (old folder moved aside, killed before the new one was renamed in):
+// the next command puts the old folder back; leftovers of a live writer are not touched.
+TEST_F(FolderWriter, OldFolderOfAKilledWriterIsRestored) {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ::waitpid(child, &status, 0);  // now a pid no process has
+  const std::string dead = std::to_string(child);
+  fill_old((root_ / ("ckpt.old." + dead)).string());
+  fill_new((root_ / ("ckpt.tmp." + dead)).string());
+  const std::string live = std::to_string(::getppid());
+  fill_new((root_ / ("ckpt.tmp." + live)).string());
+  util::recover_stale_writes(out_);
+  EXPECT_EQ(files(out_), expected(fill_old));
+  ASSERT_EQ(others().size(), 1u);
+  EXPECT_EQ(others()[0], "ckpt.tmp." + live);
 }
 
 // Killed while filling: the old folder is untouched.

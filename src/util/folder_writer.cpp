@@ -1,6 +1,7 @@
 #include "mpqat/util/folder_writer.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -9,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -41,7 +44,46 @@ void sync_tree(const fs::path& dir) {
   fsync_path(dir.string());
 }
 
+// True when no process `pid` exists (a writer that was killed).
+bool dead(const std::string& pid_text) {
+  if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) return false;
+  const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+  if (pid <= 0 || pid == ::getpid()) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
 }  // namespace
+
+void recover_stale_writes(const std::string& out_dir, const std::string& what) {
+  const fs::path out(out_dir);
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  const std::string name = out.filename().string();
+  std::error_code ec;
+  if (name.empty() || !fs::is_directory(parent, ec)) return;
+  std::vector<fs::path> tmps, olds;
+  for (const auto& e : fs::directory_iterator(parent, ec)) {
+    const std::string f = e.path().filename().string();
+    for (const auto& [tag, list] : {std::pair<std::string, std::vector<fs::path>*>{".tmp.", &tmps}, {".old.", &olds}})
+      if (f.size() > name.size() + tag.size() && f.compare(0, name.size() + tag.size(), name + tag) == 0 &&
+          dead(f.substr(name.size() + tag.size())))
+        list->push_back(e.path());
+  }
+  // A writer killed between moving the old folder aside and renaming the new one in (the
+  // fallback without RENAME_EXCHANGE): the old folder is whole; put it back.
+  for (const auto& old : olds) {
+    if (!fs::exists(out, ec) && ::rename(old.c_str(), out.c_str()) == 0) {
+      fprintf(stderr, "warning: restored the previous %s '%s' from '%s', left by a writer that was killed\n",
+              what.c_str(), out_dir.c_str(), old.string().c_str());
+      continue;
+    }
+    fs::remove_all(old, ec);
+  }
+  // Half-written new folders, or old folders a killed writer had swapped out: never OUT itself.
+  for (const auto& tmp : tmps) {
+    fs::remove_all(tmp, ec);
+    if (!ec) fprintf(stderr, "warning: removed '%s', left by a %s writer that was killed\n", tmp.string().c_str(), what.c_str());
+  }
+}
 
 void write_folder_atomic(const std::string& out_dir, const std::function<void(const std::string&)>& fill,
                          const std::string& what) {
@@ -54,6 +96,7 @@ void write_folder_atomic(const std::string& out_dir, const std::function<void(co
   if (ec) throw Error(fmt::format("cannot create '{}' for the {} '{}': {}", parent.string(), what, out_dir, ec.message()));
   if (fs::exists(out) && !fs::is_directory(out))
     throw InputError(fmt::format("{} '{}' exists and is a file, not a folder", what, out_dir));
+  recover_stale_writes(out_dir, what);
   const std::string pid = std::to_string(::getpid());
   const fs::path tmp = parent / (out.filename().string() + ".tmp." + pid);
   fs::remove_all(tmp, ec);
@@ -101,6 +144,35 @@ void write_folder_atomic(const std::string& out_dir, const std::function<void(co
   fsync_path(parent.string());
   maybe_die(2);
   fs::remove_all(tmp, ec);  // the old folder, or nothing
+}
+
+FolderLock::FolderLock(const std::string& dir, const std::string& what) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(fmt::format("cannot create the {} '{}': {}", what, dir, ec.message()));
+  const std::string path = (fs::path(dir) / kFileName).string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(fmt::format("cannot open the lock file '{}': {}", path, std::strerror(errno)));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char buf[32] = {0};
+    const ssize_t n = ::pread(fd_, buf, sizeof(buf) - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (err != EWOULDBLOCK) throw Error(fmt::format("cannot lock '{}': {}", path, std::strerror(err)));
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    throw InputError(fmt::format("{} '{}' is in use by another mpqat process{} (lock '{}'); wait for it to finish or "
+                                 "choose another folder",
+                                 what, dir, pid.empty() ? "" : " (pid " + pid + ")", path));
+  }
+  const std::string me = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    throw Error(fmt::format("cannot write the lock file '{}': {}", path, std::strerror(errno)));
+}
+
+FolderLock::~FolderLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
 }  // namespace mpqat::util
