@@ -350,8 +350,10 @@ TEST(LlamaLoader, MissingOrMisshapedTensorIsInputError) {
   j["intermediate_size"] = 48;
   j["num_hidden_layers"] = 4;  // layer 3 absent
   std::ofstream(dir / "config.json") << j.dump();
-  model::ModelFolder folder2(dir.string());
-  msg = error_message([&] { model::load_model(folder2); });
+  msg = error_message([&] {
+    model::ModelFolder folder2(dir.string());  // refused here: the config and the weights disagree
+    model::load_model(folder2);
+  });
   EXPECT_NE(msg.find("model.layers.3."), std::string::npos) << msg;
   EXPECT_THROW(model::ModelFolder((dir / "nope").string()), InputError);
   fs::remove_all(dir);

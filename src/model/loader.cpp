@@ -23,6 +23,43 @@ torch::ScalarType scalar_type(io::DType dt, const std::string& context) {
   }
 }
 
+namespace {
+
+// The block tensors of the file against config.json's num_hidden_layers.
+void check_layers(const ModelConfig& cfg, const io::SafetensorsCheckpoint& ckpt, const std::string& dir) {
+  // Block tensors are "<stem><i>.<rest>": every i must be a declared layer, every layer present.
+  std::string canonical = family_block_prefix(cfg, 0);
+  canonical.resize(canonical.size() - 2);  // drop "0."
+  // The legacy names the loader also accepts (checkpoint_name): without "bert." / "model.".
+  std::vector<std::string> stems{canonical};
+  if (canonical.rfind("bert.", 0) == 0) stems.push_back(canonical.substr(5));
+  if (canonical.rfind("model.decoder.", 0) == 0) stems.push_back(canonical.substr(6));
+  const int64_t n = cfg.num_hidden_layers;
+  std::vector<bool> seen(static_cast<size_t>(std::max<int64_t>(n, 0)), false);
+  for (const auto& name : ckpt.names()) {
+    std::string stem;
+    for (const auto& st : stems)
+      if (name.compare(0, st.size(), st) == 0) stem = st;
+    if (stem.empty()) continue;
+    const size_t dot = name.find('.', stem.size());
+    const std::string idx = name.substr(stem.size(), dot == std::string::npos ? std::string::npos : dot - stem.size());
+    if (idx.empty() || idx.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int64_t i = std::stoll(idx);
+    if (i >= n)
+      throw InputError("'" + ckpt.file_of(name) + "': tensor '" + name + "' belongs to layer " + idx +
+                       ", but '" + dir + "/config.json' declares num_hidden_layers " + std::to_string(n) +
+                       " (layers 0.." + std::to_string(n - 1) + "): the config and the weights disagree");
+    seen[static_cast<size_t>(i)] = true;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (!seen[static_cast<size_t>(i)])
+      throw InputError("model folder '" + dir + "': config.json declares num_hidden_layers " + std::to_string(n) +
+                       " but the weights hold no tensor of layer " + std::to_string(i) + " ('" + canonical +
+                       std::to_string(i) + ".*'): the config and the weights disagree");
+}
+
+}  // namespace
+
 ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
   if (!fs::is_directory(dir))
     throw InputError("model folder '" + dir + "' does not exist (expected a folder with config.json and model.safetensors)");
@@ -30,7 +67,9 @@ ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
     throw InputError("model folder '" + dir + "' has no config.json");
   cfg_ = load_model_config(dir);
   ckpt_ = std::make_unique<io::SafetensorsCheckpoint>(dir);
+  check_layers(cfg_, *ckpt_, dir_);
 }
+
 
 bool ModelFolder::has_tokenizer() const {
   for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "vocab.txt"})
@@ -61,6 +100,8 @@ torch::Tensor ModelFolder::tensor(const std::string& name, const std::vector<int
   auto raw = torch::empty(shape, torch::TensorOptions().dtype(st));
   std::memcpy(raw.data_ptr(), ckpt_->data(name), info.nbytes());
   ckpt_->release(name);  // the copy is what we keep: the mapped pages need not stay resident
+  if (!torch::isfinite(raw).all().item<bool>())
+    throw InputError("'" + file + "': tensor '" + name + "' holds NaN or Inf values (a corrupt or diverged model)");
   return st == torch::kFloat ? raw : raw.to(torch::kFloat);
 }
 

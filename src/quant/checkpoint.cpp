@@ -505,6 +505,9 @@ QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantCo
   q->qzeros.copy_(qz);
   const auto& is = ckpt.info(name + ".scales");
   q->scales.copy_(read_raw(ckpt, name + ".scales", model::scalar_type(is.dtype, "'" + name + ".scales'")).to(torch::kHalf));
+  if (!torch::isfinite(q->scales).all().item<bool>())
+    throw InputError("'" + ckpt.file_of(name + ".scales") + "': tensor '" + name +
+                     ".scales' holds NaN or Inf values (a corrupt checkpoint)");
   if (d.has_g_idx) {
     auto g = read_raw(ckpt, name + ".g_idx", torch::kInt);
     const int64_t ngr = q->scales.size(0);
