@@ -28,6 +28,7 @@
 #include "mpqat/train/gptq.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/fingerprint.h"
 #include "mpqat/util/memory.h"
 #include <spdlog/spdlog.h>
 #include "mpqat/util/strings.h"
@@ -175,6 +176,7 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
     bytes.append(reinterpret_cast<const char*>(m.data_ptr()), static_cast<size_t>(m.nbytes()));
   }
   return {{"model", fs::absolute(folder.dir()).lexically_normal().string()},
+          {"model_files", util::model_folder_fingerprint(folder.dir())},
           {"plan", util::fnv1a64_hex(quant::bit_plan_to_json(plan).dump())},
           {"data", util::fnv1a64_hex(bytes)},
           {"world_size", world},
@@ -285,6 +287,16 @@ int64_t resume_point(const BlockApOptions& o, const json& fp, int64_t nb, std::v
   if (p.value("version", 0) != 2)
     throw InputError("state folder '" + o.state_dir + "' was written by another mpqat version (state format " +
                      p.value("version", json(0)).dump() + ", this one writes 2); remove it or run without resume");
+  // Changed inputs (the model's files, the calibration data): the saved blocks were trained on
+  // something else; start over. Other differences (plan, options, ranks) are refused: the user
+  // pointed a run at another run's state.
+  for (const char* k : {"model_files", "data"})
+    if (!p.contains("fingerprint") || p["fingerprint"].value(k, json()) != fp.at(k)) {
+      spdlog::warn("state folder '{}': the {} changed since its progress was saved ({} -> {}); starting Block-AP over",
+                   o.state_dir, std::string(k) == "data" ? "calibration data" : "model's files",
+                   p.contains("fingerprint") ? p["fingerprint"].value(k, json("none")).dump() : "none", fp.at(k).dump());
+      return 0;
+    }
   for (const auto& [k, v] : fp.items())
     if (!p.contains("fingerprint") || p["fingerprint"].value(k, json()) != v)
       throw InputError("state folder '" + o.state_dir + "' belongs to another run (" + k + " differs: " +
