@@ -64,7 +64,9 @@ TEST(Cli, WizardWithoutAnswersExitsTwoNamingTheQuestion) {
 
 TEST(Cli, RunDryRunPrintsResolvedRecipe) {
   const fs::path d = temp_dir("mpqat_cli_run");
-  write(d / "r.yaml", "model: {path: /m}\nallocation: {budget: {avg_bits: 3}}\n");
+  const std::string m = std::string(MPQAT_SOURCE_DIR) + "/checkpoints/kjv-llama";
+  write(d / "r.yaml", "model: {path: " + m + "}\ndata: {calibration: {path: " + m +
+                          "/calib.txt}}\nallocation: {budget: {avg_bits: 3}}\n");
   const auto r = run_mpqat("run " + (d / "r.yaml").string() + " training.epochs=7 --dry-run");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("epochs: 7"), std::string::npos) << r.out;

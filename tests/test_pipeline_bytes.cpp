@@ -100,7 +100,8 @@ TEST(PipelineBytes, DryRunShowsPlannedAllocation) {
   std::ofstream(d / "r.yaml") << "model: {path: " << (d / "fp").string() << "}\n"
                               << "sensitivity: {file: " << (d / "sens.json").string() << "}\n"
                               << "allocation: {method: qbo, budget: {avg_bits: 3.0}, "
-                                 "group_sizes: [32]}\n";
+                                 "group_sizes: [32]}\n"
+                              << "training: {method: rtn}\nevaluation: {perplexity: []}\n";
   auto r = run_mpqat("run " + (d / "r.yaml").string() + " --dry-run");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("# planned allocation (qbo)"), std::string::npos) << r.out;

@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <chrono>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "mpqat/quant/inspect.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "run_command.h"
 
 namespace fs = std::filesystem;
@@ -99,4 +102,36 @@ TEST(RunPipeline, RefusesAForeignNonEmptyOutputFolder) {
   EXPECT_NE(r.err.find("not an mpqat run"), std::string::npos) << r.err;
   EXPECT_EQ(mpqat::testing::slurp((out / "precious.txt").string()), "keep me");
   fs::remove_all(out);
+}
+
+// One run per folder: while another process holds the run folder, `mpqat run` on it exits 2 at
+// once, naming the folder and the holder's pid, and writes nothing there. An output.dir that is
+// a file is exit 2 too.
+TEST(RunPipeline, ABusyRunFolderIsRefusedAtOnce) {
+  const fs::path out = fs::temp_directory_path() / ("mpqat_run_busy_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::string cmd = "run " + kSource + "/recipes/quickstart.yaml model.path=" + kSource +
+                          "/checkpoints/kjv-llama data.calibration.path=" + kSource +
+                          "/checkpoints/kjv-llama/calib.txt output.dir=" + out.string();
+  {
+    mpqat::util::FolderLock held(out.string(), "run folder");  // as a running `mpqat run` holds it
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = mpqat::testing::run_mpqat(cmd);
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
+    EXPECT_NE(r.err.find("in use by another mpqat process (pid " + std::to_string(::getpid()) + ")"),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(fs::exists(out / "recipe.yaml"));
+    // A second lock in this process is refused the same way (flock is per open file).
+    EXPECT_THROW(mpqat::util::FolderLock(out.string(), "run folder"), mpqat::InputError);
+  }
+  // Released (the holder ended): the lock is taken over.
+  EXPECT_NO_THROW(mpqat::util::FolderLock(out.string(), "run folder"));
+  fs::remove_all(out);
+  std::ofstream(out.string()) << "a file";
+  const auto r = mpqat::testing::run_mpqat(cmd);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("is a file, not a folder"), std::string::npos) << r.err;
+  fs::remove(out);
 }

@@ -67,8 +67,10 @@ void run(const RunArgs& a) {
   }
   const io::Recipe recipe = io::Recipe::from_file(a.recipe, a.overrides);
   if (a.dry_run) {
+    preflight_recipe(recipe);
     std::cout << "# resolved from " << a.recipe << "\n" << recipe.to_yaml();
     print_planned_allocation(recipe);
+    std::cout << "# checked: model folder, data files, budget\n";
     return;
   }
   run_pipeline(recipe, resolve_output_dir(recipe));

@@ -43,6 +43,7 @@
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
 #include "mpqat/train/gptq.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/train/options.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -79,7 +80,13 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
       int ctx = static_cast<int>(r.integer("evaluation.context"));
       const int dflt = eval::default_context(cfg);
       ctx = ctx <= 0 ? dflt : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
-      const auto res = eval::evaluate_perplexity(logits, ids, ctx, batch, 0, device, &comm);
+      eval::PplResult res;
+      try {
+        res = eval::evaluate_perplexity(logits, ids, ctx, batch, 0, device, &comm);
+      } catch (const InputError& e) {
+        throw InputError(r.source() + ": evaluation.perplexity '" + f + "': " + e.what() +
+                         " (or lower evaluation.context)");
+      }
       const std::string name = fs::path(f).filename().string();
       out["ppl_files"][name] = res.ppl;
       out["nll_files"][name] = res.nll;
@@ -573,6 +580,49 @@ void write_report(const Run& run, const json& report, const quant::BitPlan& plan
 
 }  // namespace
 
+namespace {
+
+// A data file a stage will read: exists, is a file, holds something.
+void check_data_file(const io::Recipe& r, const std::string& path, const std::string& key) {
+  if (path.empty()) throw InputError(r.source() + ": " + key + " is empty (a data file is required here)");
+  if (!fs::exists(path)) throw InputError(r.source() + ": " + key + " '" + path + "' does not exist");
+  if (!fs::is_regular_file(path)) throw InputError(r.source() + ": " + key + " '" + path + "' is not a file");
+  if (fs::file_size(path) == 0) throw InputError(r.source() + ": " + key + " '" + path + "' is empty");
+}
+
+}  // namespace
+
+void preflight_recipe(const io::Recipe& r) {
+  const std::string model_dir = r.str("model.path");
+  if (model_dir.empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
+  const model::ModelFolder folder(model_dir);  // config.json, safetensors headers, layers
+  const std::string method = r.str("allocation.method");
+  const bool measures_sensitivity =
+      r.str("sensitivity.file").empty() && method != "uniform" && method != "plan";
+  if (measures_sensitivity || r.str("training.method") != "rtn")
+    check_data_file(r, r.str("data.calibration.path"), "data.calibration.path");
+  for (const auto& f : r.strings("evaluation.perplexity")) check_data_file(r, f, "evaluation.perplexity");
+  if (!r.str("evaluation.classification.path").empty())
+    check_data_file(r, r.str("evaluation.classification.path"), "evaluation.classification.path");
+  if (method == "plan") {
+    check_data_file(r, r.str("allocation.plan"), "allocation.plan");
+    return;
+  }
+  // The budget against the sizes the menu can reach (any sensitivities: the limits do not
+  // depend on them).
+  const auto ao = alloc::alloc_options_from_recipe(r);
+  if (!ao.budget || !r.str("sensitivity.file").empty()) return;
+  alloc::SizeOptions szo;
+  szo.float_dtype = float_dtype_of(r);
+  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
+  alloc::Sensitivity flat;
+  flat.source = "preflight";
+  for (const auto& lin : sm.layout().linears) flat.modules[lin.name].score = 1.0;
+  for (int64_t i = 0; i < folder.config().num_hidden_layers; ++i) flat.blocks[i].score = 1.0;
+  alloc::allocate(sm, flat, ao);
+}
+
 std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   const auto t_run = Clock::now();
   dist::Options dopt;
@@ -584,16 +634,26 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   if (model_dir.empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
   if (quant::is_quantized_folder(model_dir))
     throw InputError("model.path '" + model_dir + "' is already quantized; mpqat run needs the float model");
+  preflight_recipe(r);
   const model::ModelFolder folder(model_dir);
   // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
   model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
                           dist::resolve_device(r.str("model.device"), *comm, "model.device"), "model.memory_limit");
-  if (fs::exists(out) && fs::is_directory(out) && !fs::is_empty(out) && !fs::exists(out / "stages.json") &&
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw InputError("output.dir '" + out_dir + "' exists and is a file, not a folder");
+  auto holds_only_lock = [&] {
+    for (const auto& e : fs::directory_iterator(out))
+      if (e.path().filename() != util::FolderLock::kFileName) return false;
+    return true;
+  };
+  if (fs::exists(out) && fs::is_directory(out) && !holds_only_lock() && !fs::exists(out / "stages.json") &&
       !r.flag("output.overwrite"))
     throw InputError("output folder '" + out_dir +
                      "' exists, is not empty and is not an mpqat run (set output.overwrite=true to use it)");
+  // One run per folder: a second `mpqat run` on it stops here, before it writes anything.
+  std::unique_ptr<util::FolderLock> lock;
   if (comm->is_main()) {
-    fs::create_directories(out);
+    lock = std::make_unique<util::FolderLock>(out.string(), "run folder");
     r.write_resolved(out.string());
   }
   comm->barrier();

@@ -17,4 +17,11 @@ namespace mpqat::cli {
 // last output written (sensitivity.json, bitplan.json or checkpoint/).
 std::string run_pipeline(const io::Recipe& recipe, const std::string& out_dir);
 
+// What can be checked without computing, in a second or two (`mpqat run --dry-run`, and every
+// run before its first stage): the model folder loads its config.json and safetensors headers
+// (and they agree), the calibration file the stages need and the evaluation files exist and are
+// not empty, and the size budget is within what the allocation menu can reach. Throws InputError
+// naming the recipe key and the input.
+void preflight_recipe(const io::Recipe& recipe);
+
 }  // namespace mpqat::cli
