@@ -122,7 +122,7 @@ TEST(Recipe, ChoicesAndRangesAreChecked) {
   });
   EXPECT_NE(msg.find("training.batch_size must be >= 1"), std::string::npos) << msg;
   msg = error_of([] {
-    Recipe::from_yaml(std::string(kMinimal) + "allocation:\n  bits: [2, 7]\n", "r.yaml");
+    Recipe::from_yaml(std::string(kMinimal) + "  bits: [2, 7]\n", "r.yaml");  // under kMinimal's allocation:
   });
   EXPECT_NE(msg.find("allocation.bits must be one of"), std::string::npos) << msg;
 }

@@ -161,10 +161,20 @@ void run_generate(EvalContext& c, nlohmann::json& out) {
 }
 
 void run_perplexity(EvalContext& c, nlohmann::json& out, eval::EvalReport& report) {
+  const int64_t max_pos = c.config().max_position_embeddings;
+  if (c.o->context > 0 && max_pos > 0 && c.o->context > max_pos)
+    throw InputError("--context " + std::to_string(c.o->context) + " exceeds the model's max_position_embeddings " +
+                     std::to_string(max_pos) + " (config.json); use --context <= " + std::to_string(max_pos) +
+                     ", or 0 for min(2048, " + std::to_string(max_pos) + ")");
   const auto ids = c.tokenizer().encode(util::read_file(c.o->ppl_file), /*add_bos=*/true);
   const int context = c.o->context > 0 ? c.o->context : eval::default_context(c.config());
-  const auto r = eval::evaluate_perplexity(c.run_model, ids, context, c.o->batch_size, c.o->json ? 0 : 1, c.device,
-                                           c.comm.get());
+  eval::PplResult r;
+  try {
+    r = eval::evaluate_perplexity(c.run_model, ids, context, c.o->batch_size, c.o->json ? 0 : 1, c.device,
+                                  c.comm.get());
+  } catch (const InputError& e) {
+    throw InputError("--ppl '" + c.o->ppl_file + "': " + e.what());
+  }
   out["ppl"] = r.ppl;
   out["nll"] = r.nll;
   out["tokens"] = r.tokens;

@@ -3,6 +3,8 @@
 //  [--act-order] [--static-groups] [--damp 0.01] [--block-columns 128] [--seed S] [--device D]`.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -32,14 +34,16 @@ namespace {
 struct QuantizeOpts {
   std::string model, plan, method = "rtn", out, dtype = "f16", shard = "4GiB", calib, device = "auto";
   bool clip = false, force = false, act_order = false, static_groups = false;
-  int64_t samples = 128, seqlen = 512, block_columns = 128, seed = 0;
+  int64_t samples = 128, seqlen = 0, block_columns = 128, seed = 0, timeout_s = 600;
   double damp = 0.01;
 };
 
 // GPTQ over every block; rank 0 writes the checkpoint and gptq_log.jsonl into it. Returns
 // whether this process is rank 0.
 bool run_gptq(const QuantizeOpts& o, const quant::BitPlan& plan, quant::SaveOptions so) {
-  auto comm = dist::Communicator::from_env();
+  dist::Options dopt;
+  dopt.timeout = std::chrono::seconds(o.timeout_s);
+  auto comm = dist::Communicator::from_env(dopt);
   model::ModelFolder folder(o.model);
   io::Recipe r;
   r.set("training.gptq.damp", fmt::format("{}", o.damp), "--damp");
@@ -53,6 +57,11 @@ bool run_gptq(const QuantizeOpts& o, const quant::BitPlan& plan, quant::SaveOpti
   data::CalibrationOptions co;
   co.samples = o.samples;
   co.seqlen = o.seqlen;
+  const int64_t max_pos = folder.config().max_position_embeddings;
+  if (co.seqlen == 0) co.seqlen = std::min<int64_t>(512, max_pos);
+  if (co.seqlen < 2 || co.seqlen > max_pos)
+    throw InputError("--seqlen " + std::to_string(co.seqlen) + " is outside [2, " + std::to_string(max_pos) +
+                     "] (the model's max_position_embeddings)");
   co.seed = static_cast<uint64_t>(o.seed);
   const auto calib = data::load_token_calibration(o.calib, folder.tokenizer(), co);
   if (calib.consecutive)
@@ -85,13 +94,15 @@ void add_quantize_command(CLI::App& app) {
   sub->add_flag("--force", o->force, "replace a non-empty output folder");
   sub->add_option("--calib", o->calib, "gptq: calibration text or JSONL file");
   sub->add_option("--samples", o->samples, "gptq: calibration sequences")->capture_default_str();
-  sub->add_option("--seqlen", o->seqlen, "gptq: tokens per calibration sequence")->capture_default_str();
+  sub->add_option("--seqlen", o->seqlen, "gptq: tokens per calibration sequence (0 = min(512, model max))")->capture_default_str();
   sub->add_flag("--act-order", o->act_order, "gptq: columns by decreasing Hessian diagonal (desc_act)");
   sub->add_flag("--static-groups", o->static_groups, "gptq: with --act-order, keep groups contiguous");
   sub->add_option("--damp", o->damp, "gptq: damping relative to mean(diag H)")->capture_default_str();
   sub->add_option("--block-columns", o->block_columns, "gptq: lazy-batch width")->capture_default_str();
   sub->add_option("--seed", o->seed, "gptq: calibration sampling seed")->capture_default_str();
   sub->add_option("--device", o->device, "gptq: auto, cpu or cuda (one block at a time on it)")->capture_default_str();
+  sub->add_option("--timeout-s", o->timeout_s, "gptq under mpqat launch: seconds a collective may wait for a peer")
+      ->capture_default_str();
   sub->callback([o] {
     if (o->method != "rtn" && o->method != "gptq")
       throw InputError("--method '" + o->method + "' is not supported by quantize (accepted: rtn, gptq; QAT is `mpqat train`)");

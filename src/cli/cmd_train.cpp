@@ -1,6 +1,7 @@
 // `mpqat train DIR --plan PLAN.json --calib FILE [--samples N] [--seqlen L] [--e2e] --out OUT`
 // Block-AP (with SGRA from the plan) and optional E2E-QP -> packed checkpoint + train_log.jsonl.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <functional>
 #include <filesystem>
 #include <iostream>
@@ -23,6 +24,7 @@
 #include "mpqat/train/e2e_qp.h"
 #include "mpqat/train/options.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
 
 namespace fs = std::filesystem;
@@ -33,7 +35,7 @@ void add_train_command(CLI::App& app) {
   struct Opts {
     std::string model, plan, calib, out, recipe, state_dir, cache_dir, cache_limit, cache_dtype, init, device,
         dtype;
-    int64_t samples = 0, seqlen = 0, batch = 0, seed = 0, e2e_batch = 0;
+    int64_t samples = 0, seqlen = 0, batch = 0, seed = 0, e2e_batch = 0, timeout_s = 0;
     int epochs = 0, patience = 0, e2e_epochs = 0;
     double lr_w = 0, lr_q = 0, min_lr = 0, val = 0, e2e_lr = 0, e2e_clip = 0, e2e_warmup = 0, gptq_damp = 0;
     bool gptq_act_order = false;
@@ -91,6 +93,8 @@ void add_train_command(CLI::App& app) {
   map(sub->add_option("--cache-dtype", o->cache_dtype, "float16, bfloat16 or float32"), "training.cache_dtype",
       text(&o->cache_dtype));
   map(sub->add_option("--seed", o->seed, "sampling / shuffling seed"), "seed", num(&o->seed));
+  map(sub->add_option("--timeout-s", o->timeout_s, "seconds a collective may wait for a peer (under mpqat launch)"),
+      "distributed.timeout_s", num(&o->timeout_s));
   map(sub->add_option("--device", o->device, "auto, cpu or cuda (one block at a time on it)"), "model.device",
       text(&o->device));
   map(sub->add_option("--dtype", o->dtype, "storage of unquantized tensors: float16, bfloat16, float32"),
@@ -125,12 +129,24 @@ void add_train_command(CLI::App& app) {
     if (fs::exists(o->out) && !(fs::is_directory(o->out) && fs::is_empty(o->out)) && !o->force)
       throw InputError("output folder '" + o->out + "' exists and is not empty (pass --force to replace it)");
 
-    auto comm = dist::Communicator::from_env();
+    dist::Options dopt;
+    dopt.backend = r.str("distributed.backend");
+    dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
+    auto comm = dist::Communicator::from_env(dopt);
     const auto plan = quant::load_bit_plan(o->plan);
     model::ModelFolder folder(o->model);
     data::CalibrationOptions co;
     co.samples = r.integer("data.calibration.samples");
     co.seqlen = r.integer("data.calibration.seqlen");
+    const int64_t max_pos = folder.config().max_position_embeddings;
+    if (co.seqlen > max_pos) {
+      if (sub->get_option("--seqlen")->count() > 0)
+        throw InputError("--seqlen " + std::to_string(co.seqlen) + " exceeds the model's max_position_embeddings " +
+                         std::to_string(max_pos));
+      spdlog::warn("data.calibration.seqlen {} exceeds the model's max_position_embeddings {}: using {}", co.seqlen,
+                   max_pos, max_pos);
+      co.seqlen = max_pos;
+    }
     co.seed = static_cast<uint64_t>(r.integer("seed"));
     const auto calib = data::load_token_calibration(o->calib, folder.tokenizer(), co);
     if (calib.consecutive)
@@ -142,7 +158,14 @@ void add_train_command(CLI::App& app) {
     if (o_patience->count() > 0) bo.patience = o->patience;
     if (o_val->count() > 0) bo.val_fraction = o->val;
     bo.state_dir = o->state_dir.empty() ? fs::path(o->out).lexically_normal().string() + ".state" : o->state_dir;
-    if (!bo.resume && comm->is_main() && fs::exists(bo.state_dir)) fs::remove_all(bo.state_dir);
+    // One training per state folder: a second `mpqat train` on it stops before touching it.
+    std::unique_ptr<util::FolderLock> lock;
+    if (comm->is_main()) {
+      lock = std::make_unique<util::FolderLock>(bo.state_dir, "training state folder");
+      if (!bo.resume)
+        for (const auto& e : fs::directory_iterator(bo.state_dir))
+          if (e.path().filename() != util::FolderLock::kFileName) fs::remove_all(e.path());
+    }
     comm->barrier();
     bo.device = dist::resolve_device(r.str("model.device"), *comm, "--device");
     bo.comm = comm.get();

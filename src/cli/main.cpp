@@ -74,6 +74,18 @@ int main(int argc, char** argv) {
     mpqat::cli::add_fit_command(app);
     mpqat::cli::add_random_model_command(app);
 
+    // An unknown command word: one line naming it and the commands there are.
+    if (argc > 1 && argv[1][0] != '-') {
+      const std::string word = argv[1];
+      std::string names;
+      bool known = false;
+      for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        known = known || sub->get_name() == word;
+        if (!sub->get_group().empty()) names += (names.empty() ? "" : ", ") + sub->get_name();
+      }
+      if (!known)
+        throw mpqat::InputError("unknown command '" + word + "' (accepted: " + names + "; mpqat --help lists them)");
+    }
     app.parse(argc, argv);
   } catch (const mpqat::cli::ExitRequest& e) {
     return e.code;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -231,6 +232,25 @@ void walk(Recipe& r, const YAML::Node& node, const std::string& parent, const st
   }
 }
 
+// yaml-cpp keeps the last of two equal keys in one mapping without a word: refuse them, naming
+// the key and both lines.
+void check_duplicate_keys(const YAML::Node& n, const std::string& prefix, const std::string& source) {
+  if (n.IsSequence())
+    for (const auto& c : n) check_duplicate_keys(c, prefix, source);
+  if (!n.IsMap()) return;
+  std::map<std::string, int> seen;  // key -> line
+  for (const auto& kv : n) {
+    const std::string key = kv.first.as<std::string>();
+    const int line = kv.first.Mark().line + 1;
+    const std::string path = prefix.empty() ? key : prefix + "." + key;
+    if (auto it = seen.find(key); it != seen.end())
+      throw InputError(fmt::format("{}: key '{}' is given twice (lines {} and {}); keep one", source, path,
+                                   it->second, line));
+    seen.emplace(key, line);
+    check_duplicate_keys(kv.second, path, source);
+  }
+}
+
 }  // namespace
 
 Recipe Recipe::from_yaml(const std::string& text, const std::string& source,
@@ -244,6 +264,7 @@ Recipe Recipe::from_yaml(const std::string& text, const std::string& source,
     throw InputError(fmt::format("{}: not valid YAML at line {}, column {}: {}", source,
                                  e.mark.line + 1, e.mark.column + 1, e.msg));
   }
+  check_duplicate_keys(root, "", source);
   if (!root.IsNull()) walk(r, root, "", source);
   for (const auto& o : overrides) r.apply_override(o);
   r.validate();

@@ -4,6 +4,9 @@
 #include <algorithm>
 
 #include "mpqat/io/recipe.h"
+#include "mpqat/util/error.h"
+
+#include <spdlog/spdlog.h>
 
 namespace mpqat::train {
 
@@ -19,8 +22,23 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
   bo.init.clip_search = r.str("training.init") == "mse";
   bo.gptq_init = r.str("training.init") == "gptq";
   bo.gptq = gptq_options_from_recipe(r);
-  const double nval = static_cast<double>(r.integer("data.validation_samples"));
-  bo.val_fraction = sequences > 1 ? std::min(0.5, nval / static_cast<double>(sequences)) : 0.0;
+  int64_t nval = r.integer("data.validation_samples");
+  if (!r.is_set("data.validation_samples") && sequences > 1 && nval > sequences / 4) {
+    // The default (16) on a small calibration set: a quarter of it validates (said in the log).
+    const int64_t was = nval;
+    nval = std::max<int64_t>(1, sequences / 4);
+    spdlog::info("data.validation_samples: the default {} is more than a quarter of the {} calibration sequences; "
+                 "using {} (set it to choose)", was, sequences, nval);
+  }
+  if (sequences > 1 && nval >= sequences)
+    throw InputError(r.source() + ": data.validation_samples " + std::to_string(nval) +
+                     " leaves nothing to train on: the calibration data gives " + std::to_string(sequences) +
+                     " sequences (data.calibration.samples); use fewer validation samples");
+  if (sequences - (sequences > 1 ? nval : 0) < bo.batch_size)
+    throw InputError(r.source() + ": the calibration data gives " + std::to_string(sequences - (sequences > 1 ? nval : 0)) +
+                     " training sequences, fewer than one batch (training.batch_size " + std::to_string(bo.batch_size) +
+                     "); add calibration text or lower training.batch_size");
+  bo.val_fraction = sequences > 1 ? static_cast<double>(nval) / static_cast<double>(sequences) : 0.0;
   bo.cache = model::cache_options(r.str("training.cache_dtype"), r.str("training.cache_memory_limit"),
                                   r.str("training.cache_dir"),
                                   {"training.cache_dtype", "training.cache_memory_limit", "training.cache_dir"});
