@@ -12,6 +12,7 @@
 
 #include "mpqat/alloc/solver.h"
 #include "mpqat/io/recipe.h"
+#include "mpqat/model/hf_names.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -25,47 +26,6 @@ using model::Family;
 // Layout
 
 namespace {
-
-std::vector<std::string> block_rel_names(const model::ModelConfig& cfg) {
-  switch (cfg.family) {
-    case Family::OPT: return {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"};
-    case Family::BERT:
-      return {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-              "intermediate.dense", "output.dense"};
-    default:
-      return {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-  }
-}
-
-std::string block_prefix(const model::ModelConfig& cfg, int64_t i) {
-  switch (cfg.family) {
-    case Family::OPT: return "model.decoder.layers." + std::to_string(i) + ".";
-    case Family::BERT: return "bert.encoder.layer." + std::to_string(i) + ".";
-    default: return "model.layers." + std::to_string(i) + ".";
-  }
-}
-
-// (out, in) of a block linear (mirrors model::block_linear_shape, which needs torch).
-std::pair<int64_t, int64_t> rel_shape(const model::ModelConfig& cfg, const std::string& rel) {
-  const int64_t C = cfg.hidden_size, F = cfg.intermediate_size;
-  if (cfg.family != Family::Llama) {
-    if (rel == "fc1" || rel == "intermediate.dense") return {F, C};
-    if (rel == "fc2" || rel == "output.dense") return {C, F};
-    return {C, C};
-  }
-  if (rel == "self_attn.q_proj") return {cfg.q_dim(), C};
-  if (rel == "self_attn.k_proj" || rel == "self_attn.v_proj") return {cfg.kv_dim(), C};
-  if (rel == "self_attn.o_proj") return {C, cfg.q_dim()};
-  if (rel == "mlp.down_proj") return {C, F};
-  return {F, C};
-}
-
-bool llama_bias(const model::ModelConfig& cfg, const std::string& rel) {
-  if (rel == "self_attn.q_proj" || rel == "self_attn.k_proj" || rel == "self_attn.v_proj") return cfg.qkv_bias;
-  if (rel == "self_attn.o_proj") return cfg.o_proj_bias;
-  return cfg.mlp_bias;
-}
 
 std::string num_str(uint64_t v) { return std::to_string(v); }
 int digits(uint64_t v) { return static_cast<int>(num_str(v).size()); }
@@ -84,24 +44,21 @@ ModelLayout layout_from_config(const model::ModelConfig& cfg) {
                                   "models only; pass the model folder (its safetensors header) for " + cfg.model_type);
   ModelLayout L;
   L.cfg = cfg;
-  const int64_t C = cfg.hidden_size, V = cfg.vocab_size;
-  // The writer's order (quant::save_quantized_checkpoint): the parameters outside the blocks in
-  // model order, then each block's.
-  L.params.push_back({"model.embed_tokens.weight", {V, C}});
-  L.params.push_back({"model.norm.weight", {C}});
-  if (!cfg.tie_word_embeddings) L.params.push_back({"lm_head.weight", {V, C}});
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    const std::string p = block_prefix(cfg, i);
-    for (const auto& rel : block_rel_names(cfg)) {
-      const auto [o, in] = rel_shape(cfg, rel);
-      const bool b = llama_bias(cfg, rel);
-      const int idx = static_cast<int>(L.linears.size());
-      L.linears.push_back({p + rel, i, rel, o, in, b});
-      L.params.push_back({p + rel + ".weight", {o, in}, idx, false});
-      if (b) L.params.push_back({p + rel + ".bias", {o}, idx, true});
+  // The writer's order (quant::save_quantized_checkpoint) is model::llama_tensors' order; a
+  // linear's bias follows its weight.
+  for (const auto& t : model::llama_tensors(cfg)) {
+    ParamEntry e{t.name, t.shape};
+    if (!t.linear.empty()) {
+      if (t.is_bias) {
+        L.linears.back().bias = true;
+      } else {
+        const std::string rel = t.linear.substr(model::family_block_prefix(cfg, t.block).size());
+        L.linears.push_back({t.linear, t.block, rel, t.shape[0], t.shape[1], false});
+      }
+      e.linear = static_cast<int>(L.linears.size()) - 1;
+      e.is_bias = t.is_bias;
     }
-    L.params.push_back({p + "input_layernorm.weight", {C}});
-    L.params.push_back({p + "post_attention_layernorm.weight", {C}});
+    L.params.push_back(e);
   }
   return L;
 }
@@ -115,9 +72,9 @@ ModelLayout layout_from_folder(const std::string& dir) {
   L.order_exact = false;
   std::map<std::string, std::pair<int, bool>> lin_of;  // tensor name -> (linear, is_bias)
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
-    for (const auto& rel : block_rel_names(cfg)) {
-      const std::string name = block_prefix(cfg, i) + rel;
-      const auto [o, in] = rel_shape(cfg, rel);
+    for (const auto& rel : model::family_block_linear_names(cfg)) {
+      const std::string name = model::family_block_prefix(cfg, i) + rel;
+      const auto [o, in] = model::block_linear_shape(cfg, rel);
       const int idx = static_cast<int>(L.linears.size());
       L.linears.push_back({name, i, rel, o, in, ck.contains(name + ".bias")});
       lin_of[name + ".weight"] = {idx, false};

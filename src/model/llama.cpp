@@ -193,36 +193,6 @@ std::vector<std::string> quantizable_linear_names(const ModelConfig& cfg) {
   return out;
 }
 
-std::pair<int64_t, int64_t> block_linear_shape(const ModelConfig& cfg, const std::string& name) {
-  const int64_t C = cfg.hidden_size, F = cfg.intermediate_size;
-  if (cfg.family == Family::OPT) {
-    if (name == "self_attn.q_proj" || name == "self_attn.k_proj" || name == "self_attn.v_proj" ||
-        name == "self_attn.out_proj")
-      return {C, C};
-    if (name == "fc1") return {F, C};
-    if (name == "fc2") return {C, F};
-    throw InputError("unknown OPT block linear '" + name +
-                     "' (accepted: self_attn.{q,k,v,out}_proj, fc1, fc2)");
-  }
-  if (cfg.family == Family::BERT) {
-    if (name == "attention.self.query" || name == "attention.self.key" ||
-        name == "attention.self.value" || name == "attention.output.dense")
-      return {C, C};
-    if (name == "intermediate.dense") return {F, C};
-    if (name == "output.dense") return {C, F};
-    throw InputError("unknown BERT block linear '" + name +
-                     "' (accepted: attention.self.{query,key,value}, attention.output.dense, "
-                     "intermediate.dense, output.dense)");
-  }
-  if (name == "self_attn.q_proj") return {cfg.q_dim(), C};
-  if (name == "self_attn.k_proj" || name == "self_attn.v_proj") return {cfg.kv_dim(), C};
-  if (name == "self_attn.o_proj") return {C, cfg.q_dim()};
-  if (name == "mlp.gate_proj" || name == "mlp.up_proj") return {F, C};
-  if (name == "mlp.down_proj") return {C, F};
-  throw InputError("unknown block linear '" + name +
-                   "' (accepted: self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj)");
-}
-
 std::vector<std::pair<std::string, LinearPtr>> LlamaBlock::linears() const {
   return {{"self_attn.q_proj", self_attn->q_proj}, {"self_attn.k_proj", self_attn->k_proj},
           {"self_attn.v_proj", self_attn->v_proj}, {"self_attn.o_proj", self_attn->o_proj},

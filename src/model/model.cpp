@@ -142,27 +142,4 @@ ScopedAttentionObserver::ScopedAttentionObserver(AttentionObserver fn)
 
 ScopedAttentionObserver::~ScopedAttentionObserver() { t_attention_observer = previous_; }
 
-std::vector<std::string> family_block_linear_names(const ModelConfig& cfg) {
-  switch (cfg.family) {
-    case Family::OPT:
-      return {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"};
-    case Family::BERT:
-      return {"attention.self.query",   "attention.self.key", "attention.self.value",
-              "attention.output.dense", "intermediate.dense", "output.dense"};
-    case Family::Llama:
-    default:
-      return {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-              "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-  }
-}
-
-std::string family_block_prefix(const ModelConfig& cfg, int64_t i) {
-  switch (cfg.family) {
-    case Family::OPT: return "model.decoder.layers." + std::to_string(i) + ".";
-    case Family::BERT: return "bert.encoder.layer." + std::to_string(i) + ".";
-    case Family::Llama:
-    default: return "model.layers." + std::to_string(i) + ".";
-  }
-}
-
 }  // namespace mpqat::model

@@ -130,8 +130,6 @@ std::string block_prefix(int64_t i);
 // Every quantizable linear, e.g. "model.layers.3.self_attn.q_proj" (lm_head excluded), for
 // any family ("model.decoder.layers.0.fc1", "bert.encoder.layer.0.attention.self.query").
 std::vector<std::string> quantizable_linear_names(const ModelConfig& cfg);
-// (out, in) of a block linear by its relative name, for any family.
-std::pair<int64_t, int64_t> block_linear_shape(const ModelConfig& cfg, const std::string& name);
 
 // "model": embed_tokens, layers, norm.
 class LlamaModelImpl : public torch::nn::Module {

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "mpqat/model/config.h"
+#include "mpqat/model/hf_names.h"  // family_block_linear_names, family_block_prefix, block_linear_shape
 #include "mpqat/model/linear.h"
 
 namespace mpqat::model {
@@ -153,10 +154,5 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 // bias broadcastable to (B, H, T, S) or undefined -> (B, H, T, D). Softmax in fp32.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                      const torch::Tensor& bias);
-
-// The quantizable linears of one block of `cfg`'s family, relative names in linears() order,
-// and their (out, in) shapes; the full-name prefix of block i.
-std::vector<std::string> family_block_linear_names(const ModelConfig& cfg);
-std::string family_block_prefix(const ModelConfig& cfg, int64_t i);
 
 }  // namespace mpqat::model
