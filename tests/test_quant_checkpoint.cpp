@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -373,6 +374,68 @@ TEST_F(TinyCheckpoint, InconsistentCheckpointsGiveClearErrors) {
     write_all(d, ts);
     EXPECT_NE(load_err(d).find("outside [0, 3)"), std::string::npos);
   }
+}
+
+// `mpqat inspect` runs every check the loader runs: each corruption below is refused by both,
+// with the same line, instead of inspect printing sizes of a checkpoint eval cannot load.
+TEST_F(TinyCheckpoint, InspectRefusesWhatTheLoaderRefuses) {
+  const auto q = root_ / "q";
+  int n = 0;
+  auto check = [&](const std::function<void(const fs::path&)>& corrupt, const std::string& expected) {
+    const auto d = root_ / ("case" + std::to_string(n++));
+    fs::copy(q, d, fs::copy_options::recursive);
+    corrupt(d);
+    const auto m = input_error([&] { quant::load_quantized_model(model::ModelFolder(d.string())); });
+    EXPECT_NE(m.find(expected), std::string::npos) << m;
+    EXPECT_EQ(input_error([&] { quant::inspect_checkpoint(d.string()); }), m);
+  };
+  // Out-of-range g_idx (down_proj is g64 over 172 inputs: 3 groups).
+  check([](const fs::path& d) {
+    auto ts = read_all(d);
+    reinterpret_cast<int32_t*>(ts.at("model.layers.0.mlp.down_proj.g_idx").bytes.data())[5] = 99;
+    write_all(d, ts);
+  }, "maps input column 5 to group 99, outside [0, 3)");
+  // A float .weight beside the packed tensors.
+  check([](const fs::path& d) {
+    auto ts = read_all(d);
+    ts["model.layers.0.self_attn.q_proj.weight"] = {io::DType::F16, {64, 64}, std::vector<uint8_t>(64 * 64 * 2, 0)};
+    write_all(d, ts);
+  }, "has both 'model.layers.0.self_attn.q_proj.weight' and 'model.layers.0.self_attn.q_proj.qweight'");
+  // A pack_dtype this reader does not unpack.
+  check([](const fs::path& d) {
+    auto cfg = read_json(d / "config.json");
+    cfg["quantization_config"]["pack_dtype"] = "int16";
+    write_json(d / "config.json", cfg);
+  }, "pack_dtype \"int16\" is not supported (accepted: \"int32\")");
+  // A format version from the future.
+  check([](const fs::path& d) {
+    auto cfg = read_json(d / "config.json");
+    cfg["mpqat"]["format_version"] = 7;
+    write_json(d / "config.json", cfg);
+  }, "mpqat.format_version 7 is not one this mpqat reads");
+  // A recorded bit plan that disagrees with the tensors (q_proj of layer 0 is 2-bit g32).
+  check([](const fs::path& d) {
+    auto cfg = read_json(d / "config.json");
+    cfg["mpqat"]["bit_plan"]["modules"]["model.layers.0.self_attn.q_proj"]["bits"] = 4;
+    write_json(d / "config.json", cfg);
+  }, "mpqat.bit_plan says module 'model.layers.0.self_attn.q_proj' is 4-bit g32 but its tensors are 2-bit g32");
+  // A float tensor whose shape disagrees with config.json, and one of an integer dtype.
+  check([](const fs::path& d) {
+    auto ts = read_all(d);
+    auto& t = ts.at("model.layers.1.input_layernorm.weight");
+    t.shape = {32};
+    t.bytes.resize(32 * io::dtype_size(t.dtype));
+    write_all(d, ts);
+  }, "tensor 'model.layers.1.input_layernorm.weight' has shape [32] but config.json implies [64]");
+  check([](const fs::path& d) {
+    auto ts = read_all(d);
+    auto& t = ts.at("model.norm.weight");
+    t.dtype = io::DType::I32;
+    t.bytes.resize(64 * 4);
+    write_all(d, ts);
+  }, "tensor 'model.norm.weight' has dtype I32 (accepted for float tensors: F16, BF16, F32)");
+  // The untouched checkpoint passes both.
+  EXPECT_NO_THROW(quant::inspect_checkpoint(q.string()));
 }
 
 TEST_F(TinyCheckpoint, QuantizeAndInspectCli) {

@@ -16,6 +16,8 @@
 #include <sstream>
 
 #include "mpqat/model/config.h"
+#include "mpqat/model/hf_names.h"
+#include "mpqat/quant/bitplan.h"
 #include "mpqat/model/bert.h"
 #include "mpqat/model/llama.h"
 #include "mpqat/model/opt.h"
@@ -196,7 +198,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
              {"source_model", opts.source_dir.empty() ? "" : fs::absolute(opts.source_dir).string()},
              {"created", util::utc_iso_now()},
              {"packing", "bit stream per column, LSB first (GPTQ layout for 2/3/4/8 bits)"}};
-  ojson mp{{"format_version", 1}, {"provenance", prov}};
+  ojson mp{{"format_version", kCheckpointFormatVersion}, {"provenance", prov}};
   if (opts.plan) mp["bit_plan"] = ojson::parse(bit_plan_to_json(*opts.plan).dump());
   cfg["mpqat"] = mp;
 
@@ -305,6 +307,8 @@ QuantConfig parse_quant_config(const nlohmann::json& j_in, const std::string& so
   qc.checkpoint_format = j.value("checkpoint_format", std::string("gptq"));
   if (qc.checkpoint_format != "gptq" && qc.checkpoint_format != "gptq_v2")
     throw InputError(source + ": checkpoint_format '" + qc.checkpoint_format + "' is not supported (accepted: gptq, gptq_v2)");
+  if (j.contains("pack_dtype") && !(j["pack_dtype"].is_string() && j["pack_dtype"].get<std::string>() == "int32"))
+    throw InputError(source + ": pack_dtype " + j["pack_dtype"].dump() + " is not supported (accepted: \"int32\")");
   traits_for_bits(qc.bits, source + ": quantization_config");
   if (j.contains("dynamic") && !j["dynamic"].is_null()) {
     if (!j["dynamic"].is_object()) throw InputError(source + ": \"dynamic\" must be an object of regex -> overrides");
@@ -410,6 +414,9 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
     return d;
   }
   const std::string file = ckpt.file_of(qw);
+  if (ckpt.contains(name + ".weight"))
+    throw InputError("'" + ckpt.file_of(name + ".weight") + "': module '" + name + "' has both '" + name +
+                     ".weight' and '" + qw + "' (a module is either float or packed, not both)");
   if (!expected)
     throw InputError("'" + file + "': module '" + name + "' is packed ('" + qw + "') but " + said +
                      " marks it unquantized");
@@ -464,11 +471,100 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
   if (ckpt.contains(name + ".g_idx")) {
     const auto& ig = ckpt.info(name + ".g_idx");
     need(ig, ig.dtype == io::DType::I32 && ig.shape == std::vector<int64_t>{in}, "I32 [" + std::to_string(in) + "]");
+    std::vector<int32_t> g(static_cast<size_t>(in));
+    std::memcpy(g.data(), ckpt.data(ig.name), g.size() * sizeof(int32_t));
+    ckpt.release(ig.name);
+    for (size_t c = 0; c < g.size(); ++c)
+      if (g[c] < 0 || g[c] >= ngr)
+        throw InputError("'" + ckpt.file_of(ig.name) + "': tensor '" + ig.name + "' maps input column " +
+                         std::to_string(c) + " to group " + std::to_string(g[c]) + ", outside [0, " +
+                         std::to_string(ngr) + ") (the module has " + std::to_string(ngr) + " scale groups)");
     d.has_g_idx = true;
   }
   d.quantized = true;
   d.spec = QuantSpec{bits, expected->group_size, expected->sym};
   return d;
+}
+
+namespace {
+
+// config.json's "mpqat" section: the format version, and the bit plan the writer recorded.
+void check_mpqat_section(const model::ModelFolder& folder, const std::vector<DetectedModule>& mods) {
+  const std::string cfg_path = (fs::path(folder.dir()) / "config.json").string();
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(util::read_file(cfg_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("'" + cfg_path + "' is not valid JSON: " + e.what());
+  }
+  if (!cfg.contains("mpqat")) return;  // written by another tool: nothing of ours to check
+  const auto& mp = cfg["mpqat"];
+  if (!mp.is_object()) throw InputError("'" + cfg_path + "': \"mpqat\" must be an object");
+  if (mp.contains("format_version")) {
+    if (!mp["format_version"].is_number_integer() || mp["format_version"].get<int64_t>() < 1 ||
+        mp["format_version"].get<int64_t>() > kCheckpointFormatVersion)
+      throw InputError("'" + cfg_path + "': mpqat.format_version " + mp["format_version"].dump() +
+                       " is not one this mpqat reads (accepted: 1.." + std::to_string(kCheckpointFormatVersion) +
+                       "; a newer mpqat wrote it?)");
+  }
+  if (!mp.contains("bit_plan")) return;
+  const BitPlan plan = parse_bit_plan(mp["bit_plan"], "'" + cfg_path + "' mpqat.bit_plan");
+  const auto planned = plan.quantized();
+  for (const auto& d : mods) {
+    const auto it = planned.find(d.name);
+    const bool in_plan = plan.modules.count(d.name) > 0;
+    if (!in_plan) continue;  // modules the plan does not name keep the writer's default
+    const std::string want = it == planned.end() ? std::string("float")
+                                                 : std::to_string(it->second.bits) + "-bit g" +
+                                                       std::to_string(it->second.group_size);
+    const std::string have = d.quantized ? std::to_string(d.spec.bits) + "-bit g" + std::to_string(d.spec.group_size)
+                                         : std::string("float");
+    const bool same = (it == planned.end()) == !d.quantized &&
+                      (!d.quantized || (it->second.bits == d.spec.bits &&
+                                        num_groups(d.in, it->second.group_size) == num_groups(d.in, d.spec.group_size)));
+    if (!same)
+      throw InputError("'" + cfg_path + "': mpqat.bit_plan says module '" + d.name + "' is " + want +
+                       " but its tensors are " + have + ": the plan and the weights disagree");
+  }
+}
+
+// Llama family: every float tensor the config implies, with its shape and a float dtype.
+void check_float_tensors(const model::ModelFolder& folder, const std::vector<DetectedModule>& mods) {
+  const auto& cfg = folder.config();
+  if (cfg.family != model::Family::Llama) return;  // OPT / BERT: the loader checks them against the model
+  std::set<std::string> packed;
+  for (const auto& d : mods)
+    if (d.quantized) packed.insert(d.name);
+  const auto& ckpt = folder.checkpoint();
+  for (const auto& t : model::llama_tensors(cfg)) {
+    if (!t.is_bias && packed.count(t.linear)) continue;  // a .qweight stands for it
+    if (!ckpt.contains(t.name))
+      throw InputError("checkpoint '" + folder.dir() + "': tensor '" + t.name + "' (" + io::shape_str(t.shape) +
+                       " from config.json) is missing");
+    const auto& info = ckpt.info(t.name);
+    if (info.shape != t.shape)
+      throw InputError("'" + ckpt.file_of(t.name) + "': tensor '" + t.name + "' has shape " + io::shape_str(info.shape) +
+                       " but config.json implies " + io::shape_str(t.shape));
+    if (info.dtype != io::DType::F16 && info.dtype != io::DType::BF16 && info.dtype != io::DType::F32)
+      throw InputError("'" + ckpt.file_of(t.name) + "': tensor '" + t.name + "' has dtype " + io::dtype_name(info.dtype) +
+                       " (accepted for float tensors: F16, BF16, F32)");
+  }
+}
+
+}  // namespace
+
+std::vector<DetectedModule> validate_quantized_folder(const model::ModelFolder& folder, const QuantConfig& qc) {
+  const auto& cfg = folder.config();
+  std::vector<DetectedModule> mods;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
+    for (const auto& rel : model::family_block_linear_names(cfg)) {
+      const auto [out, in] = model::block_linear_shape(cfg, rel);
+      mods.push_back(detect_module(folder.checkpoint(), qc, model::family_block_prefix(cfg, i) + rel, out, in,
+                                   folder.dir()));
+    }
+  check_mpqat_section(folder, mods);
+  check_float_tensors(folder, mods);
+  return mods;
 }
 
 namespace {
@@ -509,12 +605,7 @@ QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantCo
     throw InputError("'" + ckpt.file_of(name + ".scales") + "': tensor '" + name +
                      ".scales' holds NaN or Inf values (a corrupt checkpoint)");
   if (d.has_g_idx) {
-    auto g = read_raw(ckpt, name + ".g_idx", torch::kInt);
-    const int64_t ngr = q->scales.size(0);
-    if (g.numel() && (g.min().item<int>() < 0 || g.max().item<int>() >= ngr))
-      throw InputError("'" + ckpt.file_of(name + ".g_idx") + "': tensor '" + name + ".g_idx' has group indices outside [0, " +
-                       std::to_string(ngr) + ")");
-    q->g_idx.copy_(g);
+    q->g_idx.copy_(read_raw(ckpt, name + ".g_idx", torch::kInt));  // range checked by detect_module
   }
   return q;
 }
@@ -530,6 +621,7 @@ void finish_loaded(torch::nn::Module& m, const model::LoadOptions& opts) {
 model::ModelPtr load_quantized_model(const model::ModelFolder& folder, const model::LoadOptions& opts) {
   torch::NoGradGuard ng;
   const QuantConfig qc = load_quant_config(folder.dir());
+  validate_quantized_folder(folder, qc);
   auto m = model::create_model(folder.config());
   for (const auto& [name, lin] : m->named_linears())
     if (auto q = read_quant_linear(folder, qc, name, *lin)) m->set_linear(name, q);
@@ -565,8 +657,9 @@ model::BlockPtr load_quantized_block(const model::ModelFolder& folder, int64_t i
 InspectReport inspect_checkpoint(const std::string& dir) {
   InspectReport r;
   r.dir = dir;
-  const auto cfg = model::load_model_config(dir);
-  io::SafetensorsCheckpoint ckpt(dir);
+  const model::ModelFolder folder(dir);  // config.json, safetensors headers, layer count
+  const auto& cfg = folder.config();
+  const auto& ckpt = folder.checkpoint();
   r.quantized = is_quantized_folder(dir);
   QuantConfig qc;
   if (r.quantized) {
@@ -580,38 +673,37 @@ InspectReport inspect_checkpoint(const std::string& dir) {
     all.re = std::regex(".*");
     qc.dynamic.push_back(all);
   }
-  const auto rel = model::family_block_linear_names(cfg);
+  // The loader's checks, all of them: inspect refuses what eval would refuse.
+  const auto detected = validate_quantized_folder(folder, qc);
   uint64_t code_bits = 0, linear_bytes_no_bias = 0;
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
-    for (const auto& rn : rel) {
-      const auto [out, in] = model::block_linear_shape(cfg, rn);
-      const std::string name = model::family_block_prefix(cfg, i) + rn;
-      const auto d = detect_module(ckpt, qc, name, out, in, dir);
-      InspectModule im;
-      im.name = name;
-      im.out = out;
-      im.in = in;
-      if (d.quantized) {
-        im.bits = d.spec.bits;
-        im.group_size = d.spec.group_size;
-        im.sym = d.spec.sym;
-        for (const char* leaf : {".qweight", ".qzeros", ".scales", ".g_idx"})
-          if (ckpt.contains(name + leaf)) im.bytes += ckpt.info(name + leaf).nbytes();
-        im.overhead_bytes = im.bytes - ckpt.info(name + ".qweight").nbytes();
-        linear_bytes_no_bias += im.bytes;
-        code_bits += static_cast<uint64_t>(im.bits) * out * in;
-      } else {
-        const auto& wi = ckpt.info(name + ".weight");
-        im.bits = static_cast<int>(io::dtype_size(wi.dtype) * 8);
-        im.bytes = wi.nbytes();
-        linear_bytes_no_bias += im.bytes;
-        code_bits += static_cast<uint64_t>(im.bits) * out * in;
-      }
-      if (ckpt.contains(name + ".bias")) im.bytes += ckpt.info(name + ".bias").nbytes();
-      r.linear_weights += out * in;
-      r.bits_histogram[im.bits]++;
-      r.modules.push_back(im);
+  for (const auto& d : detected) {
+    const std::string& name = d.name;
+    const int64_t out = d.out, in = d.in;
+    InspectModule im;
+    im.name = name;
+    im.out = out;
+    im.in = in;
+    if (d.quantized) {
+      im.bits = d.spec.bits;
+      im.group_size = d.spec.group_size;
+      im.sym = d.spec.sym;
+      for (const char* leaf : {".qweight", ".qzeros", ".scales", ".g_idx"})
+        if (ckpt.contains(name + leaf)) im.bytes += ckpt.info(name + leaf).nbytes();
+      im.overhead_bytes = im.bytes - ckpt.info(name + ".qweight").nbytes();
+      linear_bytes_no_bias += im.bytes;
+      code_bits += static_cast<uint64_t>(im.bits) * out * in;
+    } else {
+      const auto& wi = ckpt.info(name + ".weight");
+      im.bits = static_cast<int>(io::dtype_size(wi.dtype) * 8);
+      im.bytes = wi.nbytes();
+      linear_bytes_no_bias += im.bytes;
+      code_bits += static_cast<uint64_t>(im.bits) * out * in;
     }
+    if (ckpt.contains(name + ".bias")) im.bytes += ckpt.info(name + ".bias").nbytes();
+    r.linear_weights += out * in;
+    r.bits_histogram[im.bits]++;
+    r.modules.push_back(im);
+  }
   r.total_bytes = ckpt.total_tensor_bytes();
   r.fp16_bytes = 2ull * static_cast<uint64_t>(cfg.num_parameters());
   if (r.linear_weights > 0) {

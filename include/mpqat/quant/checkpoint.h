@@ -94,6 +94,9 @@ QuantConfig load_quant_config(const std::string& dir);
 std::optional<QuantSpec> resolve_module(const QuantConfig& qc, const std::string& module,
                                         std::string* rule = nullptr);
 
+// config.json's mpqat.format_version that this build writes (and the newest it reads).
+constexpr int kCheckpointFormatVersion = 1;
+
 // A module's storage as found in the checkpoint, validated against the config.
 struct DetectedModule {
   std::string name;
@@ -106,6 +109,15 @@ struct DetectedModule {
 // an impossible shape or a disagreement with the config.
 DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantConfig& qc,
                              const std::string& name, int64_t out, int64_t in, const std::string& dir);
+
+// The whole folder as every reader checks it (load_quantized_model and `mpqat inspect` run it):
+// every block linear detected as above (with its g_idx in range and no `.weight` beside a
+// `.qweight`), the config's layer count against the file (ModelFolder), config.json's "mpqat"
+// section (format_version this build reads; a recorded bit plan that agrees with the tensors),
+// and for Llama-family models every float tensor present with the shape config.json implies and
+// a float dtype. Returns the detected block linears in model order. Throws InputError naming the
+// file, the tensor or key and what would be accepted.
+std::vector<DetectedModule> validate_quantized_folder(const model::ModelFolder& folder, const QuantConfig& qc);
 
 // Builds the model with QuantLinear modules where the checkpoint has packed tensors (fp32
 // math, eval mode, no grad). Works for any family create_model builds. model::load_any_model /
