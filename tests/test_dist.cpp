@@ -138,6 +138,16 @@ TEST(Dist, LaunchStopsEveryRankWhenOneDies) {
   EXPECT_LT(s, 60.0) << "ranks were not stopped promptly";
 }
 
+// An input error every rank hits is one line, not one per rank.
+TEST(Dist, AnErrorEveryRankHitsIsPrintedOnce) {
+  const auto r = run_mpqat("launch -n 2 -- eval /nonexistent-mpqat-model --ppl /nonexistent.txt");
+  EXPECT_EQ(r.code, 2) << r.err;
+  const std::string line = "mpqat: error: model folder '/nonexistent-mpqat-model' does not exist";
+  size_t count = 0;
+  for (size_t p = r.err.find(line); p != std::string::npos; p = r.err.find(line, p + 1)) ++count;
+  EXPECT_EQ(count, 1u) << r.err;
+}
+
 TEST(Dist, SurvivingRankFailsWithoutLauncher) {
   // As under torchrun: two independent processes; rank 1 dies; rank 0 must exit with an error
   // (code 1) within its timeout instead of hanging.

@@ -9,6 +9,7 @@
 
 #include "mpqat/cli/commands.h"
 #include "mpqat/dist/communicator.h"
+#include "mpqat/dist/launcher.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/host_allocator.h"
@@ -19,8 +20,10 @@ namespace {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// One line on stderr; under a launcher, once for all local ranks that hit the same error.
 int report(const char* kind, const std::string& what, int code) {
-  std::fprintf(stderr, "mpqat: %s: %s\n", kind, first_line(what).c_str());
+  const std::string line = std::string("mpqat: ") + kind + ": " + first_line(what);
+  if (mpqat::dist::first_to_report(line)) std::fprintf(stderr, "%s\n", line.c_str());
   return code;
 }
 

@@ -1,6 +1,8 @@
 #include "mpqat/dist/launcher.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -9,7 +11,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include <fmt/format.h>
@@ -24,6 +28,35 @@ volatile sig_atomic_t g_stop_signal = 0;
 void on_signal(int sig) { g_stop_signal = sig; }
 
 }  // namespace
+
+std::string report_file(long launcher_pid, int port) {
+  return (std::filesystem::temp_directory_path() / fmt::format("mpqat-launch-{}-{}.errors", launcher_pid, port)).string();
+}
+
+bool first_to_report(const std::string& line) {
+  const char* ws = std::getenv("WORLD_SIZE");
+  const char* port = std::getenv("MASTER_PORT");
+  if (!ws || std::atoi(ws) <= 1 || !port) return true;
+  const std::string path = report_file(static_cast<long>(::getppid()), std::atoi(port));
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return true;
+  bool first = true;
+  if (::flock(fd, LOCK_EX) == 0) {
+    std::string seen;
+    char buf[4096];
+    ssize_t n = 0;
+    ::lseek(fd, 0, SEEK_SET);
+    while ((n = ::read(fd, buf, sizeof(buf))) > 0) seen.append(buf, static_cast<size_t>(n));
+    const std::string entry = line + "\n";
+    first = ("\n" + seen).find("\n" + entry) == std::string::npos;
+    if (first && ::write(fd, entry.data(), entry.size()) < 0) {
+      // Not recorded: another rank may print it too, which is only a repeated line.
+    }
+    ::flock(fd, LOCK_UN);
+  }
+  ::close(fd);
+  return first;
+}
 
 int find_free_port(const std::string& addr) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -130,6 +163,7 @@ int launch_local(const std::string& exe, const std::vector<std::string>& argv,
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  ::unlink(report_file(static_cast<long>(::getpid()), port).c_str());
   return result;
 }
 
