@@ -68,6 +68,25 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
   EXPECT_TRUE(reused.at("quantize"));
   EXPECT_FALSE(reused.at("reload_eval"));
 
+  // A stage's output changed by someone else since it was written (here: bitplan.json rewritten,
+  // as a second run on the folder once did): that stage is computed again, not trusted.
+  const json st = json::parse(mpqat::testing::slurp((out / "stages.json").string()));
+  ASSERT_TRUE(st["allocation"].contains("outputs")) << st.dump();
+  {
+    const json plan = json::parse(mpqat::testing::slurp((out / "bitplan.json").string()));
+    std::ofstream(out / "bitplan.json") << plan.dump() << "\n";  // other bytes, same plan
+  }
+  r = mpqat::testing::run_mpqat(base + " evaluation.context=128");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("stage allocation: '" + (out / "bitplan.json").string() + "' changed since this stage wrote it"),
+            std::string::npos)
+      << r.err;
+  const json rep3 = json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  reused.clear();
+  for (const auto& s : rep3["stages"]) reused[s["name"].get<std::string>()] = s["reused"].get<bool>();
+  EXPECT_TRUE(reused.at("sensitivity"));
+  EXPECT_FALSE(reused.at("allocation"));
+
   // An infeasible budget: one clear line, exit 2.
   r = mpqat::testing::run_mpqat(base + " allocation.budget.avg_bits=0.5 output.dir=" + (out / "x").string());
   EXPECT_EQ(r.code, 2) << r.err;

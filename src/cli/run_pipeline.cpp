@@ -402,7 +402,7 @@ void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& pla
   hash = util::fnv1a64_hex(plan_hash + run.model_id + file_identity(run.calib_path) +
              keys_text(r, {"training.", "data.calibration.", "data.validation_samples", "seed", "output.float_dtype",
                            "output.shard_size"}));
-  std::vector<fs::path> outs{ckpt / "config.json"};
+  std::vector<fs::path> outs{ckpt};
   if (r.str("training.method") != "rtn") outs.push_back(run.out / "train_log.jsonl");
   if (r.str("training.method") == "gptq") outs.push_back(run.out / "gptq_log.jsonl");
   const bool reuse = run.stages.reusable("quantize", hash, outs);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "mpqat/io/recipe.h"
 #include "mpqat/util/strings.h"
@@ -104,10 +105,21 @@ void StageCache::part_done() {
                      {"peak_file_mib", mib(p.file)}});
 }
 
-bool StageCache::reusable(const std::string& name, const std::string& hash, const std::vector<fs::path>& outputs) const {
+bool StageCache::reusable(const std::string& name, const std::string& hash, const std::vector<fs::path>& outputs) {
+  outputs_ = outputs;
   if (!state_.contains(name) || state_[name].value("hash", "") != hash) return false;
   for (const auto& o : outputs)
     if (!fs::exists(o)) return false;
+  // The outputs must be the files this stage wrote (runs before this check recorded none).
+  if (state_[name].contains("outputs"))
+    for (const auto& o : outputs) {
+      const auto& rec = state_[name]["outputs"];
+      const std::string key = o.filename().string();
+      if (!rec.contains(key) || rec[key].get<std::string>() != file_identity(o.string())) {
+        spdlog::warn("stage {}: '{}' changed since this stage wrote it; computing the stage again", name, o.string());
+        return false;
+      }
+    }
   return true;
 }
 
@@ -117,7 +129,12 @@ void StageCache::done(const std::string& name, const std::string& hash, bool reu
   auto peak = peak_ ? peak_->stop() : util::PeakMemory::Peak{};
   peak_.reset();
   take_max(peak, parts_max_);
-  if (!reused) state_[name] = {{"hash", hash}, {"seconds", seconds}};
+  if (!reused) {
+    json outs = json::object();
+    for (const auto& o : outputs_) outs[o.filename().string()] = file_identity(o.string());
+    state_[name] = {{"hash", hash}, {"seconds", seconds}, {"outputs", outs}};
+  }
+  outputs_.clear();
   report_.push_back({{"name", name},
                      {"seconds", reused ? state_[name].value("seconds", 0.0) : seconds},
                      {"reused", reused},

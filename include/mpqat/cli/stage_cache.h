@@ -31,10 +31,13 @@ class StageCache {
   StageCache(std::filesystem::path dir, bool main);
   // Starts a stage's clock and memory sampler.
   void begin(const std::string& name);
-  // True when `name` finished earlier with `hash` and every output still exists.
+  // True when `name` finished earlier with `hash` and every output still exists and is the one
+  // that stage wrote (file_identity recorded by done(): a file replaced or edited since, e.g. by
+  // another run, is recomputed, with a log line saying which).
   bool reusable(const std::string& name, const std::string& hash,
-                const std::vector<std::filesystem::path>& outputs) const;
-  // Ends the stage begun last: records hash and seconds (unless reused) and its report entry;
+                const std::vector<std::filesystem::path>& outputs);
+  // Ends the stage begun last: records hash, seconds and the identity of the outputs last passed
+  // to reusable() (unless reused) and its report entry;
   // rewrites stages.json and stage_report.json (this run's report(), also when it stops early).
   void done(const std::string& name, const std::string& hash, bool reused);
   // A measured part of the running stage (Block-AP, E2E-QP, the save): its own report entry
@@ -53,6 +56,7 @@ class StageCache {
   std::chrono::steady_clock::time_point t0_, part_t0_;
   std::unique_ptr<util::PeakMemory> peak_, part_peak_;
   std::string stage_, part_;
+  std::vector<std::filesystem::path> outputs_;  // of the stage begun last (reusable())
   util::PeakMemory::Peak parts_max_;  // the parts' peaks so far (their samplers reset VmHWM)
 };
 
