@@ -379,6 +379,47 @@ TEST(AllocErrors, BudgetLimitsMismatchAndPins) {
   EXPECT_THROW(allocate(sm, sens, o), InputError);
 }
 
+// The trap of a sensitivity table computed for g128 and an allocation asked at g32: refused,
+// naming the missing candidates and the command; allowed on request, and counted; score-only
+// files (no tables) are modelled and counted.
+TEST(AllocSensitivity, MissingOmegaCandidatesAreRefusedUnlessAllowed) {
+  const SizeModel sm(layout_from_config(tiny_cfg(false, 1)));
+  Sensitivity s;
+  s.source = "sens.json";
+  for (const auto& l : sm.layout().linears) {
+    s.modules[l.name].score = 1.0;
+    for (int b : {2, 3, 4, 8}) s.modules[l.name].omega[std::to_string(b) + ":128"] = std::pow(4.0, -b);
+  }
+  AllocOptions o;
+  o.method = Method::QBO;
+  o.bits = {2, 3, 4, 8};
+  o.budget = parse_budget("avg_bits=4.5");
+  o.group_sizes = {128};
+  EXPECT_EQ(allocate(sm, s, o).modelled_omegas, 0u);
+  o.group_sizes = {32, 128};
+  std::string m = "<no InputError>";
+  try {
+    allocate(sm, s, o);
+  } catch (const InputError& e) {
+    m = e.what();
+  }
+  EXPECT_NE(m.find("sens.json has no omega for the candidates 2:32, 3:32, 4:32, 8:32"), std::string::npos) << m;
+  EXPECT_NE(m.find("--group-sizes 32"), std::string::npos) << m;
+  EXPECT_NE(m.find("--allow-modelled-omega"), std::string::npos) << m;
+  o.method = Method::MPQ;
+  EXPECT_THROW(allocate(sm, s, o), InputError);
+  o.allow_modelled_omega = true;
+  const auto r = allocate(sm, s, o);
+  EXPECT_EQ(r.modelled_omegas, 4u * sm.layout().linears.size());
+  EXPECT_NE(result_text(r).find("omegas were modelled"), std::string::npos);
+  EXPECT_EQ(summary_json(r)["modelled_omegas"].get<size_t>(), 4u * sm.layout().linears.size());
+  // Score-only sensitivities: every quantized candidate is modelled, without an error.
+  o.allow_modelled_omega = false;
+  o.method = Method::QBO;
+  const auto r2 = allocate(sm, tiny_sens(sm.layout(), 3), o);
+  EXPECT_EQ(r2.modelled_omegas, 8u * sm.layout().linears.size());
+}
+
 TEST(AllocSensitivity, ParsesSchemaAndOmegaTable) {
   const SizeModel sm(layout_from_config(tiny_cfg(false, 1)));
   nlohmann::json j = {{"version", 1}, {"calibration", {{"dataset", "x"}}}, {"modules", nlohmann::json::object()}};

@@ -37,7 +37,8 @@ json full_report() {
                     {"tasks", {{"piqa", {{"acc", 0.75}, {"acc_norm", 0.71}, {"acc_stderr", 0.01}, {"n", 100}}}}},
                     {"classification", {{"accuracy", 0.92}, {"precision", 0.88}, {"recall", 0.80}, {"f1", 0.83}}},
                     {"bytes", 1000000},
-                    {"avg_bits", 4.5}};
+                    {"avg_bits", 4.5},
+                    {"bpw", 4.8123}};
   r["budget"] = {{"kind", "avg_bits"}, {"value", 4.5}, {"met", true}};
   r["compression"] = 3.4;
   json layers = json::array();
@@ -152,8 +153,10 @@ TEST(RunReport, TextShowsEveryMetricWithItsDrop) {
   EXPECT_EQ(t.rfind("mpqat run report\n================\nmodel:   checkpoints/tiny-llama\nrecipe:  recipes/quickstart.yaml\n", 0), 0u) << t;
   EXPECT_NE(t.find("compression ratio: 3.400x"), std::string::npos) << t;
   EXPECT_NE(t.find("size reduction:    70.59%"), std::string::npos) << t;
-  EXPECT_NE(t.find("average bits:      4.500 (FP 16)"), std::string::npos) << t;
-  EXPECT_NE(t.find("avg_bits <= 4.5 (met)"), std::string::npos) << t;
+  EXPECT_NE(t.find("code bits:         4.500 (FP 16)"), std::string::npos) << t;
+  EXPECT_NE(t.find("bpw:               4.812 (all bytes of the quantized linears / their weights)"), std::string::npos)
+      << t;
+  EXPECT_NE(t.find("avg_bits <= 4.5 bpw incl. scales/zeros/g_idx (met)"), std::string::npos) << t;
   EXPECT_NE(t.find("3.24 MiB (3400000 bytes)"), std::string::npos) << t;
   // layer table: header with both sensitivity metrics, one row per layer
   EXPECT_NE(t.find("Bits per layer (8 layers; 2-bit x3, 4-bit x3, 8-bit x2)"), std::string::npos) << t;

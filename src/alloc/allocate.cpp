@@ -252,6 +252,11 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
   for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
   const double nw = static_cast<double>(layout_.linear_weights());
   r.avg_bits = nw > 0 ? 8.0 * static_cast<double>(r.linear_bytes) / nw : 0.0;
+  double code = 0;
+  for (std::size_t i = 0; i < ch.size(); ++i)
+    code += static_cast<double>(layout_.linears[i].numel()) *
+            (ch[i].quantized() ? ch[i].bits : 8.0 * static_cast<double>(float_size()));
+  r.code_bits = nw > 0 ? code / nw : 0.0;
   r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
   return r;
 }
@@ -465,6 +470,7 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   for (const auto& [k, v] : r.int_map("allocation.pins")) o.pins.emplace_back(k, static_cast<int>(v));
   o.tie_qkv = r.flag("allocation.tie_qkv");
   o.tie_gate_up = r.flag("allocation.tie_gate_up");
+  o.allow_modelled_omega = r.flag("allocation.allow_modelled_omega");
   o.lagrangian = r.str("allocation.solver") == "lagrangian";
   o.groups = static_cast<int>(r.integer("allocation.groups"));
   o.preset.clear();
@@ -745,6 +751,48 @@ void assemble_modules(const SizeModel& sm, const Sensitivity& sens, const std::v
 
 }  // namespace
 
+namespace {
+
+// QBO / MPQ need an omega for every (module, candidate). Counts the ones the noise model would
+// supply; refuses (unless allowed) a file whose omega tables lack candidates of the menu.
+std::size_t check_omega_coverage(const Sensitivity& sens, const std::vector<LinearInfo>& lins,
+                                 const std::vector<Unit>& units, const AllocOptions& opts) {
+  std::set<std::string> missing;
+  std::size_t modelled = 0, modules_missing = 0;
+  for (const auto& u : units)
+    for (auto m : u.members) {
+      const auto& om = sens.modules.at(lins[m].name).omega;
+      const bool has_table = std::any_of(om.begin(), om.end(), [](const auto& kv) { return kv.first != "16"; });
+      bool this_missing = false;
+      for (const auto& c : u.menu) {
+        if (!c.quantized() || om.count(choice_key(c))) continue;
+        ++modelled;
+        if (has_table) {
+          missing.insert(choice_key(c));
+          this_missing = true;
+        }
+      }
+      modules_missing += this_missing;
+    }
+  if (!missing.empty() && !opts.allow_modelled_omega) {
+    std::set<int64_t> groups;
+    std::string keys;
+    for (const auto& k : missing) {
+      keys += (keys.empty() ? "" : ", ") + k;
+      groups.insert(std::stoll(k.substr(k.find(':') + 1)));
+    }
+    std::string gl;
+    for (auto g : groups) gl += (gl.empty() ? "" : ",") + std::to_string(g);
+    throw InputError(sens.source + " has no omega for the candidates " + keys + " of the menu (" +
+                     std::to_string(modules_missing) + " modules): compute them with `mpqat sensitivity ... --group-sizes " +
+                     gl + "`" +
+                     ", or model them from the score with --allow-modelled-omega (allocation.allow_modelled_omega: true)");
+  }
+  return modelled;
+}
+
+}  // namespace
+
 AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts) {
   const auto& lins = sm.layout().linears;
   check_sensitivity(sens, sm.layout());
@@ -761,6 +809,7 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
     res.budget_total = budget_total(*opts.budget, sm);
   }
   const std::vector<double> unit_score = unit_scores(sens, lins, units, opts);
+  if (is_solver_method(opts.method)) res.modelled_omegas = check_omega_coverage(sens, lins, units, opts);
 
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<Choice> choice =
@@ -851,11 +900,14 @@ json summary_json(const AllocResult& r) {
             {"tensor_bytes", r.size.tensor_bytes},
             {"header_bytes", r.size.header_bytes},
             {"avg_bits", r.size.avg_bits},
+            {"bpw", r.size.avg_bits},
+            {"code_bits", r.size.code_bits},
             {"compression", r.size.compression},
             {"objective", r.objective},
             {"method", method_name(r.method)},
             {"units", r.units},
-            {"solve_seconds", r.solve_seconds}};
+            {"solve_seconds", r.solve_seconds},
+            {"modelled_omegas", r.modelled_omegas}};
   if (r.budget) {
     j["budget"] = r.budget->text;
     j["budget_metric"] = metric_name(r.metric);
@@ -889,13 +941,21 @@ std::string result_text(const AllocResult& r) {
     if (m.pinned) s += "  (pinned)";
     s += "\n";
   }
-  s += fmt::format("method {}{}: objective {:.6g}, avg bits {:.4f} (with overhead), compression {:.3f}x\n",
-                   method_name(r.method), r.solver.empty() ? "" : " (" + r.solver + ")", r.objective, r.size.avg_bits, r.size.compression);
+  s += fmt::format("method {}{}: objective {:.6g}, {:.4f} bpw (all bytes of the quantized linears / their weights), "
+                   "{:.4f} code bits, compression {:.3f}x\n",
+                   method_name(r.method), r.solver.empty() ? "" : " (" + r.solver + ")", r.objective, r.size.avg_bits,
+                   r.size.code_bits, r.size.compression);
   if (r.lagrangian_gap) s += fmt::format("lagrangian objective {:.6g}: gap to the exact optimum {:.6g}\n", *r.lagrangian_objective, *r.lagrangian_gap);
+  if (r.modelled_omegas > 0)
+    s += fmt::format("{} omegas were modelled from module scores (score x numel x 4^-bits x group factor), not "
+                     "measured: compute the sensitivity for these candidates for a measured allocation\n",
+                     r.modelled_omegas);
   s += fmt::format("predicted size: {} bytes ({}) = tensors {} + headers {}", r.size.file_bytes, util::format_bytes(r.size.file_bytes),
                    r.size.tensor_bytes, r.size.header_bytes);
   if (r.budget)
-    s += fmt::format("; budget {} -> {} {} (predicted {}): {}", r.budget->text, r.budget_total, metric_name(r.metric),
+    s += fmt::format("; budget {}{} -> {} {} (predicted {}): {}", r.budget->text,
+                     r.budget->kind == BudgetKind::AvgBits ? " bpw incl. scales/zeros/g_idx" : "", r.budget_total,
+                     metric_name(r.metric),
                      r.size.of(r.metric), r.fits ? "fits" : "EXCEEDS the budget");
   return s + "\n";
 }

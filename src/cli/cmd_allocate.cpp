@@ -18,7 +18,7 @@ void add_allocate_command(CLI::App& app) {
     std::string preset, bits, group_sizes;
     int groups = 3, min_bits = 2, max_bits = 16, uniform_bits = 4;
     std::vector<std::string> pins;
-    bool tie_qkv = false, tie_gate_up = false, json = false, no_sgra = false, sym = false;
+    bool tie_qkv = false, tie_gate_up = false, json = false, no_sgra = false, sym = false, allow_modelled = false;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("allocate", "Choose bits per layer under a size budget "
@@ -43,6 +43,8 @@ void add_allocate_command(CLI::App& app) {
       ->check(CLI::IsMember({"f16", "bf16", "f32"}));
   sub->add_flag("--sym", o->sym, "symmetric quantization");
   sub->add_flag("--no-sgra", o->no_sgra, "do not write SGRA settings");
+  sub->add_flag("--allow-modelled-omega", o->allow_modelled,
+                "qbo/mpq: model omegas the sensitivity file lacks from the score instead of refusing");
   sub->add_option("--out", o->out, "output bitplan.json")->required();
   sub->add_flag("--json", o->json, "print the result as JSON");
   sub->callback([o] {
@@ -83,6 +85,7 @@ void add_allocate_command(CLI::App& app) {
     ao.lagrangian = o->solver == "lagrangian";
     ao.sym = o->sym;
     ao.sgra = !o->no_sgra;
+    ao.allow_modelled_omega = o->allow_modelled;
     for (const auto& p : o->pins) {
       const auto eq = p.rfind('=');
       if (eq == std::string::npos || eq == 0) throw InputError("--pin '" + p + "' must be REGEX=BITS");

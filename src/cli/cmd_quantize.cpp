@@ -136,7 +136,8 @@ void add_quantize_command(CLI::App& app) {
     }
     const auto r = quant::inspect_checkpoint(o->out);
     std::cout << "quantized " << n << " of " << r.modules.size() << " linears -> " << o->out << " ("
-              << util::format_bytes(r.total_bytes) << ", " << r.avg_bits << " avg bits, compression "
+              << util::format_bytes(r.total_bytes) << ", " << fmt::format("{:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code bits", r.avg_bits_with_overhead, r.avg_bits)
+              << ", compression "
               << r.compression_ratio << "x vs fp16)\n";
   });
 }

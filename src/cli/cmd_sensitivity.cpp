@@ -34,7 +34,7 @@ namespace mpqat::cli {
 
 void add_sensitivity_command(CLI::App& app) {
   struct Opts {
-    std::string model, calib, out, sampling = "random", group_sizes = "128", bits = "2,3,4,5,6,8";
+    std::string model, calib, out, sampling = "random", group_sizes = "128,32,64,256,-1", bits = "2,3,4,5,6,8";
     int64_t samples = 128, seqlen = 512;
     uint64_t seed = 0;
     int probe_bits = 3, svcca_k = 20;
@@ -61,8 +61,8 @@ void add_sensitivity_command(CLI::App& app) {
   sub->add_option("--svcca-k", o->svcca_k, "SVCCA: top-k directions (0 = by --svcca-variance)");
   sub->add_option("--svcca-variance", o->svcca_variance, "SVCCA: variance fraction kept when k is 0");
   sub->add_option("--bits", o->bits, "candidate bit-widths of the omega table");
-  sub->add_option("--group-sizes", o->group_sizes, "candidate group sizes, e.g. 32,128 (-1 = per row); "
-                                                   "the first is the score's");
+  sub->add_option("--group-sizes", o->group_sizes, "candidate group sizes (-1 = per row); the first is the "
+                                                   "score's. Default: every supported size, so any allocation menu finds its omegas");
   sub->add_option("--probe-bits", o->probe_bits, "bits of the scalar score (omega at probe:first group)");
   sub->add_option("--sampling", o->sampling, "classifiers: random or stratified")
       ->check(CLI::IsMember({"random", "stratified"}));

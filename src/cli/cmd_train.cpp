@@ -185,7 +185,8 @@ void add_train_command(CLI::App& app) {
       std::cout << train::summary_table(res);
       const auto ins = quant::inspect_checkpoint(o->out);
       std::cout << "trained " << res.blocks.size() << " blocks -> " << o->out << " ("
-                << util::format_bytes(ins.total_bytes) << ", " << ins.avg_bits << " avg bits, compression "
+                << util::format_bytes(ins.total_bytes) << ", " << fmt::format("{:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code bits", ins.avg_bits_with_overhead, ins.avg_bits)
+              << ", compression "
                 << ins.compression_ratio << "x vs fp16)\n";
       if (!o->keep_state) fs::remove_all(bo.state_dir);
     }

@@ -154,7 +154,7 @@ MetricList collect_metrics(const json& side) {
     }
   }
   static const std::set<std::string> not_metrics{"ppl", "tasks", "classification", "bytes", "avg_bits",
-                                                 "params", "parameters", "seconds", "n", "tokens", "bits"};
+                                                 "code_bits", "bpw", "params", "parameters", "seconds", "n", "tokens", "bits"};
   for (auto it = side.begin(); it != side.end(); ++it)
     if (!not_metrics.count(it.key())) add_metric(out, it.key(), it.value());
   return out;
@@ -174,7 +174,7 @@ std::string key_values(const std::vector<std::pair<std::string, std::string>>& k
 // ---------------------------------------------------------------- shared derived values
 
 struct SizeInfo {
-  std::optional<double> fp_bytes, q_bytes, fp_bits, q_bits, compression, reduction_pct;
+  std::optional<double> fp_bytes, q_bytes, fp_bits, q_bits, q_bpw, compression, reduction_pct;
 };
 
 SizeInfo size_info(const json& r) {
@@ -182,7 +182,9 @@ SizeInfo size_info(const json& r) {
   s.fp_bytes = finite(number(r["fp"], "bytes"));
   s.q_bytes = finite(number(r["quantized"], "bytes"));
   s.fp_bits = finite(number(r["fp"], "avg_bits"));
-  s.q_bits = finite(number(r["quantized"], "avg_bits"));
+  s.q_bits = finite(number(r["quantized"], "code_bits"));
+  if (!s.q_bits) s.q_bits = finite(number(r["quantized"], "avg_bits"));  // reports before code_bits
+  s.q_bpw = finite(number(r["quantized"], "bpw"));
   s.compression = finite(number(r, "compression"));
   if (!s.compression && s.fp_bytes && s.q_bytes && *s.q_bytes > 0) s.compression = *s.fp_bytes / *s.q_bytes;
   if (s.fp_bytes && s.q_bytes && *s.fp_bytes > 0) s.reduction_pct = (1.0 - *s.q_bytes / *s.fp_bytes) * 100.0;
@@ -196,7 +198,9 @@ std::string budget_text(const json& r) {
   const auto value = number(b, "value");
   std::string out;
   if (kind == "bytes" && value) out = "bytes <= " + bytes_text(value);
-  else if (value) out = (kind.empty() ? std::string("budget") : kind) + " <= " + fmt::format("{:g}", *value);
+  else if (value)
+    out = (kind.empty() ? std::string("budget") : kind) + " <= " + fmt::format("{:g}", *value) +
+          (kind == "avg_bits" ? " bpw incl. scales/zeros/g_idx" : "");
   else out = kind.empty() ? "-" : kind;
   const json& met = field(b, "met");
   if (met.is_boolean()) out += met.get<bool>() ? " (met)" : " (NOT met)";
@@ -211,9 +215,10 @@ std::vector<std::pair<std::string, std::string>> size_rows(const json& r) {
   if (s.q_bytes) size.emplace_back("quantized model", bytes_text(s.q_bytes));
   if (s.reduction_pct) size.emplace_back("size reduction", pct(s.reduction_pct));
   if (s.compression) size.emplace_back("compression ratio", fmt::format("{:.3f}x", *s.compression));
+  if (s.q_bpw) size.emplace_back("bpw", fmt::format("{:.3f} (all bytes of the quantized linears / their weights)", *s.q_bpw));
   if (s.q_bits)
-    size.emplace_back("average bits", fmt::format("{:.3f}", *s.q_bits) +
-                                          (s.fp_bits ? fmt::format(" (FP {:.3g})", *s.fp_bits) : std::string()));
+    size.emplace_back("code bits", fmt::format("{:.3f}", *s.q_bits) +
+                                                  (s.fp_bits ? fmt::format(" (FP {:.3g})", *s.fp_bits) : std::string()));
   if (!budget_text(r).empty()) size.emplace_back("budget", budget_text(r));
   return size;
 }
@@ -757,7 +762,8 @@ std::string render_run_report_html(const json& r) {
              "</div></div>\n";
   };
   if (s.compression) card("compression", fmt::format("{:.2f}x", *s.compression));
-  if (s.q_bits) card("average bits", fmt::format("{:.2f}", *s.q_bits));
+  if (s.q_bpw) card("bpw", fmt::format("{:.2f}", *s.q_bpw));
+  if (s.q_bits) card("code bits", fmt::format("{:.2f}", *s.q_bits));
   if (s.q_bytes) card("quantized size", util::format_bytes(static_cast<uint64_t>(std::llround(std::max(0.0, *s.q_bytes)))));
   if (!budget_text(r).empty()) card("budget", budget_text(r));
   for (const auto& m : metrics)

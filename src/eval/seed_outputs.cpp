@@ -213,7 +213,8 @@ std::string seed_evaluation_text(const SeedEvalInput& in) {
   } else {
     out += "compression_ratio: n/a\nsize_reduction_pct: n/a\n";
   }
-  if (in.avg_bits > 0) out += fmt::format("average_bits: {:.3f}\n", in.avg_bits);
+  if (in.avg_bits > 0) out += fmt::format("average_bits: {:.3f}  # code bits per linear weight\n", in.avg_bits);
+  if (in.bpw > 0) out += fmt::format("bpw: {:.3f}  # all bytes of the quantized linears (codes, scales, zeros, g_idx) / their weights\n", in.bpw);
 
   out += "\n# Bit Allocation Summary\n";
   std::map<int, int, std::greater<int>> count;
@@ -274,6 +275,7 @@ SeedEvalInput seed_eval_from_report(const json& report, const std::string& metho
   in.fp_bytes = bytes_of(fp);
   in.quantized_bytes = bytes_of(q);
   if (auto ab = number(field(q, "avg_bits"))) in.avg_bits = *ab;
+  if (auto bw = number(field(q, "bpw"))) in.bpw = *bw;
 
   if (const std::string d = string_of(field(report, "data")); !d.empty()) in.data = d;
   else if (const std::string p = string_of(field(field(report, "evaluation"), "path")); !p.empty())

@@ -117,7 +117,8 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.budget.bytes", K::String, "''",
         "size budget of the whole saved checkpoint, e.g. 2.5GB or 700MiB"),
     key("allocation.budget.avg_bits", K::Float, "0",
-        "budget as average bits per quantizable weight (0 = unset)", {}, 0.0, 16.0),
+        "budget in bpw: all bytes of the quantized linears (codes, scales, zeros, g_idx) x 8 / their weights, "
+        "as llama.cpp counts; 4-bit g128 is about 4.16 bpw, not 4 (0 = unset)", {}, 0.0, 16.0),
     key("allocation.budget.compression", K::Float, "0",
         "budget as compression ratio vs the FP16 model (0 = unset)", {}, 0.0),
     key("allocation.bits", K::IntList, "[2, 3, 4, 5, 6, 8]",
@@ -133,6 +134,9 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.tie_qkv", K::Bool, "false",
         "keep q/k/v of one layer at equal bits (vLLM and GPTQModel need it)"),
     key("allocation.tie_gate_up", K::Bool, "false", "keep gate/up of one layer at equal bits"),
+    key("allocation.allow_modelled_omega", K::Bool, "false",
+        "qbo/mpq: accept a sensitivity file whose omega tables lack candidates of the menu, modelling them "
+        "from the score (otherwise an error names the missing bits:group)"),
     key("allocation.solver", K::String, "dp",
         "dp = exact multiple-choice knapsack; lagrangian = for very large menus",
         {"dp", "lagrangian"}),

@@ -90,7 +90,8 @@ struct PlanSize {
   uint64_t file_bytes = 0;    // tensor_bytes + header_bytes
   uint64_t linear_bytes = 0;
   int shards = 1;
-  double avg_bits = 0;        // 8 * linear_bytes / linear weights
+  double avg_bits = 0;        // bpw: 8 * linear_bytes / linear weights (codes, scales, zeros, g_idx)
+  double code_bits = 0;       // code bits per linear weight (a float module counts its dtype's bits)
   double compression = 0;     // fp16 bytes / tensor_bytes (as inspect reports it)
   uint64_t of(SizeMetric m) const;
 };
@@ -188,6 +189,11 @@ struct AllocOptions {
   bool sym = false;
   bool sgra = true;
   SgraRanges sgra_ranges;
+  // QBO / MPQ: a sensitivity file with omega tables that lack a candidate of the menu ("3:32"
+  // when it was computed for g128) is refused unless this is set; then those omegas are modelled
+  // from the module's score (module_omega) and AllocResult::modelled_omegas counts them. Files
+  // without omega tables at all (score-only metrics such as CKA) are always modelled, and counted.
+  bool allow_modelled_omega = false;
 };
 // allocation.* keys of a validated recipe.
 AllocOptions alloc_options_from_recipe(const io::Recipe& r);
@@ -218,6 +224,7 @@ struct AllocResult {
   std::optional<double> lagrangian_objective, lagrangian_gap;
   double solve_seconds = 0;
   std::size_t units = 0, max_front = 0;
+  std::size_t modelled_omegas = 0;  // (module, candidate) omegas taken from the noise model
 };
 
 // Throws InputError for an infeasible budget (naming the achievable limits), infeasible pins,

@@ -28,7 +28,8 @@ struct SeedEvalInput {
   std::string timestamp;  // "20250113_142530" (seed_timestamp())
   SeedClassMetrics fp, quantized;
   uint64_t fp_bytes = 0, quantized_bytes = 0;  // 0 = unknown: size lines show "n/a"
-  double avg_bits = 0.0;                       // quantized average bits per weight; 0 = not shown
+  double avg_bits = 0.0;                       // code bits per linear weight; 0 = not shown
+  double bpw = 0.0;                            // all bytes of the quantized linears / their weights; 0 = not shown
   std::vector<int> bits;                       // per layer (block) index; 0 = not quantized / unknown
   std::vector<double> sensitivity;             // per layer, optional (empty = not shown)
   std::string sensitivity_metric;              // "pwcca", "pwcca+cka", "fisher"; empty = not shown
