@@ -135,10 +135,10 @@ void add_quantize_command(CLI::App& app) {
       quant::save_quantized_checkpoint(*q.shell, q.config, q.blocks, o->out, so);
     }
     const auto r = quant::inspect_checkpoint(o->out);
-    std::cout << "quantized " << n << " of " << r.modules.size() << " linears -> " << o->out << " ("
-              << util::format_bytes(r.total_bytes) << ", " << fmt::format("{:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code bits", r.avg_bits_with_overhead, r.avg_bits)
-              << ", compression "
-              << r.compression_ratio << "x vs fp16)\n";
+    std::cout << fmt::format("quantized {} of {} linears -> {} ({}, {:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code "
+                             "bits, compression {:.3f}x vs fp16)\n",
+                             n, r.modules.size(), o->out, util::format_bytes(r.total_bytes), r.avg_bits_with_overhead,
+                             r.avg_bits, r.compression_ratio);
   });
 }
 

@@ -31,18 +31,93 @@ namespace fs = std::filesystem;
 
 namespace mpqat::cli {
 
+namespace {
+
+struct TrainOpts {
+  std::string model, plan, calib, out, recipe, state_dir, cache_dir, cache_limit, cache_dtype, init, device,
+      dtype;
+  int64_t samples = 0, seqlen = 0, batch = 0, seed = 0, e2e_batch = 0, timeout_s = 0;
+  int epochs = 0, patience = 0, e2e_epochs = 0;
+  double lr_w = 0, lr_q = 0, min_lr = 0, val = 0, e2e_lr = 0, e2e_clip = 0, e2e_warmup = 0, gptq_damp = 0;
+  bool gptq_act_order = false;
+  bool e2e = false, no_sgra = false, train_norm = false, no_resume = false, keep_state = false, force = false;
+  std::vector<std::string> overrides;
+};
+
+// Block-AP (+ E2E-QP) with the settings of `r`, then the checkpoint, the log and the summary.
+void train_from(const TrainOpts& o, const io::Recipe& r, bool seqlen_given, bool patience_given, bool val_given) {
+  const io::DType dt = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
+  if (fs::exists(o.out) && !(fs::is_directory(o.out) && fs::is_empty(o.out)) && !o.force)
+    throw InputError("output folder '" + o.out + "' exists and is not empty (pass --force to replace it)");
+
+  dist::Options dopt;
+  dopt.backend = r.str("distributed.backend");
+  dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
+  auto comm = dist::Communicator::from_env(dopt);
+  const auto plan = quant::load_bit_plan(o.plan);
+  model::ModelFolder folder(o.model);
+  data::CalibrationOptions co;
+  co.samples = r.integer("data.calibration.samples");
+  co.seqlen = r.integer("data.calibration.seqlen");
+  const int64_t max_pos = folder.config().max_position_embeddings;
+  if (co.seqlen > max_pos) {
+    if (seqlen_given)
+      throw InputError("--seqlen " + std::to_string(co.seqlen) + " exceeds the model's max_position_embeddings " +
+                       std::to_string(max_pos));
+    spdlog::warn("data.calibration.seqlen {} exceeds the model's max_position_embeddings {}: using {}", co.seqlen,
+                 max_pos, max_pos);
+    co.seqlen = max_pos;
+  }
+  co.seed = static_cast<uint64_t>(r.integer("seed"));
+  const auto calib = data::load_token_calibration(o.calib, folder.tokenizer(), co);
+  if (calib.consecutive)
+    spdlog::warn("'{}' holds {} tokens, fewer than {} x {}: using {} consecutive windows", o.calib, calib.total_tokens,
+                 co.samples, co.seqlen, calib.sequences.size());
+  const auto batch = train::stack_sequences(calib.sequences);
+
+  auto bo = train::block_ap_options_from_recipe(r, batch.size());
+  if (patience_given) bo.patience = o.patience;
+  if (val_given) bo.val_fraction = o.val;
+  bo.state_dir = o.state_dir.empty() ? fs::path(o.out).lexically_normal().string() + ".state" : o.state_dir;
+  // One training per state folder: a second `mpqat train` on it stops before touching it.
+  std::unique_ptr<util::FolderLock> lock;
+  if (comm->is_main()) {
+    lock = std::make_unique<util::FolderLock>(bo.state_dir, "training state folder");
+    if (!bo.resume)
+      for (const auto& e : fs::directory_iterator(bo.state_dir))
+        if (e.path().filename() != util::FolderLock::kFileName) fs::remove_all(e.path());
+  }
+  comm->barrier();
+  bo.device = dist::resolve_device(r.str("model.device"), *comm, "--device");
+  bo.comm = comm.get();
+
+  auto res = train::block_ap(folder, plan, batch, bo);
+  const bool e2e = r.flag("training.e2e.enabled");
+  if (e2e) train::e2e_qp(res, batch, train::e2e_options_from_recipe(r), comm.get());
+  if (comm->is_main()) {
+    quant::SaveOptions so;
+    so.source_dir = o.model;
+    so.float_dtype = dt;
+    so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
+    so.plan = &plan;
+    so.force = o.force;
+    quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, o.out, so);
+    util::write_file_atomic((fs::path(o.out) / "train_log.jsonl").string(), train::train_log_jsonl(res));
+    std::cout << train::summary_table(res);
+    const auto ins = quant::inspect_checkpoint(o.out);
+    std::cout << fmt::format("trained {} blocks -> {} ({}, {:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code bits, "
+                             "compression {:.3f}x vs fp16)\n",
+                             res.blocks.size(), o.out, util::format_bytes(ins.total_bytes), ins.avg_bits_with_overhead,
+                             ins.avg_bits, ins.compression_ratio);
+    if (!o.keep_state) fs::remove_all(bo.state_dir);
+  }
+  comm->barrier();
+}
+
+}  // namespace
+
 void add_train_command(CLI::App& app) {
-  struct Opts {
-    std::string model, plan, calib, out, recipe, state_dir, cache_dir, cache_limit, cache_dtype, init, device,
-        dtype;
-    int64_t samples = 0, seqlen = 0, batch = 0, seed = 0, e2e_batch = 0, timeout_s = 0;
-    int epochs = 0, patience = 0, e2e_epochs = 0;
-    double lr_w = 0, lr_q = 0, min_lr = 0, val = 0, e2e_lr = 0, e2e_clip = 0, e2e_warmup = 0, gptq_damp = 0;
-    bool gptq_act_order = false;
-    bool e2e = false, no_sgra = false, train_norm = false, no_resume = false, keep_state = false, force = false;
-    std::vector<std::string> overrides;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<TrainOpts>();
   auto* sub = app.add_subcommand("train", "Block-wise QAT (Block-AP with SGRA), optional E2E-QP -> quantized checkpoint");
   sub->add_option("model", o->model, "float model folder")->required();
   sub->add_option("--plan", o->plan, "bitplan.json (from mpqat allocate; its sgra entries set per-block epochs/lr/patience)")
@@ -125,72 +200,7 @@ void add_train_command(CLI::App& app) {
     for (const auto& m : *mapped)
       if (m.opt->count() > 0) r.set(m.key, m.value(), m.opt->get_name());
     if (o_val->count() > 0 && (o->val < 0 || o->val >= 1)) throw InputError("--val-fraction must be in [0, 1)");
-    const io::DType dt = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
-    if (fs::exists(o->out) && !(fs::is_directory(o->out) && fs::is_empty(o->out)) && !o->force)
-      throw InputError("output folder '" + o->out + "' exists and is not empty (pass --force to replace it)");
-
-    dist::Options dopt;
-    dopt.backend = r.str("distributed.backend");
-    dopt.timeout = std::chrono::seconds(r.integer("distributed.timeout_s"));
-    auto comm = dist::Communicator::from_env(dopt);
-    const auto plan = quant::load_bit_plan(o->plan);
-    model::ModelFolder folder(o->model);
-    data::CalibrationOptions co;
-    co.samples = r.integer("data.calibration.samples");
-    co.seqlen = r.integer("data.calibration.seqlen");
-    const int64_t max_pos = folder.config().max_position_embeddings;
-    if (co.seqlen > max_pos) {
-      if (sub->get_option("--seqlen")->count() > 0)
-        throw InputError("--seqlen " + std::to_string(co.seqlen) + " exceeds the model's max_position_embeddings " +
-                         std::to_string(max_pos));
-      spdlog::warn("data.calibration.seqlen {} exceeds the model's max_position_embeddings {}: using {}", co.seqlen,
-                   max_pos, max_pos);
-      co.seqlen = max_pos;
-    }
-    co.seed = static_cast<uint64_t>(r.integer("seed"));
-    const auto calib = data::load_token_calibration(o->calib, folder.tokenizer(), co);
-    if (calib.consecutive)
-      spdlog::warn("'{}' holds {} tokens, fewer than {} x {}: using {} consecutive windows", o->calib, calib.total_tokens,
-                   co.samples, co.seqlen, calib.sequences.size());
-    const auto batch = train::stack_sequences(calib.sequences);
-
-    auto bo = train::block_ap_options_from_recipe(r, batch.size());
-    if (o_patience->count() > 0) bo.patience = o->patience;
-    if (o_val->count() > 0) bo.val_fraction = o->val;
-    bo.state_dir = o->state_dir.empty() ? fs::path(o->out).lexically_normal().string() + ".state" : o->state_dir;
-    // One training per state folder: a second `mpqat train` on it stops before touching it.
-    std::unique_ptr<util::FolderLock> lock;
-    if (comm->is_main()) {
-      lock = std::make_unique<util::FolderLock>(bo.state_dir, "training state folder");
-      if (!bo.resume)
-        for (const auto& e : fs::directory_iterator(bo.state_dir))
-          if (e.path().filename() != util::FolderLock::kFileName) fs::remove_all(e.path());
-    }
-    comm->barrier();
-    bo.device = dist::resolve_device(r.str("model.device"), *comm, "--device");
-    bo.comm = comm.get();
-
-    auto res = train::block_ap(folder, plan, batch, bo);
-    const bool e2e = r.flag("training.e2e.enabled");
-    if (e2e) train::e2e_qp(res, batch, train::e2e_options_from_recipe(r), comm.get());
-    if (comm->is_main()) {
-      quant::SaveOptions so;
-      so.source_dir = o->model;
-      so.float_dtype = dt;
-      so.method = e2e ? "block-ap+e2e-qp" : "block-ap";
-      so.plan = &plan;
-      so.force = o->force;
-      quant::save_quantized_checkpoint(*res.shell, res.config, res.blocks, o->out, so);
-      util::write_file_atomic((fs::path(o->out) / "train_log.jsonl").string(), train::train_log_jsonl(res));
-      std::cout << train::summary_table(res);
-      const auto ins = quant::inspect_checkpoint(o->out);
-      std::cout << "trained " << res.blocks.size() << " blocks -> " << o->out << " ("
-                << util::format_bytes(ins.total_bytes) << ", " << fmt::format("{:.3f} bpw incl. scales/zeros/g_idx, {:.3f} code bits", ins.avg_bits_with_overhead, ins.avg_bits)
-              << ", compression "
-                << ins.compression_ratio << "x vs fp16)\n";
-      if (!o->keep_state) fs::remove_all(bo.state_dir);
-    }
-    comm->barrier();
+    train_from(*o, r, sub->get_option("--seqlen")->count() > 0, o_patience->count() > 0, o_val->count() > 0);
   });
 }
 
