@@ -177,6 +177,11 @@ TEST(Gptq, EqualsTheObqReferenceWithExplicitInverses) {
     EXPECT_LT(differ, 0.01) << bits << " bits";
     EXPECT_LT(r.proxy_loss, r.rtn_proxy_loss) << bits << " bits";
     EXPECT_NEAR(r.proxy_loss, quant::hessian_proxy_loss(w, ref, h), 0.02 * r.proxy_loss) << bits << " bits";
+    // The latent (compensated, pre-rounding) weights fake-quantize to GPTQ's own result, and
+    // they are off the grid (QAT from them has rounding residuals to work with).
+    const auto fq = quant::fake_quant(r.latent, r.scale, r.zero, spec);
+    EXPECT_LT((fq - mine).abs().gt(1e-5).to(torch::kDouble).mean().item<double>(), 1e-3) << bits << " bits";
+    EXPECT_GT((r.latent - mine).abs().mean().item<double>(), 1e-3) << bits << " bits";
   }
 }
 
@@ -382,7 +387,13 @@ TEST(GptqStories, BlockApFromGptqStartsBelowRtn) {
   const auto gptq = train::block_ap(folder, plan, data, o);
   ASSERT_EQ(rtn.logs.size(), gptq.logs.size());
   EXPECT_LT(gptq.logs[0].start_val_mse, rtn.logs[0].start_val_mse);
-  for (const auto& l : gptq.logs) EXPECT_LE(l.end_val_mse, l.start_val_mse) << "block " << l.block;
+  // Training from the GPTQ start still improves on it (the kept best alone could not show that).
+  double start = 0, end = 0;
+  for (const auto& l : gptq.logs) {
+    start += l.start_val_mse;
+    end += l.end_val_mse;
+  }
+  EXPECT_LT(end, start);
 }
 
 TEST(GptqCli, QuantizeAndRunOnTheBundledModel) {

@@ -517,6 +517,8 @@ std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& blo
   go.chunk = b.chunk;
   go.device = o.device;
   go.comm = o.comm;
+  std::map<std::string, torch::Tensor> latents;
+  go.latents = &latents;
   gptq_block(block, bi, prefix, b.plan, b.run, b.Xq, go);
   std::vector<Trainable::Module> mods;
   for (const auto& [rel, lin] : block.linears()) {
@@ -526,6 +528,12 @@ std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& blo
     if (!q) throw Error("GPTQ init left '" + prefix + rel + "' unquantized");
     start[rel] = lin;
     auto fq = fake_from_packed(*q, o);
+    // Train from GPTQ's compensated weights, not W^: the same codes at the start, but off the
+    // grid, so the rounding residuals (and the scale gradients built on them) are not all zero.
+    if (auto l = latents.find(rel); l != latents.end()) {
+      torch::NoGradGuard ng;
+      fq->weight.copy_(l->second.to(fq->weight.device()));
+    }
     block.set_linear(rel, fq);
     Trainable::Module m;
     m.name = rel;

@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,9 @@ struct GptqRunOptions {
   int64_t chunk = 2;                  // sequences per forward
   torch::Device device = torch::kCPU;
   dist::Communicator* comm = nullptr;  // null = single process; ranks split the sequences
+  // When set, gptq_block stores each quantized module's GptqModuleResult::latent under its name
+  // relative to the block (Block-AP's GPTQ start).
+  std::map<std::string, torch::Tensor>* latents = nullptr;
 };
 
 struct GptqModuleLog {
