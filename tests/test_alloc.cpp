@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -13,6 +14,7 @@
 #include "mpqat/alloc/solver.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/quant/bitplan.h"
+#include "mpqat/quant/engines.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/util/error.h"
 
@@ -418,6 +420,90 @@ TEST(AllocSensitivity, MissingOmegaCandidatesAreRefusedUnlessAllowed) {
   o.method = Method::QBO;
   const auto r2 = allocate(sm, tiny_sens(sm.layout(), 3), o);
   EXPECT_EQ(r2.modelled_omegas, 8u * sm.layout().linears.size());
+}
+
+// allocation.target: the menu is what the engine runs (quant/engines.h).
+TEST(AllocTarget, MenuIsWhatTheEngineRuns) {
+  AllocOptions o;
+  o.bits = {2, 3, 4, 5, 6, 8, 16};
+  o.group_sizes = {32, 128, 256};
+  o.target = "gptqmodel";
+  auto g = for_target(o);
+  EXPECT_EQ(g.bits, (std::vector<int>{2, 3, 4, 8, 16}));
+  EXPECT_FALSE(g.sym);
+  o.target = "vllm";
+  auto v = for_target(o);
+  EXPECT_EQ(v.bits, (std::vector<int>{4, 8, 16}));
+  EXPECT_EQ(v.group_sizes, (std::vector<int64_t>{32, 128}));
+  EXPECT_TRUE(v.sym && v.tie_qkv && v.tie_gate_up);
+  EXPECT_EQ(for_target(v).bits, v.bits);  // idempotent
+  o.bits = {2, 3};
+  EXPECT_THROW(for_target(o), InputError);
+  o.bits = {2, 3, 4};
+  o.pins = {{"model.layers.0.", 3}};
+  EXPECT_THROW(for_target(o), InputError);
+  o.pins.clear();
+  o.target = "llama.cpp";
+  EXPECT_THROW(for_target(o), NotImplementedError);
+  o.target = "tensorrt";
+  EXPECT_THROW(for_target(o), InputError);
+
+  // A QBO plan for vLLM: symmetric 4/8 bits only, q/k/v and gate/up of each layer tied.
+  const SizeModel sm(layout_from_config(tiny_cfg(false, 2)));
+  AllocOptions q;
+  q.method = Method::QBO;
+  q.bits = {2, 3, 4, 5, 6, 8};
+  q.budget = parse_budget("avg_bits=5.5");
+  q.group_sizes = {32, 128, -1};
+  q.target = "vllm";
+  const auto r = allocate(sm, tiny_sens(sm.layout(), 5), q);
+  EXPECT_EQ(r.target, "vllm");
+  std::map<std::string, int> bits;
+  std::map<std::string, int64_t> in;
+  for (const auto& l : sm.layout().linears) in[l.name] = l.in;
+  bool some_not_divisible = false;
+  for (const auto& l : sm.layout().linears) some_not_divisible = some_not_divisible || l.in % 32 != 0;
+  EXPECT_TRUE(some_not_divisible) << "the test model should have a width 32 does not divide";
+  for (const auto& m : r.modules) {
+    EXPECT_TRUE(m.choice.bits == 4 || m.choice.bits == 8) << m.name << " " << m.choice.bits;
+    EXPECT_TRUE(m.choice.group_size == -1 || in[m.name] % m.choice.group_size == 0) << m.name;
+    bits[m.name] = m.choice.bits;
+  }
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    EXPECT_EQ(bits[p + "self_attn.q_proj"], bits[p + "self_attn.k_proj"]);
+    EXPECT_EQ(bits[p + "self_attn.q_proj"], bits[p + "self_attn.v_proj"]);
+    EXPECT_EQ(bits[p + "mlp.gate_proj"], bits[p + "mlp.up_proj"]);
+  }
+  EXPECT_EQ(summary_json(r)["target"], "vllm");
+}
+
+TEST(AllocTarget, EngineSupportNamesWhatBlocksIt) {
+  using quant::ModuleView;
+  EXPECT_EQ(quant::fused_name("model.layers.3.self_attn.k_proj"), "model.layers.3.self_attn.qkv_proj");
+  EXPECT_EQ(quant::fused_name("model.layers.3.mlp.up_proj"), "model.layers.3.mlp.gate_up_proj");
+  EXPECT_EQ(quant::fused_name("model.layers.3.mlp.down_proj"), "");
+  auto view = [](const std::string& rel, int bits, bool sym) {
+    return ModuleView{"model.layers.0." + rel, true, quant::QuantSpec{bits, 128, sym}};
+  };
+  std::vector<ModuleView> ok{view("self_attn.q_proj", 4, true), view("self_attn.k_proj", 4, true),
+                             view("self_attn.v_proj", 4, true), view("mlp.gate_proj", 8, true),
+                             view("mlp.up_proj", 8, true),      view("mlp.down_proj", 4, true)};
+  EXPECT_TRUE(quant::engine_support(quant::engine_menu("vllm", "t"), ok).loads);
+  EXPECT_TRUE(quant::engine_support(quant::engine_menu("gptqmodel", "t"), ok).loads);
+  auto untied = ok;
+  untied[1].spec.bits = 8;
+  const auto u = quant::engine_support(quant::engine_menu("vllm", "t"), untied);
+  EXPECT_FALSE(u.loads);
+  EXPECT_NE(u.why_not.find("model.layers.0.self_attn.qkv_proj"), std::string::npos) << u.why_not;
+  auto odd = ok;
+  odd[5] = view("mlp.down_proj", 5, false);
+  const auto g = quant::engine_support(quant::engine_menu("gptqmodel", "t"), odd);
+  EXPECT_FALSE(g.loads);
+  EXPECT_NE(g.why_not.find("5-bit modules (1 modules)"), std::string::npos) << g.why_not;
+  const auto v = quant::engine_support(quant::engine_menu("vllm", "t"), odd);
+  EXPECT_NE(v.why_not.find("asymmetric modules (1 modules)"), std::string::npos) << v.why_not;
+  EXPECT_FALSE(quant::engine_support(quant::engine_menu("llama.cpp", "t"), ok).loads);
 }
 
 TEST(AllocSensitivity, ParsesSchemaAndOmegaTable) {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -436,6 +437,48 @@ TEST_F(TinyCheckpoint, InspectRefusesWhatTheLoaderRefuses) {
   }, "tensor 'model.norm.weight' has dtype I32 (accepted for float tensors: F16, BF16, F32)");
   // The untouched checkpoint passes both.
   EXPECT_NO_THROW(quant::inspect_checkpoint(q.string()));
+}
+
+// Engines: the mixed tiny plan runs only in mpqat; a symmetric 4/8-bit plan with q/k/v and
+// gate/up tied loads in vLLM too, and its config names vLLM's fused modules in `dynamic`.
+TEST_F(TinyCheckpoint, InspectSaysWhichEnginesLoadIt) {
+  auto engines = [](const quant::InspectReport& r) {
+    std::map<std::string, std::pair<bool, std::string>> m;
+    for (const auto& e : r.engines) m[e.name] = {e.loads, e.why_not};
+    return m;
+  };
+  const auto mixed = engines(quant::inspect_checkpoint((root_ / "q").string()));
+  EXPECT_TRUE(mixed.at("mpqat").first);
+  EXPECT_FALSE(mixed.at("gptqmodel").first);
+  EXPECT_NE(mixed.at("gptqmodel").second.find("5-bit modules"), std::string::npos) << mixed.at("gptqmodel").second;
+  EXPECT_FALSE(mixed.at("vllm").first);
+  EXPECT_FALSE(mixed.at("llama.cpp").first);
+
+  json mods = json::object();
+  for (int l = 0; l < 2; ++l)
+    for (const auto& rn : model::block_linear_names()) {
+      const bool wide = l == 0 && rn.rfind("self_attn.", 0) == 0 && rn != "self_attn.o_proj";
+      mods["model.layers." + std::to_string(l) + "." + rn] = {{"bits", wide ? 8 : 4}, {"group_size", -1}, {"sym", true}};
+    }
+  const auto plan = quant::parse_bit_plan(json{{"version", 1}, {"modules", mods}}, "vllm plan");
+  auto qm = model::load_any_model(model::ModelFolder((root_ / "float").string()));
+  quant::rtn_quantize(*qm, plan);
+  quant::SaveOptions so;
+  so.source_dir = (root_ / "float").string();
+  so.plan = &plan;
+  quant::save_quantized_checkpoint(*qm, (root_ / "v").string(), so);
+  const auto cfg = read_json(root_ / "v" / "config.json");
+  const auto& dyn = cfg["quantization_config"]["dynamic"];
+  ASSERT_TRUE(dyn.contains("+:^model\\.layers\\.0\\.self_attn\\.qkv_proj$")) << dyn.dump();
+  EXPECT_EQ(dyn["+:^model\\.layers\\.0\\.self_attn\\.qkv_proj$"]["bits"], 8);
+  EXPECT_FALSE(dyn.contains("+:^model\\.layers\\.0\\.mlp\\.gate_up_proj$"));  // at the default spec
+  const auto v = engines(quant::inspect_checkpoint((root_ / "v").string()));
+  EXPECT_TRUE(v.at("vllm").first) << v.at("vllm").second;
+  EXPECT_TRUE(v.at("gptqmodel").first) << v.at("gptqmodel").second;
+  // The fused rules match no real module: the loader (which checks every module's tensors against
+  // the rule that matches it) loads the checkpoint.
+  auto back = quant::load_quantized_model(model::ModelFolder((root_ / "v").string()));
+  EXPECT_TRUE(torch::isfinite(logits(*back)).all().item<bool>());
 }
 
 TEST_F(TinyCheckpoint, QuantizeAndInspectCli) {

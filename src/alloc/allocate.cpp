@@ -13,6 +13,7 @@
 #include "mpqat/alloc/solver.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/model/hf_names.h"
+#include "mpqat/quant/engines.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -471,6 +472,7 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   o.tie_qkv = r.flag("allocation.tie_qkv");
   o.tie_gate_up = r.flag("allocation.tie_gate_up");
   o.allow_modelled_omega = r.flag("allocation.allow_modelled_omega");
+  o.target = r.str("allocation.target");
   o.lagrangian = r.str("allocation.solver") == "lagrangian";
   o.groups = static_cast<int>(r.integer("allocation.groups"));
   o.preset.clear();
@@ -484,7 +486,7 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   if (ep.size() != 2 || lr.size() != 2 || pa.size() != 2)
     throw InputError(r.source() + ": allocation.sgra.epochs / lr_scale / patience must be [least, most]");
   o.sgra_ranges = {static_cast<int>(ep[0]), static_cast<int>(ep[1]), lr[0], lr[1], static_cast<int>(pa[0]), static_cast<int>(pa[1])};
-  return o;
+  return for_target(o);
 }
 
 namespace {
@@ -512,6 +514,12 @@ std::string bits_list(const std::vector<int>& v) {
 namespace {
 
 // allocate(), step by step.
+
+std::string list_text(const std::vector<int64_t>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s;
+}
 
 void validate_alloc_options(const AllocOptions& opts) {
   for (int b : opts.bits)
@@ -793,14 +801,67 @@ std::size_t check_omega_coverage(const Sensitivity& sens, const std::vector<Line
 
 }  // namespace
 
-AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts) {
+AllocOptions for_target(AllocOptions o) {
+  const auto& e = quant::engine_menu(o.target, "allocation.target");
+  if (!e.gptq_layout)
+    throw NotImplementedError("allocation.target '" + o.target +
+                              "' (accepted now: mpqat, gptqmodel, vllm): it needs the GGUF export (mpqat export gguf), which");
+  auto runs = [&](int b) { return b >= 16 || std::find(e.bits.begin(), e.bits.end(), b) != e.bits.end(); };
+  std::string ebits;
+  for (int b : e.bits) ebits += (ebits.empty() ? "" : ", ") + std::to_string(b);
+  const std::string ctx = "allocation.target " + o.target + " (runs " + ebits + " bits)";
+  std::vector<int> bits;
+  for (int b : o.bits)
+    if (runs(b)) bits.push_back(b);
+  if (std::none_of(bits.begin(), bits.end(), [](int b) { return b < 16; }))
+    throw InputError(ctx + ": allocation.bits [" + bits_list(o.bits) + "] keeps no bit-width it runs");
+  o.bits = bits;
+  std::vector<int64_t> groups;
+  for (auto g : o.group_sizes)
+    if (std::find(e.group_sizes.begin(), e.group_sizes.end(), g) != e.group_sizes.end()) groups.push_back(g);
+  if (groups.empty())
+    throw InputError(ctx + ": allocation.group_sizes [" + list_text(o.group_sizes) +
+                     "] keeps no group size it runs (accepted: " + list_text(e.group_sizes) + ")");
+  o.group_sizes = groups;
+  for (const auto& [pat, b] : o.pins)
+    if (!runs(b)) throw InputError(ctx + ": pin '" + pat + "' asks for " + std::to_string(b) + " bits");
+  if (o.method == Method::Uniform && !runs(o.uniform_bits))
+    throw InputError(ctx + ": allocation.uniform_bits " + std::to_string(o.uniform_bits) + " is not one of them");
+  if (o.method == Method::KMeans || o.method == Method::Percentile || o.method == Method::Hierarchical)
+    for (int b : o.preset)
+      if (!runs(b)) throw InputError(ctx + ": allocation.preset asks for " + std::to_string(b) + " bits");
+  if (e.sym_only) o.sym = true;
+  if (e.tie_qkv) o.tie_qkv = true;
+  if (e.tie_gate_up) o.tie_gate_up = true;
+  return o;
+}
+
+AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts_in) {
+  const AllocOptions opts = for_target(opts_in);
   const auto& lins = sm.layout().linears;
   check_sensitivity(sens, sm.layout());
   validate_alloc_options(opts);
   std::vector<Unit> units = build_units(opts, lins, resolve_pins(opts, lins));
   fill_menus(units, opts);
+  // Engines whose kernels tile whole groups (vLLM's Marlin): per unit, only the group sizes that
+  // divide every member's input width.
+  if (quant::engine_menu(opts.target, "allocation.target").whole_groups)
+    for (auto& u : units) {
+      std::vector<Choice> keep;
+      for (const auto& c : u.menu) {
+        bool ok = true;
+        for (auto m : u.members) ok = ok && (!c.quantized() || c.group_size <= 0 || lins[m].in % c.group_size == 0);
+        if (ok) keep.push_back(c);
+      }
+      if (keep.empty() && !u.menu.empty())
+        throw InputError("allocation.target " + opts.target + ": no group size of [" + list_text(opts.group_sizes) +
+                         "] divides the input width " + std::to_string(lins[u.members.front()].in) + " of '" +
+                         lins[u.members.front()].name + "' (add -1, one group per row)");
+      u.menu = keep;
+    }
 
   AllocResult res;
+  res.target = opts.target;
   res.method = opts.method;
   res.budget = opts.budget;
   res.units = units.size();
@@ -907,7 +968,8 @@ json summary_json(const AllocResult& r) {
             {"method", method_name(r.method)},
             {"units", r.units},
             {"solve_seconds", r.solve_seconds},
-            {"modelled_omegas", r.modelled_omegas}};
+            {"modelled_omegas", r.modelled_omegas},
+            {"target", r.target}};
   if (r.budget) {
     j["budget"] = r.budget->text;
     j["budget_metric"] = metric_name(r.metric);
@@ -943,7 +1005,9 @@ std::string result_text(const AllocResult& r) {
   }
   s += fmt::format("method {}{}: objective {:.6g}, {:.4f} bpw (all bytes of the quantized linears / their weights), "
                    "{:.4f} code bits, compression {:.3f}x\n",
-                   method_name(r.method), r.solver.empty() ? "" : " (" + r.solver + ")", r.objective, r.size.avg_bits,
+                   method_name(r.method),
+                   (r.solver.empty() ? "" : " (" + r.solver + ")") + (r.target == "mpqat" ? "" : " for " + r.target),
+                   r.objective, r.size.avg_bits,
                    r.size.code_bits, r.size.compression);
   if (r.lagrangian_gap) s += fmt::format("lagrangian objective {:.6g}: gap to the exact optimum {:.6g}\n", *r.lagrangian_objective, *r.lagrangian_gap);
   if (r.modelled_omegas > 0)

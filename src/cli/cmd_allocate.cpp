@@ -15,7 +15,7 @@ namespace mpqat::cli {
 void add_allocate_command(CLI::App& app) {
   struct Opts {
     std::string model, sens, budget, method = "qbo", out, unit = "module", solver = "dp", dtype = "f16";
-    std::string preset, bits, group_sizes;
+    std::string preset, bits, group_sizes, target = "mpqat";
     int groups = 3, min_bits = 2, max_bits = 16, uniform_bits = 4;
     std::vector<std::string> pins;
     bool tie_qkv = false, tie_gate_up = false, json = false, no_sgra = false, sym = false, allow_modelled = false;
@@ -43,6 +43,10 @@ void add_allocate_command(CLI::App& app) {
       ->check(CLI::IsMember({"f16", "bf16", "f32"}));
   sub->add_flag("--sym", o->sym, "symmetric quantization");
   sub->add_flag("--no-sgra", o->no_sgra, "do not write SGRA settings");
+  sub->add_option("--target", o->target,
+                  "engine the checkpoint is for: mpqat, gptqmodel (2/3/4/8 bits), vllm (symmetric 4/8 bits, "
+                  "groups -1/32/64/128, q/k/v and gate/up tied); the menu is restricted to it")
+      ->capture_default_str();
   sub->add_flag("--allow-modelled-omega", o->allow_modelled,
                 "qbo/mpq: model omegas the sensitivity file lacks from the score instead of refusing");
   sub->add_option("--out", o->out, "output bitplan.json")->required();
@@ -86,6 +90,8 @@ void add_allocate_command(CLI::App& app) {
     ao.sym = o->sym;
     ao.sgra = !o->no_sgra;
     ao.allow_modelled_omega = o->allow_modelled;
+    ao.target = o->target;
+    ao = alloc::for_target(ao);
     for (const auto& p : o->pins) {
       const auto eq = p.rfind('=');
       if (eq == std::string::npos || eq == 0) throw InputError("--pin '" + p + "' must be REGEX=BITS");

@@ -134,6 +134,10 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.tie_qkv", K::Bool, "false",
         "keep q/k/v of one layer at equal bits (vLLM and GPTQModel need it)"),
     key("allocation.tie_gate_up", K::Bool, "false", "keep gate/up of one layer at equal bits"),
+    key("allocation.target", K::String, "mpqat",
+        "engine the checkpoint is for; restricts the menu: mpqat (all), gptqmodel (2/3/4/8 bits), vllm "
+        "(symmetric 4/8 bits, groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (not implemented: needs GGUF)",
+        {"mpqat", "gptqmodel", "vllm", "llama.cpp"}),
     key("allocation.allow_modelled_omega", K::Bool, "false",
         "qbo/mpq: accept a sensitivity file whose omega tables lack candidates of the menu, modelling them "
         "from the score (otherwise an error names the missing bits:group)"),

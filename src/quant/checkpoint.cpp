@@ -4,10 +4,12 @@
 #include <c10/util/Half.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <fmt/format.h>
 #include <iomanip>
 #include <map>
@@ -18,6 +20,7 @@
 #include "mpqat/model/config.h"
 #include "mpqat/model/hf_names.h"
 #include "mpqat/quant/bitplan.h"
+#include "mpqat/quant/engines.h"
 #include "mpqat/model/bert.h"
 #include "mpqat/model/llama.h"
 #include "mpqat/model/opt.h"
@@ -131,6 +134,29 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
     dynamic["+:^" + regex_escape(name) + "$"] = o;
   }
   for (const auto& name : float_linears) dynamic["-:^" + regex_escape(name) + "$"] = ojson::object();
+  // vLLM matches `dynamic` against its fused modules (qkv_proj, gate_up_proj): where the members
+  // of one share a spec, the fused name gets the same rule (other loaders match no module by it).
+  std::map<std::string, std::vector<std::string>> fused;  // fused name -> member specs as text
+  auto spec_key = [](const QuantSpec& sp) { return fmt::format("{}:{}:{}", sp.bits, sp.group_size, sp.sym); };
+  for (const auto& [name, q] : packed)
+    if (auto f = fused_name(name); !f.empty()) fused[f].push_back(spec_key(q->spec()));
+  for (const auto& name : float_linears)
+    if (auto f = fused_name(name); !f.empty()) fused[f].push_back("float");
+  for (const auto& [f, specs] : fused) {
+    if (specs.size() != fused_members(f).size() ||
+        std::adjacent_find(specs.begin(), specs.end(), std::not_equal_to<>()) != specs.end())
+      continue;
+    if (specs.front() == "float") {
+      dynamic["-:^" + regex_escape(f) + "$"] = ojson::object();
+      continue;
+    }
+    const auto& q = packed.at(fused_members(f).front());
+    const auto& sp = q->spec();
+    if (sp.bits == dbits && sp.group_size == dgroup && sp.sym == dsym) continue;
+    ojson o{{"bits", sp.bits}, {"group_size", sp.group_size}};
+    if (sp.sym != dsym) o["sym"] = sp.sym;
+    dynamic["+:^" + regex_escape(f) + "$"] = o;
+  }
   // desc_act: some module's g_idx is not i / group_size (GPTQ act-order groups).
   bool desc_act = false;
   for (const auto& [name, q] : packed)
@@ -711,6 +737,14 @@ InspectReport inspect_checkpoint(const std::string& dir) {
     r.avg_bits_with_overhead = 8.0 * static_cast<double>(linear_bytes_no_bias) / static_cast<double>(r.linear_weights);
   }
   r.compression_ratio = r.total_bytes ? static_cast<double>(r.fp16_bytes) / static_cast<double>(r.total_bytes) : 0.0;
+  if (r.quantized) {
+    std::vector<ModuleView> views;
+    for (const auto& d : detected) views.push_back({d.name, d.quantized, d.spec, d.in});
+    for (const auto& e : engine_table()) {
+      const auto sup = engine_support(e, views);
+      r.engines.push_back({sup.engine, sup.loads, sup.why_not});
+    }
+  }
   return r;
 }
 
@@ -736,6 +770,13 @@ nlohmann::json inspect_to_json(const InspectReport& r) {
                            {"avg_bits", r.avg_bits},
                            {"avg_bits_with_overhead", r.avg_bits_with_overhead},
                            {"compression_ratio", r.compression_ratio}};
+  nlohmann::ordered_json engines = nlohmann::ordered_json::array();
+  for (const auto& e : r.engines) {
+    nlohmann::ordered_json ej{{"engine", e.name}, {"loads", e.loads}};
+    if (!e.loads) ej["why_not"] = e.why_not;
+    engines.push_back(ej);
+  }
+  j["engines"] = engines;
   return nlohmann::json::parse(j.dump());
 }
 
@@ -757,6 +798,8 @@ std::string inspect_to_text(const InspectReport& r) {
   s += fmt::format("total size: {} ({} bytes) vs fp16 {} ({} bytes): compression {:.2f}x\n",
                    util::format_bytes(r.total_bytes), r.total_bytes, util::format_bytes(r.fp16_bytes), r.fp16_bytes,
                    r.compression_ratio);
+  for (const auto& e : r.engines)
+    s += fmt::format("engine {:<10} {}\n", e.name, e.loads ? "loads it" : "cannot load it: " + e.why_not);
   return s;
 }
 

@@ -194,7 +194,15 @@ struct AllocOptions {
   // from the module's score (module_omega) and AllocResult::modelled_omegas counts them. Files
   // without omega tables at all (score-only metrics such as CKA) are always modelled, and counted.
   bool allow_modelled_omega = false;
+  // The engine the checkpoint is for (quant/engines.h): mpqat, gptqmodel, vllm (llama.cpp: not
+  // implemented). for_target() turns it into the menu; allocate() applies it too.
+  std::string target = "mpqat";
 };
+// The options restricted to what `o.target` runs: bits and group sizes intersected with the
+// engine's, symmetric and q/k/v + gate/up tied where it needs them. Throws InputError when no
+// option of the menu remains or a pin / preset / uniform_bits asks for bits the engine does not
+// run, NotImplementedError for llama.cpp (needs the GGUF export). Idempotent.
+AllocOptions for_target(AllocOptions o);
 // allocation.* keys of a validated recipe.
 AllocOptions alloc_options_from_recipe(const io::Recipe& r);
 
@@ -225,6 +233,7 @@ struct AllocResult {
   double solve_seconds = 0;
   std::size_t units = 0, max_front = 0;
   std::size_t modelled_omegas = 0;  // (module, candidate) omegas taken from the noise model
+  std::string target = "mpqat";
 };
 
 // Throws InputError for an infeasible budget (naming the achievable limits), infeasible pins,

@@ -34,6 +34,12 @@ struct InspectReport {
   double avg_bits = 0;          // over block-linear weights, code bits only
   double avg_bits_with_overhead = 0;  // + zeros, scales and g_idx
   double compression_ratio = 0;  // fp16_bytes / total_bytes
+  struct Engine {
+    std::string name;
+    bool loads = false;
+    std::string why_not;
+  };
+  std::vector<Engine> engines;  // quant/engines.h: which serving engines load it, and why not
 };
 
 // Validates like the loader (throws InputError naming the tensor on any inconsistency).
