@@ -177,11 +177,6 @@ TEST(Gptq, EqualsTheObqReferenceWithExplicitInverses) {
     EXPECT_LT(differ, 0.01) << bits << " bits";
     EXPECT_LT(r.proxy_loss, r.rtn_proxy_loss) << bits << " bits";
     EXPECT_NEAR(r.proxy_loss, quant::hessian_proxy_loss(w, ref, h), 0.02 * r.proxy_loss) << bits << " bits";
-    // The latent (compensated, pre-rounding) weights fake-quantize to GPTQ's own result, and
-    // they are off the grid (QAT from them has rounding residuals to work with).
-    const auto fq = quant::fake_quant(r.latent, r.scale, r.zero, spec);
-    EXPECT_LT((fq - mine).abs().gt(1e-5).to(torch::kDouble).mean().item<double>(), 1e-3) << bits << " bits";
-    EXPECT_GT((r.latent - mine).abs().mean().item<double>(), 1e-3) << bits << " bits";
   }
 }
 
@@ -375,9 +370,9 @@ TEST(GptqStories, BlockApFromGptqStartsBelowRtn) {
   if (s.dir.empty()) GTEST_SKIP() << "shared data not found (set MPQAT_SHARED_DIR or place ../shared)";
   model::ModelFolder folder(s.model.string());
   const auto plan = uniform_plan(folder.config(), 3, 32);
-  const auto data = calibration(folder, s.calib, 16, 128);
+  const auto data = calibration(folder, s.calib, 32, 128);
   train::BlockApOptions o;
-  o.epochs = 1;
+  o.epochs = 2;
   o.batch_size = 4;
   o.lr_weights = 2e-4;
   o.lr_quant = 1e-3;
@@ -394,6 +389,10 @@ TEST(GptqStories, BlockApFromGptqStartsBelowRtn) {
     end += l.end_val_mse;
   }
   EXPECT_LT(end, start);
+  // And it ends below Block-AP from RTN at the same settings (summed over the blocks).
+  double rtn_end = 0;
+  for (const auto& l : rtn.logs) rtn_end += l.end_val_mse;
+  EXPECT_LT(end, rtn_end);
 }
 
 TEST(GptqCli, QuantizeAndRunOnTheBundledModel) {

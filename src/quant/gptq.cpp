@@ -124,7 +124,6 @@ GptqModuleResult gptq_quantize(const torch::Tensor& w_in, const torch::Tensor& h
   auto U = inverse_factor(H, o, context, res).to(torch::kFloat);
 
   auto codes = torch::empty({out, in}, W.options());  // permuted order
-  auto latent = torch::empty({out, in}, W.options());
   auto scale = torch::empty({out, ng}, W.options());
   auto zero = torch::empty({out, ng}, W.options());
   std::vector<int64_t> perm_v(in);
@@ -164,7 +163,6 @@ GptqModuleResult gptq_quantize(const torch::Tensor& w_in, const torch::Tensor& h
         zero.select(1, col / gw).copy_(z_cur);
       }
       auto w = W1.select(1, i);
-      latent.select(1, col).copy_(w);
       torch::Tensor dq;
       codes.select(1, col).copy_(quantize_column(w, s_cur, z_cur, qmax, dq));
       auto err = (w - dq) / U1[i][i];
@@ -189,10 +187,8 @@ GptqModuleResult gptq_quantize(const torch::Tensor& w_in, const torch::Tensor& h
     auto inv = torch::empty_like(perm);
     inv.index_put_({perm}, torch::arange(in, perm.options()));
     codes = codes.index_select(1, inv);
-    latent = latent.index_select(1, inv);
   }
   res.codes = codes.to(torch::kInt);
-  res.latent = latent;
   res.scale = scale;
   res.zero = zero;
   res.g_idx = torch::from_blob(gidx.data(), {in}, torch::kInt).clone().to(dev);

@@ -501,6 +501,21 @@ quant::FakeQuantLinearPtr fake_from_packed(const quant::QuantLinearImpl& q, cons
   return fq;
 }
 
+// The GPTQ start's trainable weights: W^ (on the grid) moved towards the original weights `w`
+// as far as its rounding cells allow, W^ + clamp(w - W^, -0.49 s, 0.49 s). The codes stay
+// GPTQ's, but the weights are not on the grid (from W^ itself the rounding residuals, and most
+// of the scale gradients, are zero and training stalls) and they sit as near the float model as
+// those codes allow. Contiguous groups (Block-AP's GPTQ uses static groups).
+void start_in_gptq_cells(quant::FakeQuantLinearImpl& fq, const torch::Tensor& w) {
+  torch::NoGradGuard ng;
+  const auto what = fq.weight.detach().clone();
+  const int64_t in = what.size(1);
+  const auto group = torch::arange(in, torch::TensorOptions().dtype(torch::kLong).device(what.device()))
+                         .div(quant::group_width(in, fq.spec().group_size), "floor");
+  const auto half = 0.49 * fq.scale.detach().index_select(1, group);
+  fq.weight.copy_(what + torch::max(torch::min(w.to(what.device()) - what, half), -half));
+}
+
 // Block bi's start: RTN (fake_quantize_block), or GPTQ on the quantized chain's inputs (the block
 // is still float here). With GPTQ, `start` receives the packed GPTQ modules, the fallback when
 // training does not beat them.
@@ -517,8 +532,8 @@ std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& blo
   go.chunk = b.chunk;
   go.device = o.device;
   go.comm = o.comm;
-  std::map<std::string, torch::Tensor> latents;
-  go.latents = &latents;
+  std::map<std::string, torch::Tensor> original;  // the float weights GPTQ replaces
+  for (const auto& [rel, lin] : block.linears()) original[rel] = lin->weight.detach().clone();
   gptq_block(block, bi, prefix, b.plan, b.run, b.Xq, go);
   std::vector<Trainable::Module> mods;
   for (const auto& [rel, lin] : block.linears()) {
@@ -528,12 +543,7 @@ std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& blo
     if (!q) throw Error("GPTQ init left '" + prefix + rel + "' unquantized");
     start[rel] = lin;
     auto fq = fake_from_packed(*q, o);
-    // Train from GPTQ's compensated weights, not W^: the same codes at the start, but off the
-    // grid, so the rounding residuals (and the scale gradients built on them) are not all zero.
-    if (auto l = latents.find(rel); l != latents.end()) {
-      torch::NoGradGuard ng;
-      fq->weight.copy_(l->second.to(fq->weight.device()));
-    }
+    start_in_gptq_cells(*fq, original.at(rel));
     block.set_linear(rel, fq);
     Trainable::Module m;
     m.name = rel;

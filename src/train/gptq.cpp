@@ -163,7 +163,6 @@ GptqBlockLog gptq_block(model::Block& block, int64_t index, const std::string& p
                                                   lin->has_bias() ? lin->bias.detach() : torch::Tensor(), spec);
       q->g_idx.copy_(r.g_idx);
       q->to(run.device);
-      if (o.latents) (*o.latents)[rel] = r.latent.to(run.device);
       block.set_linear(rel, q);
       GptqModuleLog ml;
       ml.name = rel;

@@ -40,11 +40,6 @@ struct GptqModuleResult {
   torch::Tensor scale;  // (out, groups) fp32 (fp16-representable with InitOptions::fp16_scales)
   torch::Tensor zero;   // (out, groups) fp32, integral
   torch::Tensor g_idx;  // (in) int32: group of every input column
-  // (out, in) fp32, original column order: each column as GPTQ rounded it (the weights with the
-  // earlier columns' errors compensated). Rounding it with scale / zero gives `codes`; unlike
-  // W^ it is not on the grid, so QAT started from it keeps the rounding residuals its gradients
-  // need (Block-AP with training.init: gptq trains from it).
-  torch::Tensor latent;
   int64_t group_cols = 0;  // columns of a full group (group_width)
   double damp = 0;      // lambda used (relative)
   int retries = 0;      // damping retries

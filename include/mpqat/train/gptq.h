@@ -43,9 +43,6 @@ struct GptqRunOptions {
   int64_t chunk = 2;                  // sequences per forward
   torch::Device device = torch::kCPU;
   dist::Communicator* comm = nullptr;  // null = single process; ranks split the sequences
-  // When set, gptq_block stores each quantized module's GptqModuleResult::latent under its name
-  // relative to the block (Block-AP's GPTQ start).
-  std::map<std::string, torch::Tensor>* latents = nullptr;
 };
 
 struct GptqModuleLog {
