@@ -15,7 +15,6 @@
 #include <torch/torch.h>
 
 #include <cstdint>
-#include <map>
 #include <string>
 #include <vector>
 
