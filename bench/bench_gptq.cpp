@@ -21,13 +21,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "mpqat/model/activation_cache.h"
 #include "mpqat/model/config.h"
@@ -40,6 +36,7 @@
 #include "mpqat/train/gptq.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
+#include "bench_block.h"
 
 namespace {
 
@@ -53,22 +50,8 @@ struct Args {
   bool act_order = false;
 };
 
-double vmhwm_mib() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return -1;
-}
-
 mpqat::model::ModelConfig config_of(const Args& a) {
-  nlohmann::json j{{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-                   {"hidden_size", a.hidden}, {"intermediate_size", a.intermediate},
-                   {"num_hidden_layers", 1}, {"num_attention_heads", a.heads},
-                   {"num_key_value_heads", a.kv_heads}, {"vocab_size", 1024},
-                   {"max_position_embeddings", std::max<int64_t>(a.context, 2048)},
-                   {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
-  return mpqat::model::parse_model_config(j, "bench block shape");
+  return mpqat::bench::llama_block_config(a.hidden, a.intermediate, a.heads, a.kv_heads, a.context, 1024);
 }
 
 // Seconds of one Block-AP step (median after a warm-up) on `block`'s float copy.
@@ -121,8 +104,7 @@ double block_ap_step(const Args& a, const mpqat::model::ModelConfig& cfg) {
                  loss.item<double>());
     if (s > 0) t.push_back(sec);
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return mpqat::bench::median(t);
 }
 
 int run(const Args& a) {
@@ -163,14 +145,14 @@ int run(const Args& a) {
     for (const auto& local : train::BlockRunner::chunks(a.seqs, o.chunk))
       X.put(local, shell->embed(shard.ids.index_select(0, torch::tensor(local, torch::kLong)), runner.ctx(local)));
   }
-  const double base = vmhwm_mib();
+  const double base = mpqat::bench::status_mib("VmHWM:");
   const auto t0 = Clock::now();
   const auto log = train::gptq_block(*block, 0, prefix, plan, runner, X, o);
   const double t_gptq = since(t0);
   const auto t1 = Clock::now();
   runner.apply(*block, X, o.chunk);
   const double t_prop = since(t1);
-  const double peak = vmhwm_mib();
+  const double peak = mpqat::bench::status_mib("VmHWM:");
 
   double solve = 0;
   for (const auto& m : log.modules) solve += m.seconds;

@@ -24,7 +24,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -40,8 +39,12 @@
 #include "mpqat/quant/quantizer.h"
 #include "mpqat/quant/scheme.h"
 #include "mpqat/util/error.h"
+#include "bench_block.h"
 
 namespace {
+
+using mpqat::bench::median;
+using mpqat::bench::status_mib;
 
 using Clock = std::chrono::steady_clock;
 
@@ -60,27 +63,6 @@ struct Args {
 // 2 epochs x 4096 samples x 2048 tokens.
 constexpr double kPaperHours = 3.3;
 constexpr double kPaperBlocks = 32, kPaperEpochs = 2, kPaperSamples = 4096, kPaperTokens = 2048;
-
-// A field of /proc/self/status in MiB ("VmHWM:", "VmRSS:"); -1 when unreadable.
-double status_mib(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) != 0) continue;
-    std::istringstream ss(line.substr(field.size()));
-    double kib = -1;
-    ss >> kib;
-    return kib < 0 ? -1 : kib / 1024.0;
-  }
-  return -1;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // FakeQuantLinear whose forward quantizes with the plain LibTorch-ops path instead of the fused
 // CPU loop. Same parameters, same init, same autograd semantics.
@@ -137,13 +119,7 @@ Result from_json(const nlohmann::json& j) {
 }
 
 mpqat::model::ModelConfig block_config(const Args& a) {
-  nlohmann::json j{{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-                   {"hidden_size", a.hidden}, {"intermediate_size", a.intermediate},
-                   {"num_hidden_layers", 1}, {"num_attention_heads", a.heads},
-                   {"num_key_value_heads", a.kv_heads}, {"vocab_size", 32000},
-                   {"max_position_embeddings", std::max<int64_t>(a.context, 2048)},
-                   {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
-  return mpqat::model::parse_model_config(j, "bench block shape");
+  return mpqat::bench::llama_block_config(a.hidden, a.intermediate, a.heads, a.kv_heads, a.context, 32000);
 }
 
 // Runs warm-up + a.steps Block-AP steps of one variant in this process.
