@@ -607,11 +607,12 @@ torch::Tensor read_raw(const io::SafetensorsCheckpoint& ckpt, const std::string&
 
 namespace {
 
-// The QuantLinear for `name` (shape of `lin`), or nullptr when the checkpoint keeps it float.
-QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantConfig& qc, const std::string& name,
+// The QuantLinear of a module detect_module validated, or nullptr when the checkpoint keeps it
+// float.
+QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantConfig& qc, const DetectedModule& d,
                                  const model::LinearImpl& lin) {
   const auto& ckpt = folder.checkpoint();
-  const auto d = detect_module(ckpt, qc, name, lin.out_features(), lin.in_features(), folder.dir());
+  const std::string& name = d.name;
   if (!d.quantized) return nullptr;
   auto q = std::make_shared<QuantLinearImpl>(d.in, d.out, lin.has_bias(), d.spec);
   q->qweight.copy_(read_raw(ckpt, name + ".qweight", torch::kInt));
@@ -647,10 +648,17 @@ void finish_loaded(torch::nn::Module& m, const model::LoadOptions& opts) {
 model::ModelPtr load_quantized_model(const model::ModelFolder& folder, const model::LoadOptions& opts) {
   torch::NoGradGuard ng;
   const QuantConfig qc = load_quant_config(folder.dir());
-  validate_quantized_folder(folder, qc);
+  std::map<std::string, DetectedModule> detected;  // every block linear, validated once
+  for (auto& d : validate_quantized_folder(folder, qc)) detected.emplace(d.name, std::move(d));
   auto m = model::create_model(folder.config());
-  for (const auto& [name, lin] : m->named_linears())
-    if (auto q = read_quant_linear(folder, qc, name, *lin)) m->set_linear(name, q);
+  for (const auto& [name, lin] : m->named_linears()) {
+    auto it = detected.find(name);
+    const auto d = it != detected.end()
+                       ? it->second
+                       : detect_module(folder.checkpoint(), qc, name, lin->out_features(), lin->in_features(),
+                                       folder.dir());
+    if (auto q = read_quant_linear(folder, qc, d, *lin)) m->set_linear(name, q);
+  }
   model::load_parameters(*m, folder, "");
   finish_loaded(*m, opts);
   return m;
@@ -670,8 +678,11 @@ model::BlockPtr load_quantized_block(const model::ModelFolder& folder, int64_t i
     case model::Family::BERT: b = std::make_shared<model::BertBlock>(cfg); break;
   }
   const std::string prefix = model::family_block_prefix(cfg, i);
-  for (const auto& [rel, lin] : b->linears())
-    if (auto q = read_quant_linear(folder, qc, prefix + rel, *lin)) b->set_linear(rel, q);
+  for (const auto& [rel, lin] : b->linears()) {
+    const auto d = detect_module(folder.checkpoint(), qc, prefix + rel, lin->out_features(), lin->in_features(),
+                                 folder.dir());
+    if (auto q = read_quant_linear(folder, qc, d, *lin)) b->set_linear(rel, q);
+  }
   model::load_parameters(*b, folder, prefix);
   finish_loaded(*b, opts);
   return b;
