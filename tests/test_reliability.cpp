@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "float_folder.h"
+#include "mpqat/model/config.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/model/model.h"
 #include "mpqat/quant/bitplan.h"
@@ -58,6 +59,31 @@ TEST(Reliability, EvalRefusesAContextAboveTheModelsMaximum) {
   EXPECT_NE(r.err.find("exceeds the model's max_position_embeddings " + std::to_string(max_pos)), std::string::npos)
       << r.err;
   EXPECT_TRUE(r.out.find("ppl") == std::string::npos) << r.out;
+}
+
+// One rule for calibration lengths: refused when typed, capped when from a recipe default.
+TEST(Reliability, SeqlenAboveTheModelsMaximumIsRefusedWhenGivenAndCappedOtherwise) {
+  const auto cfg = model::load_model_config(kModel);
+  const int64_t max_pos = cfg.max_position_embeddings;
+  EXPECT_EQ(model::fit_seqlen(cfg, max_pos, true, "--seqlen"), max_pos);
+  EXPECT_EQ(model::fit_seqlen(cfg, max_pos + 1, false, "data.calibration.seqlen"), max_pos);
+  EXPECT_THROW(model::fit_seqlen(cfg, max_pos + 1, true, "--seqlen"), InputError);
+  for (const std::string cmd : {"train", "quantize"}) {
+    const auto plan = temp_dir("seqlen_" + cmd) / "plan.json";
+    json mods = json::object();
+    mods["model.layers.0.mlp.down_proj"] = {{"bits", 4}, {"group_size", 32}};
+    std::ofstream(plan) << json{{"version", 1}, {"modules", mods}}.dump();
+    auto r = mpqat::testing::run_mpqat(cmd + " " + kModel + " --plan " + plan.string() + " --calib " + kModel +
+                                       "/calib.txt --seqlen " + std::to_string(max_pos * 2) +
+                                       (cmd == "quantize" ? " --method gptq" : "") + " --out " +
+                                       (plan.parent_path() / "out").string());
+    EXPECT_EQ(r.code, 2) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("--seqlen " + std::to_string(max_pos * 2) + " exceeds the model's max_position_embeddings " +
+                         std::to_string(max_pos)),
+              std::string::npos)
+        << cmd << ": " << r.err;
+    fs::remove_all(plan.parent_path());
+  }
 }
 
 TEST(Reliability, ConfigAndWeightsWithDifferentLayerCountsAreRefused) {

@@ -57,11 +57,9 @@ bool run_gptq(const QuantizeOpts& o, const quant::BitPlan& plan, quant::SaveOpti
   data::CalibrationOptions co;
   co.samples = o.samples;
   co.seqlen = o.seqlen;
-  const int64_t max_pos = folder.config().max_position_embeddings;
-  if (co.seqlen == 0) co.seqlen = std::min<int64_t>(512, max_pos);
-  if (co.seqlen < 2 || co.seqlen > max_pos)
-    throw InputError("--seqlen " + std::to_string(co.seqlen) + " is outside [2, " + std::to_string(max_pos) +
-                     "] (the model's max_position_embeddings)");
+  if (co.seqlen == 0) co.seqlen = std::min<int64_t>(512, folder.config().max_position_embeddings);
+  co.seqlen = model::fit_seqlen(folder.config(), co.seqlen, /*given=*/true, "--seqlen");
+  if (co.seqlen < 2) throw InputError("--seqlen " + std::to_string(co.seqlen) + " must be at least 2");
   co.seed = static_cast<uint64_t>(o.seed);
   const auto calib = data::load_token_calibration(o.calib, folder.tokenizer(), co);
   if (calib.consecutive)

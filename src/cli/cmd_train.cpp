@@ -58,16 +58,11 @@ void train_from(const TrainOpts& o, const io::Recipe& r, bool seqlen_given, bool
   model::ModelFolder folder(o.model);
   data::CalibrationOptions co;
   co.samples = r.integer("data.calibration.samples");
-  co.seqlen = r.integer("data.calibration.seqlen");
-  const int64_t max_pos = folder.config().max_position_embeddings;
-  if (co.seqlen > max_pos) {
-    if (seqlen_given)
-      throw InputError("--seqlen " + std::to_string(co.seqlen) + " exceeds the model's max_position_embeddings " +
-                       std::to_string(max_pos));
-    spdlog::warn("data.calibration.seqlen {} exceeds the model's max_position_embeddings {}: using {}", co.seqlen,
-                 max_pos, max_pos);
-    co.seqlen = max_pos;
-  }
+  const int64_t asked = r.integer("data.calibration.seqlen");
+  co.seqlen = model::fit_seqlen(folder.config(), asked, seqlen_given, "--seqlen");
+  if (co.seqlen < asked)
+    spdlog::warn("data.calibration.seqlen {} exceeds the model's max_position_embeddings {}: using {}", asked,
+                 co.seqlen, co.seqlen);
   co.seed = static_cast<uint64_t>(r.integer("seed"));
   const auto calib = data::load_token_calibration(o.calib, folder.tokenizer(), co);
   if (calib.consecutive)

@@ -158,7 +158,7 @@ train::TokenBatch calibration_batch(const model::ModelFolder& folder, const io::
   if (!cfg.is_sequence_classifier()) {
     data::CalibrationOptions co;
     co.samples = samples;
-    co.seqlen = std::min<int64_t>(seqlen, cfg.max_position_embeddings);
+    co.seqlen = model::fit_seqlen(cfg, seqlen, /*given=*/false, "data.calibration.seqlen");
     co.seed = seed;
     const auto cal = data::load_token_calibration(path, tok, co);
     return train::stack_sequences(cal.sequences);
@@ -281,7 +281,7 @@ std::string stage_sensitivity(Run& run, std::string& hash) {
     spdlog::info("stage sensitivity: {} on {}", fmt::format("{}", fmt::join(r.strings("sensitivity.metrics"), ", ")),
                  run.calib_path);
     auto so = sensitivity::sensitivity_options_from_recipe(r, run.out.string());
-    so.seqlen = std::min<int64_t>(so.seqlen, run.cfg.max_position_embeddings);
+    so.seqlen = model::fit_seqlen(run.cfg, so.seqlen, /*given=*/false, "data.calibration.seqlen");
     so.device = run.device();
     const auto rep = sensitivity::compute_sensitivity(so, &run.comm);
     if (run.main) sensitivity::write_sensitivity(rep, sens_path);

@@ -425,4 +425,13 @@ void save_model_config(const ModelConfig& cfg, const std::string& path) {
   if (!out) throw Error("failed writing '" + path + "'");
 }
 
+int64_t fit_seqlen(const ModelConfig& cfg, int64_t requested, bool given, const std::string& what) {
+  const int64_t max_pos = cfg.max_position_embeddings;
+  if (max_pos <= 0 || requested <= max_pos) return requested;
+  if (given)
+    throw InputError(what + " " + std::to_string(requested) + " exceeds the model's max_position_embeddings " +
+                     std::to_string(max_pos));
+  return max_pos;
+}
+
 }  // namespace mpqat::model

@@ -121,12 +121,9 @@ SensitivityReport compute_sensitivity(const SensitivityRunOptions& o, dist::Comm
   std::vector<std::vector<int32_t>> seqs;
   std::vector<int64_t> labels;
   if (shell.is_causal_lm()) {
-    if (o.seqlen > cfg.max_position_embeddings)
-      throw InputError("--seqlen " + std::to_string(o.seqlen) + " exceeds the model's max_position_embeddings " +
-                       std::to_string(cfg.max_position_embeddings));
     data::CalibrationOptions co;
     co.samples = o.samples;
-    co.seqlen = o.seqlen;
+    co.seqlen = model::fit_seqlen(cfg, o.seqlen, /*given=*/true, "--seqlen");
     co.seed = o.seed;
     const auto calib = data::load_token_calibration(o.calib, tok, co);
     if (calib.consecutive && (!comm || comm->is_main()))

@@ -94,6 +94,12 @@ const std::vector<std::string>& supported_architectures();
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source = "config.json");
 // Reads `path` (a config.json file or a folder holding one).
 ModelConfig load_model_config(const std::string& path_or_dir);
+// A calibration / training sequence length for `cfg`: `requested` when it fits the model's
+// max_position_embeddings; above it, an InputError "<what> N exceeds the model's
+// max_position_embeddings M" when the user gave it (`given`), else the maximum (the caller says
+// so if it wants to). The one rule of mpqat train, quantize, sensitivity and run.
+int64_t fit_seqlen(const ModelConfig& cfg, int64_t requested, bool given, const std::string& what);
+
 // HF-style config.json (keys as transformers writes them for the family).
 nlohmann::json model_config_to_json(const ModelConfig& cfg);
 void save_model_config(const ModelConfig& cfg, const std::string& path);
