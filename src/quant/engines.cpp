@@ -78,19 +78,19 @@ EngineSupport engine_support(const EngineMenu& e, const std::vector<ModuleView>&
     return s;
   }
   std::map<std::string, int> bad;  // reason -> modules
-  auto fail = [&](const std::string& why, const std::string&) { ++bad[why]; };
+  auto fail = [&](const std::string& why) { ++bad[why]; };
   std::string example;  // the first fused module whose members disagree
   std::map<std::string, const ModuleView*> by_name;
   for (const auto& m : mods) by_name[m.name] = &m;
   for (const auto& m : mods) {
     if (!m.quantized) continue;
     if (std::find(e.bits.begin(), e.bits.end(), m.spec.bits) == e.bits.end())
-      fail(fmt::format("{}-bit modules", m.spec.bits), m.name);
+      fail(fmt::format("{}-bit modules", m.spec.bits));
     if (std::find(e.group_sizes.begin(), e.group_sizes.end(), m.spec.group_size) == e.group_sizes.end())
-      fail(fmt::format("group size {}", m.spec.group_size), m.name);
-    if (e.sym_only && !m.spec.sym) fail("asymmetric modules", m.name);
+      fail(fmt::format("group size {}", m.spec.group_size));
+    if (e.sym_only && !m.spec.sym) fail("asymmetric modules");
     if (e.whole_groups && m.in > 0 && m.spec.group_size > 0 && m.in % m.spec.group_size != 0)
-      fail("group sizes that do not divide the input width", m.name);
+      fail("group sizes that do not divide the input width");
   }
   if (e.tie_qkv || e.tie_gate_up)
     for (const auto& m : mods) {
@@ -101,7 +101,7 @@ EngineSupport engine_support(const EngineMenu& e, const std::vector<ModuleView>&
         if (it == by_name.end() || other == m.name) continue;
         if (spec_text(*it->second) != spec_text(m)) {
           if (example.empty()) example = f + ": " + spec_text(m) + " vs " + spec_text(*it->second);
-          fail("q/k/v or gate/up of a layer at different specs, e.g. " + example, m.name);
+          fail("q/k/v or gate/up of a layer at different specs, e.g. " + example);
         }
       }
     }

@@ -34,8 +34,9 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
     throw InputError(r.source() + ": data.validation_samples " + std::to_string(nval) +
                      " leaves nothing to train on: the calibration data gives " + std::to_string(sequences) +
                      " sequences (data.calibration.samples); use fewer validation samples");
-  if (sequences - (sequences > 1 ? nval : 0) < bo.batch_size)
-    throw InputError(r.source() + ": the calibration data gives " + std::to_string(sequences - (sequences > 1 ? nval : 0)) +
+  const int64_t training = sequences - (sequences > 1 ? nval : 0);
+  if (training < bo.batch_size)
+    throw InputError(r.source() + ": the calibration data gives " + std::to_string(training) +
                      " training sequences, fewer than one batch (training.batch_size " + std::to_string(bo.batch_size) +
                      "); add calibration text or lower training.batch_size");
   bo.val_fraction = sequences > 1 ? static_cast<double>(nval) / static_cast<double>(sequences) : 0.0;
