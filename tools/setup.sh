@@ -34,6 +34,17 @@ if [ "${MPQAT_SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+# llama.cpp, prebuilt from the npm registry, for the GGUF export tests (tests/test_gguf.cpp skips
+# them where it is absent). Only the linux-x64 CPU package: the other platforms' optional ones are
+# left out. A failed install leaves the build alone and says so.
+if [ "${MPQAT_SKIP_LLAMACPP:-0}" != 1 ] && command -v npm >/dev/null; then
+  if [ ! -d tools/llamacpp/node_modules/@fugood/node-llama-linux-x64 ]; then
+    (cd tools/llamacpp && npm install --omit=optional --no-audit --no-fund --no-save --ignore-scripts >/dev/null 2>&1) \
+      && echo "[setup] llama.cpp (npm @fugood/llama.node) installed in tools/llamacpp/node_modules" \
+      || echo "[setup] warning: npm install of llama.cpp failed: the GGUF/llama.cpp tests will skip"
+  fi
+fi
+
 build=${MPQAT_BUILD_DIR:-build}
 jobs=${MPQAT_JOBS:-$(nproc)}
 launcher=()

@@ -665,4 +665,20 @@ std::string HfBpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   return out;
 }
 
+bool HfBpeTokenizer::prepends_space() const {
+  for (const auto& op : norm_ops_)
+    if (op.prepend) return true;
+  return metaspace_ && meta_prepend_scheme_ != "never";
+}
+
+std::vector<int32_t> HfBpeTokenizer::merge_rank_of_tokens() const {
+  std::vector<int32_t> rank(id_to_token_.size(), -1);
+  for (const auto& [pair, rk] : merges_) {
+    (void)pair;
+    auto& r = rank.at(static_cast<size_t>(rk.second));
+    if (r < 0 || rk.first < r) r = rk.first;
+  }
+  return rank;
+}
+
 }  // namespace mpqat::data

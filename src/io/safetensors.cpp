@@ -649,57 +649,6 @@ void validate_all(const std::vector<TensorToWrite>& tensors, const std::string& 
   }
 }
 
-void write_all(int fd, const void* buf, std::size_t n, const std::string& path) {
-  const auto* p = static_cast<const char*>(buf);
-  while (n > 0) {
-    // Cap each call: Linux writes at most ~2 GiB per write() anyway.
-    const std::size_t chunk = std::min<std::size_t>(n, std::size_t{1} << 30);
-    const ssize_t w = ::write(fd, p, chunk);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error("cannot write '" + path + "' (" + errno_str(errno) + ")");
-    }
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
-
-// Writes `producer(fd)` output to a temp file next to `path`, fsyncs, renames over `path`.
-template <class F>
-void atomic_write(const std::string& path, F&& producer) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    throw Error("cannot write '" + path + "': cannot create temp file '" + tmp + "' (" +
-                errno_str(errno) + ")");
-  bool closed = false;
-  try {
-    producer(fd);
-    if (::fsync(fd) != 0)
-      throw Error("cannot write '" + path + "': fsync failed (" + errno_str(errno) + ")");
-    closed = true;  // even a failed close() releases the descriptor
-    if (::close(fd) != 0)
-      throw Error("cannot write '" + path + "': close failed (" + errno_str(errno) + ")");
-  } catch (...) {
-    if (!closed) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    throw Error("cannot write '" + path + "': rename from temp file failed (" + errno_str(e) + ")");
-  }
-  // Make the rename itself durable; failure here does not undo a completed write.
-  const std::string dir =
-      fs::path(path).has_parent_path() ? fs::path(path).parent_path().string() : std::string(".");
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 std::string build_header(const std::vector<TensorToWrite>& tensors,
                          const std::map<std::string, std::string>& metadata) {
   json h = json::object();
@@ -758,14 +707,14 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     throw InputError("writing safetensors file '" + path + "': cannot encode header (" + ex.what() +
                      ")");
   }
-  atomic_write(path, [&](int fd) {
+  util::write_file_atomic_with(path, [&](int fd) {
     uint8_t len[8];
     const uint64_t n = header.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    write_all(fd, len, 8, path);
-    write_all(fd, header.data(), header.size(), path);
+    util::write_fd_all(fd, len, 8, path);
+    util::write_fd_all(fd, header.data(), header.size(), path);
     for (const auto& t : tensors)
-      if (t.nbytes) write_all(fd, t.data, t.nbytes, path);
+      if (t.nbytes) util::write_fd_all(fd, t.data, t.nbytes, path);
   });
 }
 
@@ -855,7 +804,7 @@ std::vector<std::string> write_safetensors_sharded(
     index["weight_map"] = std::move(weight_map);
     const std::string text = index.dump(2) + "\n";
     const std::string ipath = (d / (stem + ".safetensors.index.json")).string();
-    atomic_write(ipath, [&](int fd) { write_all(fd, text.data(), text.size(), ipath); });
+    util::write_file_atomic_with(ipath, [&](int fd) { util::write_fd_all(fd, text.data(), text.size(), ipath); });
     written.push_back(ipath);
   }
 

@@ -605,16 +605,12 @@ torch::Tensor read_raw(const io::SafetensorsCheckpoint& ckpt, const std::string&
 
 }  // namespace
 
-namespace {
-
-// The QuantLinear of a module detect_module validated, or nullptr when the checkpoint keeps it
-// float.
-QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantConfig& qc, const DetectedModule& d,
-                                 const model::LinearImpl& lin) {
+QuantLinearPtr read_packed_linear(const model::ModelFolder& folder, const QuantConfig& qc, const DetectedModule& d,
+                                  bool with_bias) {
   const auto& ckpt = folder.checkpoint();
   const std::string& name = d.name;
   if (!d.quantized) return nullptr;
-  auto q = std::make_shared<QuantLinearImpl>(d.in, d.out, lin.has_bias(), d.spec);
+  auto q = std::make_shared<QuantLinearImpl>(d.in, d.out, with_bias, d.spec);
   q->qweight.copy_(read_raw(ckpt, name + ".qweight", torch::kInt));
   auto qz = read_raw(ckpt, name + ".qzeros", torch::kInt);
   if (qc.checkpoint_format == "gptq") {
@@ -637,6 +633,8 @@ QuantLinearPtr read_quant_linear(const model::ModelFolder& folder, const QuantCo
   return q;
 }
 
+namespace {
+
 void finish_loaded(torch::nn::Module& m, const model::LoadOptions& opts) {
   for (auto& p : m.parameters()) p.set_requires_grad(false);
   m.eval();
@@ -657,7 +655,7 @@ model::ModelPtr load_quantized_model(const model::ModelFolder& folder, const mod
                        ? it->second
                        : detect_module(folder.checkpoint(), qc, name, lin->out_features(), lin->in_features(),
                                        folder.dir());
-    if (auto q = read_quant_linear(folder, qc, d, *lin)) m->set_linear(name, q);
+    if (auto q = read_packed_linear(folder, qc, d, lin->has_bias())) m->set_linear(name, q);
   }
   model::load_parameters(*m, folder, "");
   finish_loaded(*m, opts);
@@ -681,7 +679,7 @@ model::BlockPtr load_quantized_block(const model::ModelFolder& folder, int64_t i
   for (const auto& [rel, lin] : b->linears()) {
     const auto d = detect_module(folder.checkpoint(), qc, prefix + rel, lin->out_features(), lin->in_features(),
                                  folder.dir());
-    if (auto q = read_quant_linear(folder, qc, d, *lin)) b->set_linear(rel, q);
+    if (auto q = read_packed_linear(folder, qc, d, lin->has_bias())) b->set_linear(rel, q);
   }
   model::load_parameters(*b, folder, prefix);
   finish_loaded(*b, opts);

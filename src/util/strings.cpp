@@ -147,31 +147,57 @@ void append_utf8(std::string& s, uint32_t cp) {
   }
 }
 
-void write_file_atomic(const std::string& path, const std::string& content) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw Error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
-  std::size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0) {
+void write_fd_all(int fd, const void* buf, std::size_t n, const std::string& path) {
+  const auto* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    // Cap each call: Linux writes at most ~2 GiB per write() anyway.
+    const std::size_t chunk = std::min<std::size_t>(n, std::size_t{1} << 30);
+    const ssize_t w = ::write(fd, p, chunk);
+    if (w < 0) {
       if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(fmt::format("cannot write {}: {}", path, std::strerror(err)));
+      throw Error(fmt::format("cannot write '{}' ({})", path, std::strerror(errno)));
     }
-    done += static_cast<std::size_t>(n);
+    p += w;
+    n -= static_cast<std::size_t>(w);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+}
+
+void write_file_atomic_with(const std::string& path, const std::function<void(int fd)>& producer) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw Error(fmt::format("cannot write '{}': cannot create temp file '{}' ({})", path, tmp,
+                            std::strerror(errno)));
+  bool closed = false;
+  try {
+    producer(fd);
+    if (::fsync(fd) != 0)
+      throw Error(fmt::format("cannot write '{}': fsync failed ({})", path, std::strerror(errno)));
+    closed = true;  // even a failed close() releases the descriptor
+    if (::close(fd) != 0)
+      throw Error(fmt::format("cannot write '{}': close failed ({})", path, std::strerror(errno)));
+  } catch (...) {
+    if (!closed) ::close(fd);
     ::unlink(tmp.c_str());
-    throw Error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+    throw;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
+    const int e = errno;
     ::unlink(tmp.c_str());
-    throw Error(fmt::format("cannot write {}: {}", path, std::strerror(err)));
+    throw Error(fmt::format("cannot write '{}': rename from temp file failed ({})", path, std::strerror(e)));
   }
+  // Make the rename itself durable; failure here does not undo a completed write.
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? std::string(".") : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  write_file_atomic_with(path, [&](int fd) { write_fd_all(fd, content.data(), content.size(), path); });
 }
 
 std::string read_file(const std::string& path) {

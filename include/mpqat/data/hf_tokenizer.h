@@ -46,6 +46,15 @@ class HfBpeTokenizer : public Tokenizer {
   // Id of a vocab or added token, or -1.
   int32_t token_id(const std::string& token) const;
   const std::string& token(int32_t id) const { return id_to_token_.at(static_cast<size_t>(id)); }
+  int32_t unk_id() const { return unk_id_; }
+  // 1: a special added token, 2: another added token, 0: a vocabulary token.
+  int added_kind(int32_t id) const { return is_special_.at(static_cast<size_t>(id)); }
+  // SentencePiece-style (not byte-level) with byte-fallback "<0xNN>" pieces.
+  bool byte_fallback() const { return byte_fallback_; }
+  // Whether encoding puts a "▁" before the text (normalizer Prepend, Metaspace "always"/"first").
+  bool prepends_space() const;
+  // Per id: the rank of the first merge that produces it, or -1 (characters, added tokens).
+  std::vector<int32_t> merge_rank_of_tokens() const;
 
  private:
   enum class Split { kNone, kGpt2, kLlama3 };

@@ -18,6 +18,7 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/model/model.h"
 #include "mpqat/quant/bitplan.h"
+#include "mpqat/quant/quant_linear.h"
 #include "mpqat/quant/quantizer.h"
 #include "mpqat/quant/scheme.h"
 
@@ -118,6 +119,12 @@ DetectedModule detect_module(const io::SafetensorsCheckpoint& ckpt, const QuantC
 // a float dtype. Returns the detected block linears in model order. Throws InputError naming the
 // file, the tensor or key and what would be accepted.
 std::vector<DetectedModule> validate_quantized_folder(const model::ModelFolder& folder, const QuantConfig& qc);
+
+// The packed tensors of one module detect_module validated (true zeros also for a v1
+// "gptq" file, scales as fp16, g_idx when stored), without its bias (left empty when with_bias);
+// nullptr when the checkpoint keeps the module float.
+QuantLinearPtr read_packed_linear(const model::ModelFolder& folder, const QuantConfig& qc, const DetectedModule& d,
+                                  bool with_bias = false);
 
 // Builds the model with QuantLinear modules where the checkpoint has packed tensors (fp32
 // math, eval mode, no grad). Works for any family create_model builds. model::load_any_model /

@@ -6,7 +6,8 @@
 //   gptqmodel  GPTQModel's torch kernel on gptq_v2 with `dynamic`: 2/3/4/8 bits
 //   vllm       vLLM's GPTQ (Marlin) path: symmetric 4/8 bits, groups -1/32/64/128, q/k/v and
 //              gate/up of a layer at the same spec (vLLM fuses them into qkv_proj, gate_up_proj)
-//   llama.cpp  GGUF, not this layout: needs `mpqat export gguf`, which is not implemented yet
+//   llama.cpp  GGUF, not this layout: `mpqat export gguf` (docs/gguf.md) converts a checkpoint; the
+//              allocator does not predict GGUF bytes yet, so this target is refused there
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,9 @@
 // Small string and unit helpers shared by every layer (no torch).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,12 @@ void append_utf8(std::string& s, uint32_t cp);
 // Writes `content` to `path` atomically (temp file in the same folder, fsync, rename), so a
 // crash never leaves a half-written file. Throws Error naming the path.
 void write_file_atomic(const std::string& path, const std::string& content);
+// The same for content produced by `producer(fd)` (large files written piece by piece): temp
+// file `path.tmp.PID`, fsync, rename over `path`, fsync of the folder. The temp file is removed
+// when `producer` throws, and the exception goes on; `path` is untouched then.
+void write_file_atomic_with(const std::string& path, const std::function<void(int fd)>& producer);
+// write(2) of all `n` bytes (EINTR retried); throws Error naming `path`.
+void write_fd_all(int fd, const void* buf, std::size_t n, const std::string& path);
 
 // Reads a whole file; throws InputError naming the path when it cannot be read.
 std::string read_file(const std::string& path);

@@ -1,0 +1,72 @@
+// The packed checkpoint's modules as llama.cpp's block types (docs/gguf.md): which ggml type
+// holds a module's codes exactly, the block encoders, and a reference dequantizer of those
+// types for measuring what a conversion lost. No torch here.
+//
+// The checkpoint's weight is W^ = (q - z) * s per group (q, z codes, s fp16). ggml's blocks hold
+// 32 consecutive weights of a row:
+//   Q4_0 / Q5_0   x = (c - 8) * d / (c - 16) * d     exact when every q - z of a block is in
+//                                                    [-8, 7] / [-16, 15] (symmetric 2-4 / 5 bits)
+//   Q4_1 / Q5_1   x = c * d + m                      the codes exactly, d = s; only
+//                                                    m = fp16(-z * s) is rounded
+//   Q8_0          x = c * d, c int8                  exact when every q - z is in [-128, 127]
+//                                                    (6 bits always, 8 bits symmetric); otherwise
+//                                                    requantized from W^ (d = max|W^| / 127)
+// A group of 64, 128, 256 or a whole row is several blocks with the same d and m. A module whose
+// row length is not a multiple of 32, whose last group is partial, or whose g_idx is not the
+// contiguous one (act-order) has no block form: it is written in the fallback type from W^.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpqat/io/gguf.h"
+#include "mpqat/quant/scheme.h"
+
+namespace mpqat::quant {
+
+// One quantized linear, unpacked: codes and g_idx as the loader reads them.
+struct UnpackedModule {
+  std::string name;
+  int64_t out = 0, in = 0;
+  QuantSpec spec;
+  std::vector<int32_t> codes;     // (out, in) row-major
+  std::vector<int32_t> zeros;     // (groups, out) zero codes
+  std::vector<uint16_t> scales;   // (groups, out) fp16 bits
+  std::vector<int32_t> g_idx;     // (in)
+  int64_t groups() const { return static_cast<int64_t>(scales.size()) / (out > 0 ? out : 1); }
+};
+
+// fp16 <-> fp32 (round to nearest even), as ggml's GGML_FP32_TO_FP16.
+uint16_t fp32_to_fp16(float f);
+float fp16_to_fp32(uint16_t h);
+
+// W^ (out, in) row-major in fp32, computed as the mpqat loader does: float(q - z) * s.
+std::vector<float> dequantize_unpacked(const UnpackedModule& m);
+
+struct GgufChoice {
+  io::GgmlType type = io::GgmlType::F16;
+  // "exact" (every weight as in the checkpoint), "exact codes, m rounded" (Q4_1/Q5_1),
+  // "requantized" (Q8_0 from W^) or "float" (the fallback type from W^).
+  std::string how;
+  std::string why;  // for "requantized" / "float": the reason
+};
+// The smallest ggml type among Q4_0 < Q4_1 < Q5_0 < Q5_1 < Q8_0 that holds `m` as described
+// above; `fallback` (F32, F16 or Q8_0) when no block type does.
+GgufChoice choose_gguf_type(const UnpackedModule& m, io::GgmlType fallback);
+
+// Rows of `m` in the order `rows` gives (rows[k] = the source row written k-th; empty = identity),
+// encoded as `type` into dst (rows.size() * row bytes). Q4_0/Q5_0/Q8_0 in their exact form need
+// choose_gguf_type's "exact"; Q8_0 otherwise requantizes; F32/F16 write W^.
+void encode_unpacked(const UnpackedModule& m, io::GgmlType type, const std::vector<int64_t>& rows, uint8_t* dst);
+
+// Float rows (rows x n, row-major) as F32, F16 or Q8_0 (ggml's reference rounding), reordered
+// as above.
+void encode_float(const float* w, int64_t rows_total, int64_t n, io::GgmlType type,
+                  const std::vector<int64_t>& rows, uint8_t* dst);
+
+// One row of n weights of `type` (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) back to fp32, as
+// ggml's dequantize_row_* computes it. Throws NotImplementedError for K-quant types.
+void dequantize_gguf_row(io::GgmlType type, const uint8_t* src, int64_t n, float* dst);
+
+}  // namespace mpqat::quant

@@ -1,0 +1,64 @@
+// `mpqat export gguf`: a Llama-family checkpoint (float, or packed mixed-precision) as a GGUF
+// file llama.cpp runs (docs/gguf.md). Every block linear gets its own ggml type from what the
+// checkpoint holds (gguf_blocks.h: the codes themselves wherever a block type holds them);
+// llama.cpp's tensor names and the q/k row order its RoPE expects; the model's hyper-parameters
+// as llama.* metadata; the tokenizer's metadata is given by the caller (data::gguf_vocab_metadata).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpqat/io/gguf.h"
+
+namespace mpqat::quant {
+
+struct GgufExportOptions {
+  io::GgmlType float_type = io::GgmlType::F16;      // linears of a float checkpoint: F32, F16, Q8_0
+  io::GgmlType embedding_type = io::GgmlType::F16;  // token_embd.weight / output.weight: F32, F16, Q8_0
+  io::GgmlType fallback = io::GgmlType::F16;        // packed modules no block type holds: F32, F16, Q8_0
+  std::string name;                                 // general.name ("" = the folder's name)
+  bool force = false;                               // replace an existing output file
+};
+
+// One tensor of the exported file.
+struct GgufTensorReport {
+  std::string gguf_name;  // "blk.0.attn_q.weight"
+  std::string source;     // "model.layers.0.self_attn.q_proj"
+  std::string source_spec;  // "w4g32", "w3g128 sym", "f32" (the checkpoint's storage)
+  std::string type;       // "Q4_1"
+  std::string how;        // "exact", "exact codes, m rounded", "requantized", "float"
+  std::string why;        // reason for requantized / float, else ""
+  int64_t weights = 0;
+  uint64_t bytes = 0;
+  double max_abs_error = 0.0;  // max |GGUF weight - checkpoint weight| (after ggml's dequantization)
+  bool block_linear = false;
+};
+
+struct GgufExportReport {
+  std::string path;
+  std::vector<GgufTensorReport> tensors;
+  uint64_t file_bytes = 0;       // measured from the written file
+  uint64_t predicted_bytes = 0;  // io::gguf_file_size of the layout, before writing
+  int64_t linear_weights = 0;
+  uint64_t linear_bytes = 0;
+  double linear_bpw() const { return linear_weights ? 8.0 * double(linear_bytes) / double(linear_weights) : 0.0; }
+  int64_t total_weights = 0;
+  double file_bpw() const { return total_weights ? 8.0 * double(file_bytes) / double(total_weights) : 0.0; }
+};
+
+// Writes `out` (atomically) from the model folder `dir` (config.json + safetensors, quantized or
+// not) with `vocab` as the tokenizer metadata. Throws InputError for an unsupported or corrupt
+// folder, an existing `out` without force, or a vocabulary larger than the embedding;
+// NotImplementedError for what llama.cpp's llama architecture would need and this exporter does
+// not write yet (OPT/BERT, Qwen2, biases, llama3 RoPE scaling).
+GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufKV>& vocab, const std::string& out,
+                             const GgufExportOptions& opts = {});
+
+// The per-tensor table and the summary lines, as `mpqat export gguf` prints them.
+std::string format_gguf_report(const GgufExportReport& r);
+
+// "f32" / "f16" / "q8_0" (case-insensitive) -> type; InputError naming `what` otherwise.
+io::GgmlType parse_gguf_float_type(const std::string& s, const std::string& what);
+
+}  // namespace mpqat::quant

@@ -1,0 +1,56 @@
+// `mpqat export gguf CKPT --out model.gguf [--embeddings f16|q8_0|f32] [--float-type f16|f32|q8_0]
+//  [--fallback f16|f32|q8_0] [--name NAME] [--force]`: a checkpoint for llama.cpp (docs/gguf.md).
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <memory>
+
+#include "mpqat/cli/commands.h"
+#include "mpqat/data/gguf_vocab.h"
+#include "mpqat/model/loader.h"
+#include "mpqat/quant/gguf_export.h"
+#include "mpqat/util/error.h"
+
+namespace mpqat::cli {
+
+void add_export_command(CLI::App& app) {
+  auto* ex = app.add_subcommand("export", "Write a checkpoint in a serving engine's own format");
+  ex->require_subcommand(1);
+  struct Opts {
+    std::string dir, out, embeddings = "f16", float_type = "f16", fallback = "f16", name;
+    bool force = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* g = ex->add_subcommand(
+      "gguf", "A Llama-family model folder (float or packed mixed-precision) as one GGUF file for llama.cpp: each "
+              "quantized module in the ggml block type that holds its codes (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0), a table of "
+              "what was exact");
+  g->add_option("CKPT", o->dir, "model folder (config.json + safetensors), e.g. an `mpqat quantize` output")->required();
+  g->add_option("--out", o->out, "output .gguf file (written atomically)")->required();
+  g->add_option("--embeddings", o->embeddings, "token_embd / output type: f16, q8_0, f32")->capture_default_str();
+  g->add_option("--float-type", o->float_type, "type of the linears of a float checkpoint: f16, q8_0, f32")
+      ->capture_default_str();
+  g->add_option("--fallback", o->fallback,
+                "type of packed modules no block type holds (row not a multiple of 32, act-order g_idx): f16, q8_0, f32")
+      ->capture_default_str();
+  g->add_option("--name", o->name, "general.name (default: the folder's name)");
+  g->add_flag("--force", o->force, "replace an existing output file")->capture_default_str();
+  g->callback([o] {
+    quant::GgufExportOptions opts;
+    opts.embedding_type = quant::parse_gguf_float_type(o->embeddings, "--embeddings");
+    opts.float_type = quant::parse_gguf_float_type(o->float_type, "--float-type");
+    opts.fallback = quant::parse_gguf_float_type(o->fallback, "--fallback");
+    opts.name = o->name;
+    opts.force = o->force;
+    const model::ModelFolder folder(o->dir);
+    if (!folder.has_tokenizer())
+      throw InputError("export gguf: '" + o->dir +
+                       "' has no tokenizer (tokenizer.json, tokenizer.model or tokenizer.bin): llama.cpp needs one in "
+                       "the file");
+    const auto vocab = data::gguf_vocab_metadata(folder.tokenizer());
+    const auto rep = quant::export_gguf(o->dir, vocab, o->out, opts);
+    std::cout << quant::format_gguf_report(rep);
+  });
+}
+
+}  // namespace mpqat::cli

@@ -1,0 +1,349 @@
+// GGUF export: the file layout (written, predicted, read back), the block encoders against
+// ggml's documented block formats, the q/k row order, and llama.cpp itself (the npm package
+// installed by tools/setup.sh) running the exported stories260K.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "mpqat/data/gguf_vocab.h"
+#include "mpqat/data/tokenizer.h"
+#include "mpqat/io/gguf.h"
+#include "mpqat/model/llama2c.h"
+#include "mpqat/model/loader.h"
+#include "mpqat/quant/gguf_blocks.h"
+#include "mpqat/quant/gguf_export.h"
+#include "mpqat/util/error.h"
+#include "run_command.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace mpqat;
+using io::GgmlType;
+
+namespace {
+
+fs::path tmpdir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("mpqat_gguf_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+quant::UnpackedModule random_module(int bits, bool sym, int64_t out, int64_t in, int64_t group, uint32_t seed) {
+  std::mt19937 rng(seed);
+  quant::UnpackedModule m;
+  m.name = "test";
+  m.out = out;
+  m.in = in;
+  m.spec = {bits, group, sym};
+  const int64_t groups = quant::num_groups(in, group);
+  const int32_t qmax = (1 << bits) - 1;
+  std::uniform_int_distribution<int32_t> code(0, qmax);
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (int64_t i = 0; i < out * in; ++i) m.codes.push_back(code(rng));
+  for (int64_t i = 0; i < groups * out; ++i) {
+    m.zeros.push_back(sym ? 1 << (bits - 1) : code(rng));
+    m.scales.push_back(quant::fp32_to_fp16(scale(rng)));
+  }
+  for (int64_t j = 0; j < in; ++j) m.g_idx.push_back(static_cast<int32_t>(j / quant::group_width(in, group)));
+  return m;
+}
+
+// Encodes with the chosen type and returns (type, max |ggml dequantization - W^|).
+std::pair<quant::GgufChoice, double> roundtrip(const quant::UnpackedModule& m, GgmlType fallback = GgmlType::F16) {
+  const auto c = quant::choose_gguf_type(m, fallback);
+  const uint64_t rb = io::ggml_row_bytes(c.type, m.in, "test");
+  std::vector<uint8_t> buf(rb * static_cast<uint64_t>(m.out));
+  quant::encode_unpacked(m, c.type, {}, buf.data());
+  const auto ref = quant::dequantize_unpacked(m);
+  std::vector<float> row(static_cast<size_t>(m.in));
+  double err = 0;
+  for (int64_t r = 0; r < m.out; ++r) {
+    quant::dequantize_gguf_row(c.type, buf.data() + r * rb, m.in, row.data());
+    for (int64_t j = 0; j < m.in; ++j) err = std::max(err, std::fabs(double(row[j]) - ref[r * m.in + j]));
+  }
+  return {c, err};
+}
+
+}  // namespace
+
+TEST(Gguf, WriteReadRoundTripAndExactSize) {
+  const auto d = tmpdir("rt");
+  std::vector<io::GgufKV> kv = {
+      {"general.architecture", std::string("llama")}, {"a.u32", uint32_t{7}}, {"a.i32", int32_t{-3}},
+      {"a.f32", 1.5f}, {"a.bool", true}, {"a.strs", std::vector<std::string>{"x", "", "▁y"}},
+      {"a.f32s", std::vector<float>{0.5f, -2.0f}}, {"a.i32s", std::vector<int32_t>{1, 6, 3}},
+  };
+  std::vector<io::GgufTensorSpec> t = {{"w", {64, 3}, GgmlType::Q8_0}, {"n", {5}, GgmlType::F32}};
+  const std::string path = (d / "x.gguf").string();
+  io::write_gguf(path, kv, t, [&](std::size_t i, uint8_t* dst) {
+    for (uint64_t k = 0; k < t[i].nbytes(); ++k) dst[k] = static_cast<uint8_t>(k * 7 + i);
+  });
+  EXPECT_EQ(fs::file_size(path), io::gguf_file_size(kv, t));
+  const auto h = io::read_gguf_header(path);
+  EXPECT_EQ(h.version, 3u);
+  ASSERT_EQ(h.kvs.size(), kv.size());
+  for (size_t i = 0; i < kv.size(); ++i) {
+    EXPECT_EQ(h.kvs[i].key, kv[i].key);
+    EXPECT_TRUE(h.kvs[i].value == kv[i].value) << kv[i].key;
+  }
+  ASSERT_EQ(h.tensors.size(), 2u);
+  EXPECT_EQ(h.tensors[0].ne, (std::vector<int64_t>{64, 3}));
+  EXPECT_EQ(h.tensors[0].nbytes(), 3u * 2 * 34);
+  EXPECT_EQ(h.data_offset % 32, 0u);
+  EXPECT_EQ(h.offsets[1] % 32, 0u);
+  const auto b = io::read_gguf_tensor(path, h, 1);
+  for (uint64_t k = 0; k < b.size(); ++k) EXPECT_EQ(b[k], static_cast<uint8_t>(k * 7 + 1));
+}
+
+TEST(Gguf, RefusesBadLayoutsAndCorruptFiles) {
+  const auto d = tmpdir("bad");
+  const std::string path = (d / "x.gguf").string();
+  auto none = [](std::size_t, uint8_t*) {};
+  EXPECT_THROW(io::write_gguf(path, {}, {{"w", {48, 2}, GgmlType::Q4_0}}, none), InputError);  // 48 % 32
+  EXPECT_THROW(io::write_gguf(path, {{"k", 1.0f}, {"k", 2.0f}}, {}, none), InputError);
+  EXPECT_FALSE(fs::exists(path));
+  io::write_gguf(path, {{"k", std::string("v")}}, {{"w", {32, 4}, GgmlType::F16}}, none);
+  const auto size = fs::file_size(path);
+  fs::resize_file(path, size - 10);  // tensor data cut short
+  EXPECT_THROW(io::read_gguf_header(path), InputError);
+  fs::resize_file(path, 20);  // inside the header
+  EXPECT_THROW(io::read_gguf_header(path), InputError);
+  std::ofstream(path) << "GGML not a gguf file";
+  EXPECT_THROW(io::read_gguf_header(path), InputError);
+}
+
+TEST(Gguf, Q4_0BlockLayoutIsGgmls) {
+  // ggml block_q4_0: fp16 d, then 16 bytes; byte j holds weight j (low nibble) and j+16 (high).
+  quant::UnpackedModule m = random_module(4, true, 1, 32, 32, 1);
+  for (int j = 0; j < 32; ++j) m.codes[j] = j % 16;
+  const auto c = quant::choose_gguf_type(m, GgmlType::F16);
+  ASSERT_EQ(c.type, GgmlType::Q4_0);
+  std::vector<uint8_t> b(18);
+  quant::encode_unpacked(m, GgmlType::Q4_0, {}, b.data());
+  uint16_t d;
+  std::memcpy(&d, b.data(), 2);
+  EXPECT_EQ(d, m.scales[0]);
+  for (int j = 0; j < 16; ++j) EXPECT_EQ(b[2 + j], (j % 16) | ((((j + 16) % 16)) << 4)) << j;
+}
+
+TEST(Gguf, EachSchemeMapsOntoItsBlockTypeAsDocumented) {
+  struct Case {
+    int bits;
+    bool sym;
+    GgmlType type;
+    bool exact;
+  };
+  for (const auto& c : std::vector<Case>{{2, true, GgmlType::Q4_0, true}, {3, true, GgmlType::Q4_0, true},
+                                         {4, true, GgmlType::Q4_0, true}, {3, false, GgmlType::Q4_0, true},
+                                         {4, false, GgmlType::Q4_1, false}, {5, true, GgmlType::Q5_0, true},
+                                         {5, false, GgmlType::Q5_1, false}, {6, false, GgmlType::Q8_0, true},
+                                         {8, true, GgmlType::Q8_0, true}}) {
+    for (int64_t group : {32, 64, -1}) {
+      const auto m = random_module(c.bits, c.sym, 6, 128, group, static_cast<uint32_t>(c.bits * 10 + c.sym));
+      const auto [choice, err] = roundtrip(m);
+      EXPECT_EQ(choice.type, c.type) << c.bits << " sym " << c.sym << " g" << group;
+      if (c.exact) {
+        EXPECT_EQ(choice.how, "exact");
+        EXPECT_EQ(err, 0.0) << c.bits;
+      } else {
+        // Only m = fp16(-z * s) is rounded: at most half an fp16 ulp of |z * s| <= 2^b * 0.05.
+        EXPECT_EQ(choice.how, "exact codes, m rounded");
+        EXPECT_GT(err, 0.0);
+        EXPECT_LE(err, std::ldexp(1.0, c.bits) * 0.05 * std::ldexp(1.0, -11));
+      }
+    }
+  }
+  // (3-bit asymmetric: q - z stays in [-7, 7], so Q4_0 holds it exactly.)
+  // Asymmetric 8-bit leaves int8: requantized to Q8_0, error at most half a Q8_0 step (+ fp16 d).
+  const auto m8 = random_module(8, false, 4, 64, 32, 3);
+  const auto [c8, e8] = roundtrip(m8);
+  EXPECT_EQ(c8.type, GgmlType::Q8_0);
+  EXPECT_EQ(c8.how, "requantized");
+  EXPECT_LE(e8, 255 * 0.05 / 127 * 0.6);
+  // No block form: a row of 48, or act-order groups -> the fallback, from W^.
+  auto odd = random_module(4, true, 3, 48, 32, 4);
+  EXPECT_EQ(roundtrip(odd, GgmlType::F32).first.type, GgmlType::F32);
+  EXPECT_EQ(roundtrip(odd, GgmlType::F32).second, 0.0);
+  auto perm = random_module(4, true, 3, 64, 32, 5);
+  std::swap(perm.g_idx[0], perm.g_idx[40]);
+  const auto pc = quant::choose_gguf_type(perm, GgmlType::F16);
+  EXPECT_EQ(pc.type, GgmlType::F16);
+  EXPECT_NE(pc.why.find("act-order"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// stories260K (shared data)
+
+namespace {
+
+fs::path stories_folder() {
+  const std::string sdir = mpqat::testing::shared_dir();
+  if (sdir.empty()) return {};
+  static fs::path dir;
+  if (dir.empty()) {
+    dir = tmpdir("stories") / "stories260K";
+    const auto src = fs::path(sdir) / "data/models/stories260K";
+    model::convert_llama2c((src / "stories260K.bin").string(), (src / "tok512.bin").string(), dir.string());
+  }
+  return dir;
+}
+
+}  // namespace
+
+TEST(GgufStories, FloatExportHoldsEveryTensorWithRopeRowOrder) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const model::ModelFolder folder(dir.string());
+  const auto vocab = data::gguf_vocab_metadata(folder.tokenizer());
+  quant::GgufExportOptions o;
+  o.float_type = GgmlType::F32;
+  o.embedding_type = GgmlType::F32;
+  const std::string out = (dir.parent_path() / "f32.gguf").string();
+  const auto rep = quant::export_gguf(dir.string(), vocab, out, o);
+  EXPECT_EQ(rep.file_bytes, rep.predicted_bytes);
+  EXPECT_THROW(quant::export_gguf(dir.string(), vocab, out, o), InputError);  // exists, no force
+  const auto h = io::read_gguf_header(out);
+  const auto& cfg = folder.config();
+  const auto* toks = std::get_if<std::vector<std::string>>(h.find("tokenizer.ggml.tokens"));
+  ASSERT_NE(toks, nullptr);
+  EXPECT_EQ(static_cast<int64_t>(toks->size()), cfg.vocab_size);
+  EXPECT_EQ((*toks)[1], "<s>");
+  EXPECT_EQ(std::get<uint32_t>(*h.find("llama.attention.head_count_kv")), cfg.num_key_value_heads);
+  // blk.0.attn_k row (h, i, half) is the Hugging Face row (h, half, i).
+  size_t ki = 0;
+  while (h.tensors[ki].name != "blk.0.attn_k.weight") ++ki;
+  const auto raw = io::read_gguf_tensor(out, h, ki);
+  const auto k = folder.tensor("model.layers.0.self_attn.k_proj.weight", {cfg.kv_dim(), cfg.hidden_size});
+  const int64_t hd = cfg.head_dim, C = cfg.hidden_size;
+  for (int64_t head = 0; head < cfg.num_key_value_heads; ++head)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t g_row = head * hd + 2 * i + half, hf_row = head * hd + half * (hd / 2) + i;
+        for (int64_t c = 0; c < C; ++c) {
+          float v;
+          std::memcpy(&v, raw.data() + (g_row * C + c) * 4, 4);
+          ASSERT_EQ(v, k[hf_row][c].item<float>()) << g_row;
+        }
+      }
+}
+
+namespace {
+
+// llama.cpp through node (tools/llamacpp/check.mjs); nullopt-like empty json when unavailable.
+nlohmann::json run_llamacpp(const std::string& gguf, const std::string& text, int n, const std::string& prompt,
+                            std::string* why) {
+  const fs::path tool = fs::path(MPQAT_SOURCE_DIR) / "tools/llamacpp";
+  if (std::system("node --version >/dev/null 2>&1") != 0) {
+    *why = "node is not installed";
+    return {};
+  }
+  if (!fs::exists(tool / "node_modules/@fugood/node-llama-linux-x64")) {
+    *why = "llama.cpp's npm package is absent (tools/setup.sh installs it into tools/llamacpp/node_modules)";
+    return {};
+  }
+  const std::string out = (fs::temp_directory_path() / ("mpqat_llamacpp_" + std::to_string(::getpid()))).string();
+  const std::string cmd = "cd '" + tool.string() + "' && node check.mjs '" + gguf + "' '" + text + "' " +
+                          std::to_string(n) + " '" + prompt + "' >" + out + " 2>/dev/null";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(out);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("{\"tokens\"", 0) == 0) return nlohmann::json::parse(line);
+  ADD_FAILURE() << "llama.cpp printed no result: " << cmd;
+  return {};
+}
+
+std::string mpqat_generate(const fs::path& dir, const std::string& prompt, int n) {
+  const auto r = mpqat::testing::run_mpqat("eval '" + dir.string() + "' --generate '" + prompt +
+                                    "' --greedy --max-new-tokens " + std::to_string(n));
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto t = r.out;
+  while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
+  return t;
+}
+
+size_t common_prefix(const std::string& a, const std::string& b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  return i;
+}
+
+}  // namespace
+
+TEST(GgufStories, LlamaCppTokenizesAndGeneratesAsMpqat) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const std::string text = "Once upon a time, Tom saw a big dog. \"Hello!\" he said.";
+  const std::string prompt = "Once upon a time";
+  const std::string gguf = (dir.parent_path() / "f16.gguf").string();
+  ASSERT_EQ(mpqat::testing::run_mpqat("export gguf '" + dir.string() + "' --out '" + gguf + "' --float-type f32 --embeddings f32 --force").code, 0);
+  std::string why;
+  const auto j = run_llamacpp(gguf, text, 64, prompt, &why);
+  if (j.is_null()) {
+    if (!why.empty()) GTEST_SKIP() << why;
+    return;
+  }
+  const model::ModelFolder folder(dir.string());
+  EXPECT_EQ(j.at("tokens").get<std::vector<int32_t>>(), folder.tokenizer().encode(text, false));
+  // Float weights: llama.cpp's greedy continuation follows mpqat's. Not all 64 tokens: at "a big"
+  // the two engines part on a near-tie (docs/gguf.md, open in issue E1); the first two sentences agree.
+  const std::string ours = mpqat_generate(dir, prompt, 64);
+  const std::string theirs = prompt + j.at("generated").get<std::string>();
+  const auto second = ours.find('.', ours.find('.') + 1);
+  ASSERT_NE(second, std::string::npos) << ours;
+  EXPECT_GE(common_prefix(ours, theirs), second + 1) << "mpqat:     " << ours << "\nllama.cpp: " << theirs;
+  std::printf("mpqat:     %s\nllama.cpp: %s\ncommon prefix %zu of %zu characters\n", ours.c_str(), theirs.c_str(),
+              common_prefix(ours, theirs), ours.size());
+}
+
+TEST(GgufStories, LlamaCppRunsAMixedPlanOf4And5And8Bits) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const auto work = dir.parent_path();
+  nlohmann::json plan = {{"version", 1}, {"modules", nlohmann::json::object()}};
+  const std::vector<std::tuple<std::string, int, bool>> specs = {
+      {"self_attn.q_proj", 4, false}, {"self_attn.k_proj", 4, true}, {"self_attn.v_proj", 5, false},
+      {"self_attn.o_proj", 8, true},  {"mlp.gate_proj", 5, true},    {"mlp.up_proj", 8, true},
+      {"mlp.down_proj", 4, true}};
+  for (int i = 0; i < 5; ++i)
+    for (const auto& [rel, bits, sym] : specs)
+      plan["modules"]["model.layers." + std::to_string(i) + "." + rel] = {{"bits", bits}, {"group_size", 32}, {"sym", sym}};
+  std::ofstream(work / "plan.json") << plan.dump();
+  const auto q = work / "mixed";
+  ASSERT_EQ(mpqat::testing::run_mpqat("quantize '" + dir.string() + "' --plan '" + (work / "plan.json").string() +
+                               "' --method rtn --out '" + q.string() + "' --force")
+                .code,
+            0);
+  const std::string gguf = (work / "mixed.gguf").string();
+  const auto ex = mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + gguf + "' --fallback f32 --force");
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  // The table names each conversion; the file is the predicted size.
+  EXPECT_NE(ex.out.find("blk.0.attn_q.weight          w4g32        Q4_1   exact codes, m rounded"), std::string::npos)
+      << ex.out;
+  EXPECT_NE(ex.out.find("blk.0.attn_v.weight          w5g32        Q5_1"), std::string::npos);
+  EXPECT_NE(ex.out.find("blk.0.ffn_gate.weight        w5g32 sym    Q5_0   exact"), std::string::npos);
+  EXPECT_NE(ex.out.find("blk.0.attn_output.weight     w8g32 sym    Q8_0   exact"), std::string::npos);
+  EXPECT_NE(ex.out.find("(" + std::to_string(fs::file_size(gguf)) + " predicted)"), std::string::npos);
+  std::string why;
+  const auto j = run_llamacpp(gguf, "x", 64, "Once upon a time", &why);
+  if (j.is_null()) {
+    if (!why.empty()) GTEST_SKIP() << why;
+    return;
+  }
+  // llama.cpp multiplies quantized weights with activations rounded to 8 bits (Q8_0/Q8_1), mpqat
+  // in fp32: on this 64-wide model greedy paths part after a near-tie (docs/gguf.md). The first
+  // sentence must agree.
+  const std::string ours = mpqat_generate(q, "Once upon a time", 64);
+  const std::string theirs = "Once upon a time" + j.at("generated").get<std::string>();
+  const std::string first = ours.substr(0, ours.find('.') + 1);
+  ASSERT_GT(first.size(), 40u) << ours;
+  EXPECT_GE(common_prefix(ours, theirs), first.size()) << "mpqat:     " << ours << "\nllama.cpp: " << theirs;
+  std::printf("mpqat:     %s\nllama.cpp: %s\ncommon prefix %zu of %zu characters\n", ours.c_str(), theirs.c_str(),
+              common_prefix(ours, theirs), ours.size());
+}
