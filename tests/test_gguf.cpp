@@ -59,7 +59,7 @@ std::pair<quant::GgufChoice, double> roundtrip(const quant::UnpackedModule& m, G
   const auto c = quant::choose_gguf_type(m, fallback);
   const uint64_t rb = io::ggml_row_bytes(c.type, m.in, "test");
   std::vector<uint8_t> buf(rb * static_cast<uint64_t>(m.out));
-  quant::encode_unpacked(m, c.type, {}, buf.data());
+  quant::encode_unpacked(m, c, {}, buf.data());
   const auto ref = quant::dequantize_unpacked(m);
   std::vector<float> row(static_cast<size_t>(m.in));
   double err = 0;
@@ -125,7 +125,7 @@ TEST(Gguf, Q4_0BlockLayoutIsGgmls) {
   const auto c = quant::choose_gguf_type(m, GgmlType::F16);
   ASSERT_EQ(c.type, GgmlType::Q4_0);
   std::vector<uint8_t> b(18);
-  quant::encode_unpacked(m, GgmlType::Q4_0, {}, b.data());
+  quant::encode_unpacked(m, c, {}, b.data());
   uint16_t d;
   std::memcpy(&d, b.data(), 2);
   EXPECT_EQ(d, m.scales[0]);

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
 
 namespace mpqat::quant {
 
@@ -102,6 +103,11 @@ void exact_row(const RowCtx& c, GgmlType type, uint8_t* dst) {
   }
 }
 
+// W^ of one row, as the mpqat loader computes it: float(q - z) * s.
+void dequantize_row(const RowCtx& c, float* out) {
+  for (int64_t j = 0; j < c.m.in; ++j) out[j] = static_cast<float>(c.q(j) - c.z(j)) * fp16_to_fp32(c.s(j));
+}
+
 std::vector<int64_t> identity_if_empty(const std::vector<int64_t>& rows, int64_t n) {
   if (!rows.empty()) return rows;
   std::vector<int64_t> id(static_cast<size_t>(n));
@@ -113,11 +119,7 @@ std::vector<int64_t> identity_if_empty(const std::vector<int64_t>& rows, int64_t
 
 std::vector<float> dequantize_unpacked(const UnpackedModule& m) {
   std::vector<float> w(static_cast<size_t>(m.out * m.in));
-  for (int64_t r = 0; r < m.out; ++r) {
-    const RowCtx c{m, r};
-    for (int64_t j = 0; j < m.in; ++j)
-      w[static_cast<size_t>(r * m.in + j)] = static_cast<float>(c.q(j) - c.z(j)) * fp16_to_fp32(c.s(j));
-  }
+  for (int64_t r = 0; r < m.out; ++r) dequantize_row(RowCtx{m, r}, w.data() + r * m.in);
   return w;
 }
 
@@ -160,27 +162,19 @@ GgufChoice choose_gguf_type(const UnpackedModule& m, GgmlType fallback) {
   return {GgmlType::Q8_0, "requantized", "q - z leaves int8 (asymmetric 8-bit)"};
 }
 
-void encode_unpacked(const UnpackedModule& m, GgmlType type, const std::vector<int64_t>& rows_in, uint8_t* dst) {
+void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::vector<int64_t>& rows_in, uint8_t* dst) {
   const auto rows = identity_if_empty(rows_in, m.out);
+  const GgmlType type = c.type;
   const uint64_t rb = io::ggml_row_bytes(type, m.in, "GGUF tensor for '" + m.name + "'");
-  const bool block_type = type != GgmlType::F32 && type != GgmlType::F16;
-  // Exact forms need the codes to fit; Q8_0 otherwise requantizes from W^.
-  bool exact = block_type;
-  if (type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q5_0) {
-    const auto c = choose_gguf_type(m, GgmlType::F16);
-    exact = c.type == type && c.how == "exact";
-    if (!exact && type != GgmlType::Q8_0)
-      throw Error("GGUF: module '" + m.name + "' does not fit " + io::ggml_type_traits(type).name + " exactly");
-  }
-  if (exact) {
+  // The codes themselves where choose_gguf_type found a block type that holds them; otherwise
+  // (requantized / float) from W^.
+  if (util::starts_with(c.how, "exact")) {
     for (size_t k = 0; k < rows.size(); ++k) exact_row(RowCtx{m, rows[k]}, type, dst + k * rb);
     return;
   }
   std::vector<float> row(static_cast<size_t>(m.in));
   for (size_t k = 0; k < rows.size(); ++k) {
-    const RowCtx c{m, rows[k]};
-    for (int64_t j = 0; j < m.in; ++j)
-      row[static_cast<size_t>(j)] = static_cast<float>(c.q(j) - c.z(j)) * fp16_to_fp32(c.s(j));
+    dequantize_row(RowCtx{m, rows[k]}, row.data());
     float_row(row.data(), m.in, type, dst + k * rb);
   }
 }

@@ -251,7 +251,7 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     std::vector<float> ref;  // the checkpoint's weights, rows in source order
     if (it.det) {
       const auto um = unpack(*read_packed_linear(folder, qc, *it.det), *it.det);
-      encode_unpacked(um, it.type, it.rows, dst);
+      encode_unpacked(um, it.choice, it.rows, dst);
       ref = dequantize_unpacked(um);
     } else {
       auto t = folder.tensor(it.hf.name, it.hf.shape).contiguous();

@@ -56,9 +56,9 @@ struct GgufChoice {
 GgufChoice choose_gguf_type(const UnpackedModule& m, io::GgmlType fallback);
 
 // Rows of `m` in the order `rows` gives (rows[k] = the source row written k-th; empty = identity),
-// encoded as `type` into dst (rows.size() * row bytes). Q4_0/Q5_0/Q8_0 in their exact form need
-// choose_gguf_type's "exact"; Q8_0 otherwise requantizes; F32/F16 write W^.
-void encode_unpacked(const UnpackedModule& m, io::GgmlType type, const std::vector<int64_t>& rows, uint8_t* dst);
+// encoded as `c.type` into dst (rows.size() * row bytes): from the codes when `c` (from
+// choose_gguf_type on this module) is an exact form, else requantized / converted from W^.
+void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::vector<int64_t>& rows, uint8_t* dst);
 
 // Float rows (rows x n, row-major) as F32, F16 or Q8_0 (ggml's reference rounding), reordered
 // as above.
