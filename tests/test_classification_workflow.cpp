@@ -14,18 +14,14 @@
 #include "mpqat/model/model_input.h"
 #include "run_command.h"
 #include "sentiment_fixture.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
 
-fs::path make_workdir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_clswf_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path make_workdir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("clswf", tag); }
 
 // Writes vocab.txt, config.json, train.tsv (240 rows) and dev.tsv (120 rows) and trains.
 fs::path train_classifier(const fs::path& d, const json& cfg) {

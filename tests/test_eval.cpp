@@ -35,12 +35,7 @@ using namespace mpqat;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_eval_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_eval", tag); }
 
 void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 

@@ -27,6 +27,7 @@
 
 #include "eval_cli.h"
 #include "float_folder.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -34,12 +35,7 @@ using namespace mpqat;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_evalmore_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_evalmore", tag); }
 
 json opt_json(bool classifier) {
   json j{{"architectures", {classifier ? "OPTForSequenceClassification" : "OPTForCausalLM"}},

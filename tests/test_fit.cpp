@@ -18,6 +18,7 @@
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "sentiment_fixture.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -27,12 +28,7 @@ using namespace mpqat::testing;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_fit_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_fit", tag); }
 
 json llama_json(int64_t vocab) {
   return json{{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 32},

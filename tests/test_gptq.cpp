@@ -35,12 +35,7 @@ using namespace mpqat;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("mpqat_gptq_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path temp_dir(const std::string& name) { return mpqat::testing::fresh_temp_dir("gptq", name); }
 
 // A random symmetric positive definite (n, n) matrix with correlated columns, as X^T X is.
 torch::Tensor random_hessian(int64_t n, int64_t rows, uint64_t seed) {

@@ -27,6 +27,7 @@
 #include "mpqat/model/opt.h"
 #include "mpqat/util/error.h"
 #include "float_folder.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -35,12 +36,7 @@ using torch::indexing::Slice;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_models_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_models", tag); }
 
 json opt_json() {
   return json{{"architectures", {"OPTForCausalLM"}},

@@ -37,12 +37,7 @@ using namespace mpqat;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_qckpt_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_qckpt", tag); }
 
 template <typename F>
 std::string input_error(F&& f) {

@@ -20,6 +20,7 @@
 #include "mpqat/train/fault_injection.h"
 #include "mpqat/util/error.h"
 #include "run_command.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -30,12 +31,7 @@ namespace {
 const std::string kSource = MPQAT_SOURCE_DIR;
 const std::string kModel = kSource + "/checkpoints/kjv-llama";
 
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("mpqat_rel_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path temp_dir(const std::string& name) { return mpqat::testing::fresh_temp_dir("rel", name); }
 
 // A copy of the bundled model whose config.json declares `layers` layers.
 fs::path with_layers(const std::string& name, int layers) {

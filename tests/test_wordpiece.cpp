@@ -11,6 +11,7 @@
 #include "mpqat/data/tokenizer.h"
 #include "mpqat/data/wordpiece_tokenizer.h"
 #include "mpqat/util/error.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using mpqat::InputError;
@@ -35,12 +36,7 @@ std::vector<std::string> small_vocab() {
           "lodz",  "##e",   "$",     "5",     "##0"};           // 25..29
 }
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_wp_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_wp", tag); }
 
 template <typename F>
 std::string input_error(F&& f) {
