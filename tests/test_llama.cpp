@@ -30,12 +30,7 @@ using namespace mpqat;
 
 namespace {
 
-fs::path temp_dir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("mpqat_test_llama_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& tag) { return mpqat::testing::fresh_temp_dir("test_llama", tag); }
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -486,6 +481,23 @@ TEST_F(Stories260K, GreedyMatchesLlama2cRun) {
   g.max_new_tokens = 5;
   auto r3 = eval::generate(*m, f.tokenizer(), "Once upon a time", g);
   EXPECT_EQ(r3.text.rfind("Once upon a time", 0), 0u) << r3.text;
+
+  // Each generated token's log-probability and margin are those of a full forward pass over the
+  // sequence without the cache (log_softmax, top-1 minus top-2 logit).
+  ASSERT_EQ(r2.logprobs.size(), 40u);
+  ASSERT_EQ(r2.margins.size(), 40u);
+  torch::NoGradGuard ng;
+  auto x = torch::tensor(std::vector<int64_t>(r2.ids.begin(), r2.ids.end() - 1), torch::kLong).unsqueeze(0);
+  auto logits = m->forward(x).squeeze(0).to(torch::kDouble);  // (T, V)
+  auto lsm = torch::log_softmax(logits, -1);
+  for (int64_t i = 0; i < 40; ++i) {
+    const int64_t pos = r2.prompt_tokens - 1 + i;
+    const int32_t id = r2.ids[static_cast<size_t>(pos + 1)];
+    EXPECT_NEAR(r2.logprobs[static_cast<size_t>(i)], lsm[pos][id].item<double>(), 1e-4) << i;
+    auto top2 = std::get<0>(logits[pos].topk(2));
+    EXPECT_NEAR(r2.margins[static_cast<size_t>(i)], (top2[0] - top2[1]).item<double>(), 1e-4) << i;
+    EXPECT_GE(r2.margins[static_cast<size_t>(i)], 0.0);
+  }
 }
 
 TEST_F(Stories260K, PerplexityMatchesReferenceViaCli) {

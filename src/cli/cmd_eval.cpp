@@ -76,8 +76,6 @@ void validate_eval_options(const EvalOpts& o, const EvalWhat& w) {
   if (!w.gen && !w.ppl && !w.tasks && !w.cls)
     throw InputError(
         "eval: nothing to do (give --generate PROMPT, --ppl FILE, --tasks LIST and/or --classify FILE)");
-  if (o.json && !w.ppl && !w.tasks && !w.cls)
-    throw InputError("eval: --json applies to --ppl, --tasks and --classify; give one of them");
   if (o.limit < 0) throw InputError("--limit must be >= 0, got " + std::to_string(o.limit));
   if (o.max_length < 0) throw InputError("--max-length must be >= 0, got " + std::to_string(o.max_length));
   if (o.batch_size < 1) throw InputError("--batch-size must be >= 1, got " + std::to_string(o.batch_size));
@@ -152,8 +150,21 @@ void run_generate(EvalContext& c, nlohmann::json& out) {
   g.top_p = c.o->top_p;
   g.seed = c.o->seed;
   if (c.o->json) {
-    const auto text = eval::generate(*llama, c.tokenizer(), c.o->prompt, g).text;
-    out["generated"] = text;
+    // Each generated token with its log-probability and the top-1 minus top-2 logit gap, so
+    // another engine's output can be compared token by token (tests/test_gguf.cpp does).
+    const auto r = eval::generate(*llama, c.tokenizer(), c.o->prompt, g);
+    nlohmann::json tokens = nlohmann::json::array();
+    for (int64_t i = 0; i < r.new_tokens; ++i) {
+      const auto k = static_cast<size_t>(r.prompt_tokens + i);
+      tokens.push_back({{"id", r.ids[k]},
+                        {"piece", c.tokenizer().decode_piece(r.ids[k - 1], r.ids[k])},
+                        {"logprob", r.logprobs[static_cast<size_t>(i)]},
+                        {"margin", r.margins[static_cast<size_t>(i)]}});
+    }
+    out["generated"] = r.text;
+    out["prompt_ids"] = std::vector<int32_t>(r.ids.begin(), r.ids.begin() + r.prompt_tokens);
+    out["tokens"] = std::move(tokens);
+    out["stop_reason"] = r.stop_reason;
   } else if (c.main_rank) {
     eval::generate(*llama, c.tokenizer(), c.o->prompt, g, [](const std::string& piece) { std::cout << piece << std::flush; });
     std::cout << "\n";
@@ -261,7 +272,8 @@ void register_eval_options(CLI::App* cmd, EvalOpts* o, CLI::Option*& gen, CLI::O
   cmd->add_option("--batch-size", o->batch_size,
                   "perplexity windows / task requests / classified examples per forward pass")
       ->capture_default_str();
-  cmd->add_flag("--json", o->json, "print the perplexity / task / classification results as one JSON object")
+  cmd->add_flag("--json", o->json, "print the results as one JSON object (with --generate: each token's id, piece, log-probability "
+                "and top-1 minus top-2 logit margin)")
       ->capture_default_str();
   tasks = cmd->add_option("--tasks", o->tasks,
                                 "zero-shot multiple-choice tasks, lm-eval-harness style: piqa, arc_easy, "

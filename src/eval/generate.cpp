@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 
 #include "mpqat/model/llama.h"
 #include "mpqat/util/error.h"
@@ -27,6 +28,23 @@ int32_t argmax(const float* x, int64_t n) {
   for (int64_t i = 1; i < n; ++i)
     if (x[i] > x[best]) best = i;  // first maximum wins, as llama2.c
   return static_cast<int32_t>(best);
+}
+
+// log softmax(x)[id] and best minus second-best value, in double.
+std::pair<double, double> logprob_and_margin(const float* x, int64_t n, int32_t id) {
+  double best = -INFINITY, second = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    if (v > best) {
+      second = best;
+      best = v;
+    } else if (v > second) {
+      second = v;
+    }
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - best);
+  return {static_cast<double>(x[id]) - best - std::log(sum), best - second};
 }
 
 }  // namespace
@@ -113,6 +131,7 @@ GenerateResult generate(model::LlamaForCausalLM& model, const data::Tokenizer& t
     auto logits = model.forward(x, opts.use_cache ? &cache : nullptr);   // (1, T, V)
     auto last = logits.select(1, logits.size(1) - 1).squeeze(0).to(torch::kCPU, torch::kFloat).contiguous();
     const int32_t next = sample_token(last.data_ptr<float>(), vocab, opts, rng);
+    const auto [lp, margin] = logprob_and_margin(last.data_ptr<float>(), vocab, next);
     if (next == eos) {
       res.stop_reason = "eos";
       break;
@@ -123,6 +142,8 @@ GenerateResult generate(model::LlamaForCausalLM& model, const data::Tokenizer& t
     }
     emit(res.ids.back(), next);
     res.ids.push_back(next);
+    res.logprobs.push_back(lp);
+    res.margins.push_back(margin);
     ++res.new_tokens;
   }
   return res;

@@ -33,6 +33,10 @@ struct GenerateResult {
   int64_t new_tokens = 0;
   std::string text;          // decode_piece of every token after BOS
   std::string stop_reason;   // "eos", "bos", "max_new_tokens", "context"
+  // One entry per generated token, from the fp32 logits it was chosen from (temperature 1):
+  // log p(token) and the gap between the best and the second-best logit (a near-tie when small).
+  std::vector<double> logprobs;
+  std::vector<double> margins;
 };
 
 // Samples from logits (V) fp32 as configured; `rng_state` is advanced (xorshift64*).
