@@ -12,6 +12,7 @@
 #include "mpqat/alloc/allocate.h"
 #include "mpqat/alloc/cluster.h"
 #include "mpqat/alloc/solver.h"
+#include "mpqat/io/recipe.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/engines.h"
@@ -443,8 +444,27 @@ TEST(AllocTarget, MenuIsWhatTheEngineRuns) {
   o.pins = {{"model.layers.0.", 3}};
   EXPECT_THROW(for_target(o), InputError);
   o.pins.clear();
-  o.target = "llama.cpp";
-  EXPECT_THROW(for_target(o), NotImplementedError);
+  o.target = "llama.cpp";  // the GGUF block types that hold the codes: 4/5/8 bits at g32
+  o.bits = {2, 3, 4, 5, 6, 8, 16};
+  auto l = for_target(o);
+  EXPECT_EQ(l.bits, (std::vector<int>{4, 5, 8, 16}));
+  EXPECT_EQ(l.group_sizes, (std::vector<int64_t>{32}));
+  EXPECT_FALSE(l.sym);
+  // ... priced in GGUF bytes only: a safetensors size model is refused (a programming error).
+  try {
+    allocate(SizeModel(layout_from_config(tiny_cfg())), tiny_sens(layout_from_config(tiny_cfg()), 1), l);
+    ADD_FAILURE() << "a safetensors size model was accepted for llama.cpp";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GGUF sizing"), std::string::npos) << e.what();
+  }
+  // Recipes write the GPTQ layout: a llama.cpp target there names the commands that do it.
+  try {
+    alloc_options_from_recipe(io::Recipe::from_yaml(
+        "model:\n  path: /m\nallocation:\n  method: qbo\n  target: llama.cpp\n  budget:\n    avg_bits: 4.5\n", "r.yaml"));
+    ADD_FAILURE() << "allocation.target llama.cpp was accepted in a recipe";
+  } catch (const NotImplementedError& e) {
+    EXPECT_NE(std::string(e.what()).find("mpqat allocate --target llama.cpp"), std::string::npos) << e.what();
+  }
   o.target = "tensorrt";
   EXPECT_THROW(for_target(o), InputError);
 

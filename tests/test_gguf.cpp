@@ -8,12 +8,14 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "mpqat/data/gguf_vocab.h"
 #include "mpqat/data/tokenizer.h"
 #include "mpqat/io/gguf.h"
+#include "mpqat/model/hf_names.h"
 #include "mpqat/model/llama2c.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/gguf_blocks.h"
@@ -376,4 +378,59 @@ TEST(GgufStories, LlamaCppRunsAMixedPlanOf4And5And8Bits) {
   if (!compare_greedy(q, gguf, "Once upon a time", &cmp)) GTEST_SKIP() << "llama.cpp unavailable";
   EXPECT_EQ(cmp.same_argmax, 64);
   EXPECT_LT(cmp.max_logprob_diff, 0.1);
+}
+
+// allocation.target llama.cpp: QBO solves in GGUF bytes, and the GGUF file exported from the
+// plan's checkpoint has the predicted size to the byte (asymmetric: Q4_1/Q5_1/Q8_0; symmetric:
+// Q4_0/Q5_0/Q8_0).
+TEST(GgufStories, AllocatorPredictsTheExportedFileForTheLlamaCppTarget) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const auto work = dir.parent_path();
+  // Scores only (no omega tables): the allocator models each candidate's loss from them.
+  nlohmann::json sens = {{"version", 1}, {"modules", nlohmann::json::object()}};
+  const model::ModelFolder folder(dir.string());
+  std::mt19937 rng(5);
+  for (const auto& t : model::llama_tensors(folder.config()))
+    if (!t.linear.empty()) sens["modules"][t.linear] = {{"score", 0.5 + std::uniform_real_distribution<double>(0, 1)(rng)}};
+  std::ofstream(work / "sens.json") << sens.dump();
+  for (const bool sym : {false, true}) {
+    SCOPED_TRACE(sym ? "symmetric" : "asymmetric");
+    const std::string tag = sym ? "sym" : "asym";
+    const auto plan = work / ("plan_" + tag + ".json");
+    const auto al = mpqat::testing::run_mpqat(
+        "allocate --model '" + dir.string() + "' --sensitivity '" + (work / "sens.json").string() +
+        "' --method qbo --bits 2,3,4,5,6,8,16 --group-sizes 32,128 --budget bytes=340000 --target llama.cpp" +
+        (sym ? " --sym" : "") + " --out '" + plan.string() + "' --json");
+    ASSERT_EQ(al.code, 0) << al.err;
+    const auto summary = nlohmann::json::parse(al.out);
+    EXPECT_TRUE(summary.at("fits").get<bool>());
+    EXPECT_EQ(summary.at("target"), "llama.cpp");
+    // The menu is the engine's: 4/5/8 bits at g32 (and float for the 172-wide down_proj).
+    std::set<int> bits;
+    const auto p = nlohmann::json::parse(std::ifstream(plan));
+    for (const auto& [name, m] : p.at("modules").items()) {
+      bits.insert(m.at("bits").get<int>());
+      if (m.at("bits").get<int>() < 16) {
+        EXPECT_EQ(m.at("group_size").get<int64_t>(), 32) << name;
+        EXPECT_NE(name.find("proj"), std::string::npos);
+      }
+      if (name.find("down_proj") != std::string::npos) EXPECT_EQ(m.at("bits").get<int>(), 16) << name;
+    }
+    for (int b : bits) EXPECT_TRUE(b == 4 || b == 5 || b == 8 || b == 16) << b;
+    EXPECT_GE(bits.size(), 3u) << "a mixed plan (5 and 8 bits, float down_proj) was expected: " << al.out;
+
+    const auto q = work / ("ckpt_" + tag);
+    ASSERT_EQ(mpqat::testing::run_mpqat("quantize '" + dir.string() + "' --plan '" + plan.string() +
+                                        "' --method rtn --out '" + q.string() + "' --force")
+                  .code,
+              0);
+    const auto gguf = work / ("plan_" + tag + ".gguf");
+    const auto ex = mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + gguf.string() + "' --force");
+    ASSERT_EQ(ex.code, 0) << ex.err;
+    EXPECT_EQ(fs::file_size(gguf), summary.at("predicted_bytes").get<uint64_t>()) << ex.out;
+    EXPECT_LE(fs::file_size(gguf), 340000u);
+    EXPECT_NE(ex.out.find(sym ? "Q5_0" : "Q5_1"), std::string::npos) << ex.out;
+    EXPECT_NE(ex.out.find("Q8_0"), std::string::npos) << ex.out;
+  }
 }

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mpqat/io/gguf.h"
 #include "mpqat/quant/inspect.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/folder_writer.h"
@@ -29,7 +30,7 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
                            "/checkpoints/kjv-llama data.calibration.path=" + kSource +
                            "/checkpoints/kjv-llama/calib.txt 'evaluation.perplexity=[" + kSource +
                            "/checkpoints/kjv-llama/heldout.txt]' data.calibration.samples=12 training.epochs=1 "
-                           "allocation.sgra.enabled=false output.dir=" + out.string();
+                           "allocation.sgra.enabled=false 'output.formats=[safetensors, gguf]' output.dir=" + out.string();
   auto r = mpqat::testing::run_mpqat(base);
   ASSERT_EQ(r.code, 0) << r.err << r.out;
   for (const char* f : {"recipe.yaml", "sensitivity.json", "sensitivity.txt", "bitplan.json", "train_log.jsonl",
@@ -50,6 +51,10 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
   EXPECT_TRUE(rep["budget"]["met"].get<bool>());
   EXPECT_LE(rep["budget"]["actual"].get<uint64_t>(), rep["budget"]["value"].get<uint64_t>());
   EXPECT_EQ(rep["layers"].size(), 28u);  // 4 blocks x 7 linears
+  // output.formats gguf: model.gguf beside the checkpoint, its size in the report.
+  ASSERT_TRUE(rep.contains("exports")) << rep.dump();
+  EXPECT_EQ(rep["exports"]["gguf"]["bytes"].get<uint64_t>(), fs::file_size(out / "model.gguf"));
+  EXPECT_GE(mpqat::io::read_gguf_header((out / "model.gguf").string()).tensors.size(), 2u + 4u * 9u);  // + output if untied
   EXPECT_EQ(rep["blocks"].size(), 4u);
   for (const auto& b : rep["blocks"]) EXPECT_LT(b["end_val_mse"].get<double>(), b["start_val_mse"].get<double>());
   const std::string html = mpqat::testing::slurp((out / "report.html").string());

@@ -30,6 +30,7 @@ namespace {
 
 std::string num_str(uint64_t v) { return std::to_string(v); }
 int digits(uint64_t v) { return static_cast<int>(num_str(v).size()); }
+uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 }  // namespace
 
@@ -128,7 +129,23 @@ uint64_t numel_of(const std::vector<int64_t>& s) {
 const std::map<std::string, std::string>& writer_metadata() { return quant::checkpoint_file_metadata(); }
 }  // namespace
 
-SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(layout)), opts_(opts) {
+SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(layout)), opts_(std::move(opts)) {
+  if (opts_.gguf) {
+    // The header does not depend on the linears' types (each tensor's entry is name, dims, a
+    // type code and an offset): price it once with every tensor at its float type.
+    const auto& g = *opts_.gguf;
+    quant::check_gguf_types(g.types);
+    quant::check_gguf_supported(layout_.cfg, "allocation.target llama.cpp");
+    std::vector<io::GgufTensorSpec> specs;
+    uint64_t data = 0;
+    for (const auto& t : model::llama_tensors(layout_.cfg)) {
+      specs.push_back(quant::gguf_tensor_spec(t, quant::gguf_float_tensor_type(t, g.types)));
+      const uint64_t padded = align_up(specs.back().nbytes(), io::kGgufAlignment);
+      data += padded;
+      if (t.linear.empty()) gguf_fixed_data_ += padded;
+    }
+    gguf_header_ = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.name), specs) - data;
+  }
   // Largest possible total data: every module at its dearest supported option.
   uint64_t mx = fixed_tensor_bytes();
   for (std::size_t i = 0; i < layout_.linears.size(); ++i) {
@@ -140,7 +157,22 @@ SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(l
   offset_digits_ = digits(mx);
 }
 
+io::GgmlType SizeModel::gguf_module_type(std::size_t i, const Choice& c) const {
+  const auto& l = layout_.linears.at(i);
+  const auto& g = *opts_.gguf;
+  if (c.quantized())
+    return quant::gguf_choice_for_spec(quant::QuantSpec{c.bits, c.group_size, g.sym}, l.in, g.types.fallback).type;
+  return quant::gguf_float_tensor_type(model::HfTensor{l.name + ".weight", {l.out, l.in}, l.name, l.block, false}, g.types);
+}
+
+uint64_t SizeModel::gguf_module_bytes(std::size_t i, const Choice& c) const {
+  const auto& l = layout_.linears.at(i);
+  return align_up(static_cast<uint64_t>(l.out) * io::ggml_row_bytes(gguf_module_type(i, c), l.in, l.name),
+                  io::kGgufAlignment);
+}
+
 uint64_t SizeModel::module_linear_bytes(std::size_t i, const Choice& c) const {
+  if (opts_.gguf) return gguf_module_bytes(i, c);
   const auto& l = layout_.linears.at(i);
   if (!c.quantized()) return static_cast<uint64_t>(l.numel()) * float_size();
   return quant::packed_module_bytes(l.out, l.in, quant::QuantSpec{c.bits, c.group_size, false});
@@ -152,6 +184,7 @@ uint64_t SizeModel::module_tensor_bytes(std::size_t i, const Choice& c) const {
 }
 
 uint64_t SizeModel::fixed_tensor_bytes() const {
+  if (opts_.gguf) return gguf_fixed_data_;
   uint64_t b = 0;
   for (const auto& p : layout_.params)
     if (p.linear < 0) b += numel_of(p.shape) * float_size();
@@ -173,7 +206,7 @@ uint64_t SizeModel::entry_len(const std::string& name, io::DType dt, const std::
 }
 
 uint64_t SizeModel::option_cost(SizeMetric m, std::size_t i, const Choice& c) const {
-  if (m == SizeMetric::LinearBytes) return module_linear_bytes(i, c);
+  if (m == SizeMetric::LinearBytes || opts_.gguf) return module_linear_bytes(i, c);  // GGUF: exactly additive
   uint64_t b = module_tensor_bytes(i, c);
   if (m == SizeMetric::TensorBytes) return b;
   const auto& l = layout_.linears[i];
@@ -189,6 +222,7 @@ uint64_t SizeModel::fixed_cost(SizeMetric m) const {
   if (m == SizeMetric::LinearBytes) return 0;
   uint64_t b = fixed_tensor_bytes();
   if (m == SizeMetric::TensorBytes) return b;
+  if (opts_.gguf) return b + gguf_header_;
   for (const auto& p : layout_.params)
     if (p.linear < 0) b += entry_len(p.name, opts_.float_dtype, p.shape);
   // {}, the metadata entry, 7 bytes of padding at most, the 8-byte length.
@@ -208,6 +242,7 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
   if (ch.size() != layout_.linears.size())
     throw Error("size model: " + std::to_string(ch.size()) + " choices for " +
                 std::to_string(layout_.linears.size()) + " linears");
+  if (opts_.gguf) return gguf_exact(ch);
   struct T {
     std::string name;
     io::DType dt;
@@ -257,6 +292,39 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
   for (std::size_t i = 0; i < ch.size(); ++i)
     code += static_cast<double>(layout_.linears[i].numel()) *
             (ch[i].quantized() ? ch[i].bits : 8.0 * static_cast<double>(float_size()));
+  r.code_bits = nw > 0 ? code / nw : 0.0;
+  r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
+  return r;
+}
+
+// The GGUF file of the plan, built as export_gguf builds it (same tensor list, types, metadata)
+// and sized by io::gguf_file_size.
+PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
+  const auto& g = *opts_.gguf;
+  std::map<std::string, std::size_t> linear_of;
+  for (std::size_t i = 0; i < layout_.linears.size(); ++i) linear_of[layout_.linears[i].name] = i;
+  std::vector<io::GgufTensorSpec> specs;
+  PlanSize r;
+  for (const auto& t : model::llama_tensors(layout_.cfg)) {
+    const auto f = linear_of.find(t.linear);
+    const io::GgmlType type = f != linear_of.end() ? gguf_module_type(f->second, ch[f->second])
+                                                   : quant::gguf_float_tensor_type(t, g.types);
+    specs.push_back(quant::gguf_tensor_spec(t, type));
+    r.tensor_bytes += align_up(specs.back().nbytes(), io::kGgufAlignment);
+  }
+  r.file_bytes = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.name), specs);
+  r.header_bytes = r.file_bytes - r.tensor_bytes;
+  r.shards = 1;
+  for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
+  const double nw = static_cast<double>(layout_.linear_weights());
+  r.avg_bits = nw > 0 ? 8.0 * static_cast<double>(r.linear_bytes) / nw : 0.0;
+  double code = 0;
+  for (std::size_t i = 0; i < ch.size(); ++i)
+    code += static_cast<double>(layout_.linears[i].numel()) *
+            (ch[i].quantized() ? ch[i].bits
+                               : 8.0 * static_cast<double>(io::ggml_row_bytes(gguf_module_type(i, ch[i]), layout_.linears[i].in,
+                                                                              layout_.linears[i].name)) /
+                                     static_cast<double>(layout_.linears[i].in));
   r.code_bits = nw > 0 ? code / nw : 0.0;
   r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
   return r;
@@ -473,6 +541,10 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   o.tie_gate_up = r.flag("allocation.tie_gate_up");
   o.allow_modelled_omega = r.flag("allocation.allow_modelled_omega");
   o.target = r.str("allocation.target");
+  if (!quant::engine_menu(o.target, "allocation.target").gptq_layout)
+    throw NotImplementedError("allocation.target " + o.target + " in a recipe (`mpqat run` writes the GPTQ layout; "
+                              "use `mpqat allocate --target " + o.target + "`, then `mpqat quantize` or `mpqat train` "
+                              "with --plan, then `mpqat export gguf`)");
   o.lagrangian = r.str("allocation.solver") == "lagrangian";
   o.groups = static_cast<int>(r.integer("allocation.groups"));
   o.preset.clear();
@@ -803,9 +875,6 @@ std::size_t check_omega_coverage(const Sensitivity& sens, const std::vector<Line
 
 AllocOptions for_target(AllocOptions o) {
   const auto& e = quant::engine_menu(o.target, "allocation.target");
-  if (!e.gptq_layout)
-    throw NotImplementedError("allocation.target '" + o.target +
-                              "' (accepted now: mpqat, gptqmodel, vllm): it needs the GGUF export (mpqat export gguf), which");
   auto runs = [&](int b) { return b >= 16 || std::find(e.bits.begin(), e.bits.end(), b) != e.bits.end(); };
   std::string ebits;
   for (int b : e.bits) ebits += (ebits.empty() ? "" : ", ") + std::to_string(b);
@@ -839,6 +908,13 @@ AllocOptions for_target(AllocOptions o) {
 AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOptions& opts_in) {
   const AllocOptions opts = for_target(opts_in);
   const auto& lins = sm.layout().linears;
+  // A GGUF engine's plan is priced as the GGUF file (SizeOptions::gguf), any other's as safetensors.
+  const bool gguf = !quant::engine_menu(opts.target, "allocation.target").gptq_layout;
+  if (gguf != sm.options().gguf.has_value())
+    throw Error("allocate: allocation.target " + opts.target + (gguf ? " needs" : " cannot use") +
+                " a size model with GGUF sizing (SizeOptions::gguf)");
+  if (gguf && sm.options().gguf->sym != opts.sym)
+    throw Error("allocate: the GGUF size model's symmetry differs from the options' (set GgufSizing::sym = AllocOptions::sym)");
   check_sensitivity(sens, sm.layout());
   validate_alloc_options(opts);
   std::vector<Unit> units = build_units(opts, lins, resolve_pins(opts, lins));

@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/alloc/allocate.h"
+#include "mpqat/io/gguf.h"
+#include "mpqat/quant/engines.h"
+#include "mpqat/quant/gguf_layout.h"
 #include "mpqat/cli/commands.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -45,7 +48,8 @@ void add_allocate_command(CLI::App& app) {
   sub->add_flag("--no-sgra", o->no_sgra, "do not write SGRA settings");
   sub->add_option("--target", o->target,
                   "engine the checkpoint is for: mpqat, gptqmodel (2/3/4/8 bits), vllm (symmetric 4/8 bits, "
-                  "groups -1/32/64/128, q/k/v and gate/up tied); the menu is restricted to it")
+                  "groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (4/5/8 bits g32, sized as the GGUF "
+                  "file `mpqat export gguf` writes); the menu is restricted to it")
       ->capture_default_str();
   sub->add_flag("--allow-modelled-omega", o->allow_modelled,
                 "qbo/mpq: model omegas the sensitivity file lacks from the score instead of refusing");
@@ -99,6 +103,15 @@ void add_allocate_command(CLI::App& app) {
     }
     alloc::SizeOptions so;
     so.float_dtype = io::parse_float_dtype(o->dtype, "--dtype");
+    if (!quant::engine_menu(ao.target, "--target").gptq_layout) {
+      // llama.cpp: price the plan as the GGUF file `mpqat export gguf` writes from its checkpoint
+      // (default types; general.name from this folder, as export names a checkpoint of it).
+      alloc::GgufSizing g;
+      g.vocab = gguf_vocab_of_folder(o->model, "allocate --target llama.cpp");
+      g.name = quant::gguf_default_name(o->model, "");
+      g.sym = ao.sym;
+      so.gguf = std::move(g);
+    }
     const alloc::SizeModel sm(alloc::layout_from_folder(o->model), so);
     const auto sens = alloc::load_sensitivity(o->sens);
     const auto r = alloc::allocate(sm, sens, ao);

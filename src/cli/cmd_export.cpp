@@ -13,6 +13,15 @@
 
 namespace mpqat::cli {
 
+std::vector<io::GgufKV> gguf_vocab_of_folder(const std::string& dir, const std::string& what) {
+  const model::ModelFolder folder(dir);
+  if (!folder.has_tokenizer())
+    throw InputError(what + ": '" + dir +
+                     "' has no tokenizer (tokenizer.json, tokenizer.model or tokenizer.bin): llama.cpp needs one in "
+                     "the GGUF file");
+  return data::gguf_vocab_metadata(folder.tokenizer());
+}
+
 void add_export_command(CLI::App& app) {
   auto* ex = app.add_subcommand("export", "Write a checkpoint in a serving engine's own format");
   ex->require_subcommand(1);
@@ -33,7 +42,7 @@ void add_export_command(CLI::App& app) {
   g->add_option("--fallback", o->fallback,
                 "type of packed modules no block type holds (row not a multiple of 32, act-order g_idx): f16, q8_0, f32")
       ->capture_default_str();
-  g->add_option("--name", o->name, "general.name (default: the folder's name)");
+  g->add_option("--name", o->name, "general.name (default: the base model folder's name, from the checkpoint's provenance)");
   g->add_flag("--force", o->force, "replace an existing output file")->capture_default_str();
   g->callback([o] {
     quant::GgufExportOptions opts;
@@ -42,12 +51,7 @@ void add_export_command(CLI::App& app) {
     opts.fallback = quant::parse_gguf_float_type(o->fallback, "--fallback");
     opts.name = o->name;
     opts.force = o->force;
-    const model::ModelFolder folder(o->dir);
-    if (!folder.has_tokenizer())
-      throw InputError("export gguf: '" + o->dir +
-                       "' has no tokenizer (tokenizer.json, tokenizer.model or tokenizer.bin): llama.cpp needs one in "
-                       "the file");
-    const auto vocab = data::gguf_vocab_metadata(folder.tokenizer());
+    const auto vocab = gguf_vocab_of_folder(o->dir, "export gguf");
     const auto rep = quant::export_gguf(o->dir, vocab, o->out, opts);
     std::cout << quant::format_gguf_report(rep);
   });

@@ -22,6 +22,7 @@
 
 #include "mpqat/alloc/allocate.h"
 #include "mpqat/data/calibration.h"
+#include "mpqat/data/gguf_vocab.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/eval/classification.h"
 #include "mpqat/eval/multiple_choice.h"
@@ -38,6 +39,7 @@
 #include "mpqat/model/model_input.h"
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/checkpoint.h"
+#include "mpqat/quant/gguf_export.h"
 #include "mpqat/quant/inspect.h"
 #include "mpqat/sensitivity/run_sensitivity.h"
 #include "mpqat/train/block_ap.h"
@@ -638,6 +640,14 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     throw InputError("model.path '" + model_dir + "' is already quantized; mpqat run needs the float model");
   preflight_recipe(r);
   const model::ModelFolder folder(model_dir);
+  const auto formats = r.strings("output.formats");
+  const bool want_gguf = std::find(formats.begin(), formats.end(), "gguf") != formats.end();
+  if (want_gguf) {  // before any stage runs: the export comes last
+    quant::check_gguf_supported(folder.config(), model_dir);
+    if (!folder.has_tokenizer())
+      throw InputError(r.source() + ": output.formats has gguf but '" + model_dir +
+                       "' has no tokenizer (tokenizer.json, tokenizer.model or tokenizer.bin): llama.cpp needs one");
+  }
   // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
   model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
                           dist::resolve_device(r.str("model.device"), *comm, "model.device"), "model.memory_limit");
@@ -694,9 +704,25 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   const auto plan = quant::load_bit_plan(plan_path.string());
   stage_quantize(run, plan, plan_hash, qat_hash);
   if (stopped("quantize", (out / "checkpoint").string())) return (out / "checkpoint").string();
+  json exports = json::object();
+  if (want_gguf && run.main) {
+    // model.gguf from the checkpoint just written (cheap: redone on every run, never stale).
+    quant::GgufExportOptions go;
+    go.force = true;
+    const auto rep = quant::export_gguf((out / "checkpoint").string(), data::gguf_vocab_metadata(folder.tokenizer()),
+                                        (out / "model.gguf").string(), go);
+    exports["gguf"] = {{"path", rep.path},
+                       {"bytes", rep.file_bytes},
+                       {"bpw", rep.file_bpw()},
+                       {"linear_bpw", rep.linear_bpw()}};
+    std::cout << fmt::format("# GGUF for llama.cpp: {} ({} bytes; block linears {:.3f} bpw)\n", rep.path,
+                             rep.file_bytes, rep.linear_bpw());
+  }
+  comm->barrier();
   json qm = stage_reload_eval(run, qat_hash);
 
   json report = build_report(run, std::move(fp), std::move(qm), alloc_summary, plan, sens_path);
+  if (!exports.empty()) report["exports"] = exports;
   report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
   if (run.main) write_report(run, report, plan, sens_path);
   comm->barrier();

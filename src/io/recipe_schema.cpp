@@ -136,7 +136,7 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.tie_gate_up", K::Bool, "false", "keep gate/up of one layer at equal bits"),
     key("allocation.target", K::String, "mpqat",
         "engine the checkpoint is for; restricts the menu: mpqat (all), gptqmodel (2/3/4/8 bits), vllm "
-        "(symmetric 4/8 bits, groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (not implemented: needs GGUF)",
+        "(symmetric 4/8 bits, groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (only through `mpqat allocate --target llama.cpp`: docs/gguf.md)",
         {"mpqat", "gptqmodel", "vllm", "llama.cpp"}),
     key("allocation.allow_modelled_omega", K::Bool, "false",
         "qbo/mpq: accept a sensitivity file whose omega tables lack candidates of the menu, modelling them "
@@ -247,6 +247,10 @@ std::vector<KeySpec> output_keys() {
         {"float16", "bfloat16", "float32"}),
     key("output.report_formats", K::StringList, "[txt, json, html]", "report files written",
         {"txt", "json", "html"}),
+    key("output.formats", K::StringList, "[safetensors]",
+        "checkpoint formats: safetensors (the packed GPTQ-layout folder, always written: evaluation reloads it), "
+        "gguf (also model.gguf for llama.cpp, Llama family: docs/gguf.md)",
+        {"safetensors", "gguf"}),
     key("output.stop_after", K::String, "report",
         "last stage to run: sensitivity (the seeds' phase 1), allocation, quantize, or report (all)",
         {"sensitivity", "allocation", "quantize", "report"})

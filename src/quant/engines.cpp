@@ -15,7 +15,9 @@ const std::vector<EngineMenu>& engine_table() {
       {Engine::Mpqat, "mpqat", {2, 3, 4, 5, 6, 8}, {32, 64, 128, 256, -1}, false, false, false, true},
       {Engine::GptqModel, "gptqmodel", {2, 3, 4, 8}, {32, 64, 128, 256, -1}, false, false, false, true},
       {Engine::Vllm, "vllm", {4, 8}, {32, 64, 128, -1}, true, true, true, true, true},
-      {Engine::LlamaCpp, "llama.cpp", {}, {}, false, false, false, false, false},
+      // GGUF block types that hold the codes (quant/gguf_blocks.h): 4/5-bit g32 -> Q4_x/Q5_x,
+      // 8-bit -> Q8_0; 2/3/6 bits would be stored in a 4/8-bit type (no K-quants yet).
+      {Engine::LlamaCpp, "llama.cpp", {4, 5, 8}, {32}, false, false, false, false, true},
   };
   return t;
 }
@@ -74,7 +76,7 @@ EngineSupport engine_support(const EngineMenu& e, const std::vector<ModuleView>&
   EngineSupport s;
   s.engine = e.name;
   if (!e.gptq_layout) {
-    s.why_not = "reads GGUF, not the GPTQ layout (mpqat export gguf is not implemented yet)";
+    s.why_not = "reads GGUF, not the GPTQ layout: convert with `mpqat export gguf` (docs/gguf.md)";
     return s;
   }
   std::map<std::string, int> bad;  // reason -> modules

@@ -123,43 +123,52 @@ std::vector<float> dequantize_unpacked(const UnpackedModule& m) {
   return w;
 }
 
-GgufChoice choose_gguf_type(const UnpackedModule& m, GgmlType fallback) {
+GgufChoice gguf_choice_for_spec(const QuantSpec& spec, int64_t in, GgmlType fallback) {
   if (fallback != GgmlType::F32 && fallback != GgmlType::F16 && fallback != GgmlType::Q8_0)
     throw InputError(std::string("GGUF fallback type ") + io::ggml_type_traits(fallback).name +
                      " (F32, F16 or Q8_0 accepted)");
-  const int64_t gw = group_width(m.in, m.spec.group_size);
+  const int64_t gw = group_width(in, spec.group_size);
   std::string why;
-  if (m.in % kQK != 0)
-    why = "row length " + std::to_string(m.in) + " is not a multiple of 32";
-  else if (gw % kQK != 0)
-    why = "group size " + std::to_string(gw) + " is not a multiple of 32";
-  else
-    for (int64_t j = 0; j < m.in && why.empty(); ++j)
-      if (m.g_idx[static_cast<size_t>(j)] != j / gw) why = "g_idx is not contiguous (act-order)";
+  if (in % kQK != 0) why = "row length " + std::to_string(in) + " is not a multiple of 32";
+  else if (gw % kQK != 0) why = "group size " + std::to_string(gw) + " is not a multiple of 32";
   if (!why.empty()) {
     // Q8_0 needs whole blocks too.
-    const GgmlType t = fallback == GgmlType::Q8_0 && m.in % kQK != 0 ? GgmlType::F16 : fallback;
+    const GgmlType t = fallback == GgmlType::Q8_0 && in % kQK != 0 ? GgmlType::F16 : fallback;
     return {t, t == GgmlType::Q8_0 ? "requantized" : "float", why};
   }
+  // q - z spans [-2^(b-1), 2^(b-1) - 1] symmetric, [-(2^b - 1), 2^b - 1] asymmetric.
+  if (spec.bits <= 3 || (spec.bits == 4 && spec.sym)) return {GgmlType::Q4_0, "exact", ""};
+  if (spec.bits == 4) return {GgmlType::Q4_1, "exact codes, m rounded", ""};
+  if (spec.bits == 5) return spec.sym ? GgufChoice{GgmlType::Q5_0, "exact", ""} : GgufChoice{GgmlType::Q5_1, "exact codes, m rounded", ""};
+  return {GgmlType::Q8_0, "exact", ""};
+}
+
+GgufChoice choose_gguf_type(const UnpackedModule& m, GgmlType fallback) {
+  GgufChoice c = gguf_choice_for_spec(m.spec, m.in, fallback);
+  if (c.how == "float" || c.how == "requantized") return c;
+  const int64_t gw = group_width(m.in, m.spec.group_size);
+  for (int64_t j = 0; j < m.in; ++j)
+    if (m.g_idx[static_cast<size_t>(j)] != j / gw) {
+      const GgmlType t = fallback;
+      return {t, t == GgmlType::Q8_0 ? "requantized" : "float", "g_idx is not contiguous (act-order)"};
+    }
   int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
   for (int64_t r = 0; r < m.out; ++r) {
-    const RowCtx c{m, r};
+    const RowCtx rc{m, r};
     for (int64_t j = 0; j < m.in; ++j) {
-      const int32_t d = c.q(j) - c.z(j);
+      const int32_t d = rc.q(j) - rc.z(j);
       lo = std::min(lo, d);
       hi = std::max(hi, d);
     }
   }
-  if (m.spec.bits <= 4) {
-    if (lo >= -8 && hi <= 7) return {GgmlType::Q4_0, "exact", ""};
-    return {GgmlType::Q4_1, "exact codes, m rounded", ""};
-  }
-  if (m.spec.bits == 5) {
-    if (lo >= -16 && hi <= 15) return {GgmlType::Q5_0, "exact", ""};
-    return {GgmlType::Q5_1, "exact codes, m rounded", ""};
-  }
-  if (lo >= -128 && hi <= 127) return {GgmlType::Q8_0, "exact", ""};
-  return {GgmlType::Q8_0, "requantized", "q - z leaves int8 (asymmetric 8-bit)"};
+  // The plan's type holds the codes unless they leave its range: symmetric codes never do (zero
+  // 2^(b-1)); a checkpoint that breaks that gets the asymmetric type, asymmetric 8-bit (q - z
+  // outside int8) is requantized.
+  if (c.type == GgmlType::Q4_0 && !(lo >= -8 && hi <= 7)) return {GgmlType::Q4_1, "exact codes, m rounded", ""};
+  if (c.type == GgmlType::Q5_0 && !(lo >= -16 && hi <= 15)) return {GgmlType::Q5_1, "exact codes, m rounded", ""};
+  if (c.type == GgmlType::Q8_0 && !(lo >= -128 && hi <= 127))
+    return {GgmlType::Q8_0, "requantized", "q - z leaves int8 (asymmetric 8-bit)"};
+  return c;
 }
 
 void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::vector<int64_t>& rows_in, uint8_t* dst) {

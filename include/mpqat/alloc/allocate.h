@@ -14,8 +14,10 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "mpqat/alloc/cluster.h"
+#include "mpqat/io/gguf.h"
 #include "mpqat/io/safetensors.h"
 #include "mpqat/model/config.h"
+#include "mpqat/quant/gguf_layout.h"
 
 namespace mpqat::io {
 class Recipe;
@@ -71,9 +73,20 @@ struct Choice {
 // "4:128", "3:-1", "16" (the omega keys of sensitivity.json)
 std::string choice_key(const Choice& c);
 
+// allocation.target llama.cpp: the plan is priced as the GGUF file `mpqat export gguf` writes
+// from its checkpoint (quant/gguf_layout.h): header with metadata and vocabulary, every tensor
+// padded to 32 bytes, each packed module in the ggml type its bits / group / symmetry map to.
+struct GgufSizing {
+  std::vector<io::GgufKV> vocab;  // data::gguf_vocab_metadata of the model's tokenizer
+  quant::GgufTypes types;         // embeddings, float linears and the fallback, as export's options
+  std::string name;               // general.name the export writes (quant::gguf_default_name)
+  bool sym = false;               // the plan's symmetry (AllocOptions::sym): Q4_0/Q5_0 vs Q4_1/Q5_1
+};
+
 struct SizeOptions {
   io::DType float_dtype = io::DType::F16;  // dtype of every unquantized tensor
   uint64_t max_shard_bytes = 4ull << 30;   // the writer's default (SaveOptions)
+  std::optional<GgufSizing> gguf;          // set: sizes are those of the GGUF export
 };
 
 // What a budget counts (docs/allocation.md):
@@ -120,8 +133,12 @@ class SizeModel {
 
  private:
   uint64_t entry_len(const std::string& name, io::DType dt, const std::vector<int64_t>& shape) const;
+  io::GgmlType gguf_module_type(std::size_t i, const Choice& c) const;
+  uint64_t gguf_module_bytes(std::size_t i, const Choice& c) const;
+  PlanSize gguf_exact(const std::vector<Choice>& choices) const;
   ModelLayout layout_;
   SizeOptions opts_;
+  uint64_t gguf_header_ = 0, gguf_fixed_data_ = 0;  // GGUF mode: header; non-linear tensors' data
   int offset_digits_ = 1;  // digits of the largest possible data offset
 };
 
@@ -194,14 +211,14 @@ struct AllocOptions {
   // from the module's score (module_omega) and AllocResult::modelled_omegas counts them. Files
   // without omega tables at all (score-only metrics such as CKA) are always modelled, and counted.
   bool allow_modelled_omega = false;
-  // The engine the checkpoint is for (quant/engines.h): mpqat, gptqmodel, vllm (llama.cpp: not
-  // implemented). for_target() turns it into the menu; allocate() applies it too.
+  // The engine the checkpoint is for (quant/engines.h): mpqat, gptqmodel, vllm, llama.cpp (then
+  // the SizeModel must carry GgufSizing). for_target() turns it into the menu; allocate() applies it too.
   std::string target = "mpqat";
 };
 // The options restricted to what `o.target` runs: bits and group sizes intersected with the
 // engine's, symmetric and q/k/v + gate/up tied where it needs them. Throws InputError when no
 // option of the menu remains or a pin / preset / uniform_bits asks for bits the engine does not
-// run, NotImplementedError for llama.cpp (needs the GGUF export). Idempotent.
+// run. Idempotent.
 AllocOptions for_target(AllocOptions o);
 // allocation.* keys of a validated recipe.
 AllocOptions alloc_options_from_recipe(const io::Recipe& r);

@@ -2,8 +2,14 @@
 // Callbacks throw mpqat::InputError / mpqat::Error; main() maps them to exit codes 2 / 1.
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace CLI {
 class App;
+}
+namespace mpqat::io {
+struct GgufKV;
 }
 
 namespace mpqat::cli {
@@ -28,5 +34,9 @@ void add_wizard_command(CLI::App& app);
 void add_launch_command(CLI::App& app);  // also registers the hidden `dist-check`
 void add_fit_command(CLI::App& app);
 void add_random_model_command(CLI::App& app);  // hidden
+
+// The tokenizer metadata a GGUF file of the model folder `dir` carries (cmd_export.cpp);
+// InputError naming `what` and the folder when it has no tokenizer.
+std::vector<io::GgufKV> gguf_vocab_of_folder(const std::string& dir, const std::string& what);
 
 }  // namespace mpqat::cli

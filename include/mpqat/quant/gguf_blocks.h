@@ -51,8 +51,16 @@ struct GgufChoice {
   std::string how;
   std::string why;  // for "requantized" / "float": the reason
 };
-// The smallest ggml type among Q4_0 < Q4_1 < Q5_0 < Q5_1 < Q8_0 that holds `m` as described
-// above; `fallback` (F32, F16 or Q8_0) when no block type does.
+// The ggml type of a packed module from its plan alone (bits, group, symmetry, row length):
+// Q4_0 for 2/3 bits and symmetric 4 (q - z within [-8, 7]), Q4_1 asymmetric 4, Q5_0 / Q5_1
+// symmetric / asymmetric 5, Q8_0 for 6 and 8 bits, the fallback when the row or the group is not
+// whole 32-weight blocks. `how` is what the conversion keeps ("exact", "exact codes, m rounded",
+// or "float" / "requantized" for the fallback); asymmetric 8-bit is "exact" here and
+// choose_gguf_type (which sees the codes) may find it needs requantizing.
+GgufChoice gguf_choice_for_spec(const QuantSpec& spec, int64_t in, io::GgmlType fallback);
+
+// gguf_choice_for_spec checked against the module's codes and g_idx: act-order g_idx -> the
+// fallback; asymmetric 8-bit whose q - z leaves int8 -> Q8_0 requantized.
 GgufChoice choose_gguf_type(const UnpackedModule& m, io::GgmlType fallback);
 
 // Rows of `m` in the order `rows` gives (rows[k] = the source row written k-th; empty = identity),

@@ -10,14 +10,12 @@
 #include <vector>
 
 #include "mpqat/io/gguf.h"
+#include "mpqat/quant/gguf_layout.h"
 
 namespace mpqat::quant {
 
-struct GgufExportOptions {
-  io::GgmlType float_type = io::GgmlType::F16;      // linears of a float checkpoint: F32, F16, Q8_0
-  io::GgmlType embedding_type = io::GgmlType::F16;  // token_embd.weight / output.weight: F32, F16, Q8_0
-  io::GgmlType fallback = io::GgmlType::F16;        // packed modules no block type holds: F32, F16, Q8_0
-  std::string name;                                 // general.name ("" = the folder's name)
+struct GgufExportOptions : GgufTypes {
+  std::string name;  // general.name ("" = gguf_default_name: the base model folder's name)
   bool force = false;                               // replace an existing output file
 };
 

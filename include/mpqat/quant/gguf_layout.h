@@ -1,0 +1,54 @@
+// The GGUF file mpqat writes for a Llama-family model, as a plan: llama.cpp's tensor names, the
+// q/k row order its RoPE expects, which ggml type each tensor gets, and the llama.* metadata.
+// One home for these facts: `mpqat export gguf` (gguf_export.h) writes from it and the allocator's
+// size model for allocation.target llama.cpp (alloc/allocate.h) predicts the file from it, so the
+// two agree to the byte. No torch here. docs/gguf.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpqat/io/gguf.h"
+#include "mpqat/model/config.h"
+#include "mpqat/model/hf_names.h"
+#include "mpqat/quant/gguf_blocks.h"
+#include "mpqat/quant/scheme.h"
+
+namespace mpqat::quant {
+
+// The types an export uses where the checkpoint does not decide (docs/gguf.md).
+struct GgufTypes {
+  io::GgmlType float_type = io::GgmlType::F16;      // linears of a float checkpoint: F32, F16, Q8_0
+  io::GgmlType embedding_type = io::GgmlType::F16;  // token_embd.weight / output.weight: F32, F16, Q8_0
+  io::GgmlType fallback = io::GgmlType::F16;        // packed modules no block type holds: F32, F16, Q8_0
+};
+// Throws InputError unless every type is F32, F16 or Q8_0.
+void check_gguf_types(const GgufTypes& t);
+
+// llama.cpp's name for a Hugging Face Llama tensor ("" when it has none).
+std::string gguf_tensor_name(const std::string& hf);
+// Rows of q (or k) in the order llama.cpp's RoPE expects (Hugging Face keeps each head's two
+// rotary halves apart, GGUF interleaves them as Meta's original weights did).
+std::vector<int64_t> gguf_rope_row_order(int64_t heads, int64_t head_dim);
+// Throws NotImplementedError for what the llama architecture of llama.cpp would need and the
+// exporter does not write (OPT/BERT, Qwen2, biases, llama3 RoPE scaling); `dir` names the input.
+void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir);
+
+// The ggml type of a non-linear tensor (embeddings, norms) and of an unquantized block linear.
+io::GgmlType gguf_float_tensor_type(const model::HfTensor& t, const GgufTypes& types);
+
+// llama.* and general.* metadata, then the tokenizer's (padded to the embedding's rows with
+// [PADn] tokens, as convert_hf_to_gguf.py does). `vocab` from data::gguf_vocab_metadata.
+std::vector<io::GgufKV> gguf_metadata(const model::ModelConfig& cfg, const std::string& name, bool quantized,
+                                      const std::vector<io::GgufKV>& vocab, const std::string& dir);
+
+// general.name when none is given: the base model folder's name (for a quantized checkpoint, the
+// source_model its provenance records), so a prediction made on the base model and the export of
+// its checkpoint write the same header.
+std::string gguf_default_name(const std::string& folder_name, const std::string& source_model);
+
+// One tensor of the file in llama_tensors order: GGUF name and dims (ne, fastest first).
+io::GgufTensorSpec gguf_tensor_spec(const model::HfTensor& t, io::GgmlType type);
+
+}  // namespace mpqat::quant
