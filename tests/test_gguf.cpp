@@ -20,6 +20,7 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/gguf_blocks.h"
 #include "mpqat/quant/gguf_export.h"
+#include "mpqat/quant/gguf_layout.h"
 #include "mpqat/util/error.h"
 #include "run_command.h"
 #include "test_util.h"
@@ -433,4 +434,17 @@ TEST(GgufStories, AllocatorPredictsTheExportedFileForTheLlamaCppTarget) {
     EXPECT_NE(ex.out.find(sym ? "Q5_0" : "Q5_1"), std::string::npos) << ex.out;
     EXPECT_NE(ex.out.find("Q8_0"), std::string::npos) << ex.out;
   }
+}
+
+// general.name's default names the base model's folder however the path is written, so
+// `mpqat allocate --model .` and the export of that model's checkpoint write the same header.
+TEST(Gguf, DefaultNameIsTheBaseModelsFolder) {
+  const auto cwd = fs::current_path();
+  const std::string here = cwd.filename().string();
+  EXPECT_EQ(quant::gguf_default_name(".", ""), here);
+  EXPECT_EQ(quant::gguf_default_name("./", ""), here);
+  EXPECT_EQ(quant::gguf_default_name((cwd / "m7b/").string(), ""), "m7b");
+  EXPECT_EQ(quant::gguf_default_name("runs/llama/../m7b", ""), "m7b");
+  // A packed checkpoint: the source model its provenance records, not its own folder.
+  EXPECT_EQ(quant::gguf_default_name("runs/x/checkpoint", "/models/Llama-2-7b-hf"), "Llama-2-7b-hf");
 }

@@ -30,7 +30,6 @@ namespace {
 
 std::string num_str(uint64_t v) { return std::to_string(v); }
 int digits(uint64_t v) { return static_cast<int>(num_str(v).size()); }
-uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 }  // namespace
 
@@ -135,16 +134,16 @@ SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(l
     // type code and an offset): price it once with every tensor at its float type.
     const auto& g = *opts_.gguf;
     quant::check_gguf_types(g.types);
-    quant::check_gguf_supported(layout_.cfg, "allocation.target llama.cpp");
+    quant::check_gguf_supported(layout_.cfg, g.source);
     std::vector<io::GgufTensorSpec> specs;
     uint64_t data = 0;
     for (const auto& t : model::llama_tensors(layout_.cfg)) {
       specs.push_back(quant::gguf_tensor_spec(t, quant::gguf_float_tensor_type(t, g.types)));
-      const uint64_t padded = align_up(specs.back().nbytes(), io::kGgufAlignment);
+      const uint64_t padded = specs.back().padded_nbytes();
       data += padded;
       if (t.linear.empty()) gguf_fixed_data_ += padded;
     }
-    gguf_header_ = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.name), specs) - data;
+    gguf_header_ = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.source), specs) - data;
   }
   // Largest possible total data: every module at its dearest supported option.
   uint64_t mx = fixed_tensor_bytes();
@@ -167,8 +166,7 @@ io::GgmlType SizeModel::gguf_module_type(std::size_t i, const Choice& c) const {
 
 uint64_t SizeModel::gguf_module_bytes(std::size_t i, const Choice& c) const {
   const auto& l = layout_.linears.at(i);
-  return align_up(static_cast<uint64_t>(l.out) * io::ggml_row_bytes(gguf_module_type(i, c), l.in, l.name),
-                  io::kGgufAlignment);
+  return io::GgufTensorSpec{l.name, {l.in, l.out}, gguf_module_type(i, c)}.padded_nbytes();
 }
 
 uint64_t SizeModel::module_linear_bytes(std::size_t i, const Choice& c) const {
@@ -310,9 +308,9 @@ PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
     const io::GgmlType type = f != linear_of.end() ? gguf_module_type(f->second, ch[f->second])
                                                    : quant::gguf_float_tensor_type(t, g.types);
     specs.push_back(quant::gguf_tensor_spec(t, type));
-    r.tensor_bytes += align_up(specs.back().nbytes(), io::kGgufAlignment);
+    r.tensor_bytes += specs.back().padded_nbytes();
   }
-  r.file_bytes = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.name), specs);
+  r.file_bytes = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.source), specs);
   r.header_bytes = r.file_bytes - r.tensor_bytes;
   r.shards = 1;
   for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
@@ -542,7 +540,7 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   o.allow_modelled_omega = r.flag("allocation.allow_modelled_omega");
   o.target = r.str("allocation.target");
   if (!quant::engine_menu(o.target, "allocation.target").gptq_layout)
-    throw NotImplementedError("allocation.target " + o.target + " in a recipe (`mpqat run` writes the GPTQ layout; "
+    throw NotImplementedError(r.source() + ": allocation.target " + o.target + " in a recipe (`mpqat run` writes the GPTQ layout; "
                               "use `mpqat allocate --target " + o.target + "`, then `mpqat quantize` or `mpqat train` "
                               "with --plan, then `mpqat export gguf`)");
   o.lagrangian = r.str("allocation.solver") == "lagrangian";
@@ -921,7 +919,10 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
   fill_menus(units, opts);
   // Engines whose kernels tile whole groups (vLLM's Marlin): per unit, only the group sizes that
   // divide every member's input width.
-  if (quant::engine_menu(opts.target, "allocation.target").whole_groups)
+  const auto& engine = quant::engine_menu(opts.target, "allocation.target");
+  if (engine.whole_groups) {
+    const bool per_row = std::find(engine.group_sizes.begin(), engine.group_sizes.end(), int64_t{-1}) !=
+                         engine.group_sizes.end();
     for (auto& u : units) {
       std::vector<Choice> keep;
       for (const auto& c : u.menu) {
@@ -932,9 +933,12 @@ AllocResult allocate(const SizeModel& sm, const Sensitivity& sens, const AllocOp
       if (keep.empty() && !u.menu.empty())
         throw InputError("allocation.target " + opts.target + ": no group size of [" + list_text(opts.group_sizes) +
                          "] divides the input width " + std::to_string(lins[u.members.front()].in) + " of '" +
-                         lins[u.members.front()].name + "' (add -1, one group per row)");
+                         lins[u.members.front()].name + "' (" +
+                         (per_row ? "add -1, one group per row" : "add 16 to the bits: it can only stay float there") +
+                         ")");
       u.menu = keep;
     }
+  }
 
   AllocResult res;
   res.target = opts.target;

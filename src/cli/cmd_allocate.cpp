@@ -109,6 +109,7 @@ void add_allocate_command(CLI::App& app) {
       alloc::GgufSizing g;
       g.vocab = gguf_vocab_of_folder(o->model, "allocate --target llama.cpp");
       g.name = quant::gguf_default_name(o->model, "");
+      g.source = o->model;
       g.sym = ao.sym;
       so.gguf = std::move(g);
     }

@@ -1,5 +1,6 @@
 // The `mpqat run` pipeline (include/mpqat/cli/run_pipeline.h, docs/pipeline.md).
 #include "mpqat/cli/run_pipeline.h"
+#include "mpqat/cli/commands.h"
 #include "mpqat/cli/stage_cache.h"
 
 #include <sys/resource.h>
@@ -22,7 +23,6 @@
 
 #include "mpqat/alloc/allocate.h"
 #include "mpqat/data/calibration.h"
-#include "mpqat/data/gguf_vocab.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/eval/classification.h"
 #include "mpqat/eval/multiple_choice.h"
@@ -31,6 +31,7 @@
 #include "mpqat/eval/run_report.h"
 #include "mpqat/eval/seed_outputs.h"
 #include "mpqat/eval/tasks.h"
+#include "mpqat/io/gguf.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/model/activation_cache.h"
 #include "mpqat/model/block_source.h"
@@ -642,11 +643,11 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   const model::ModelFolder folder(model_dir);
   const auto formats = r.strings("output.formats");
   const bool want_gguf = std::find(formats.begin(), formats.end(), "gguf") != formats.end();
-  if (want_gguf) {  // before any stage runs: the export comes last
+  std::vector<io::GgufKV> gguf_vocab;
+  if (want_gguf) {  // before any stage runs (the export comes last): model, tokenizer, vocabulary size
     quant::check_gguf_supported(folder.config(), model_dir);
-    if (!folder.has_tokenizer())
-      throw InputError(r.source() + ": output.formats has gguf but '" + model_dir +
-                       "' has no tokenizer (tokenizer.json, tokenizer.model or tokenizer.bin): llama.cpp needs one");
+    gguf_vocab = gguf_vocab_of_folder(model_dir, r.source() + ": output.formats gguf");
+    quant::gguf_metadata(folder.config(), "", true, gguf_vocab, model_dir);
   }
   // Every stage holds at least one block and the embeddings / head: refuse now, not mid-run.
   model::check_block_fits(folder, model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit"),
@@ -703,14 +704,12 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   if (stopped("allocation", plan_path.string())) return plan_path.string();
   const auto plan = quant::load_bit_plan(plan_path.string());
   stage_quantize(run, plan, plan_hash, qat_hash);
-  if (stopped("quantize", (out / "checkpoint").string())) return (out / "checkpoint").string();
   json exports = json::object();
   if (want_gguf && run.main) {
     // model.gguf from the checkpoint just written (cheap: redone on every run, never stale).
     quant::GgufExportOptions go;
     go.force = true;
-    const auto rep = quant::export_gguf((out / "checkpoint").string(), data::gguf_vocab_metadata(folder.tokenizer()),
-                                        (out / "model.gguf").string(), go);
+    const auto rep = quant::export_gguf((out / "checkpoint").string(), gguf_vocab, (out / "model.gguf").string(), go);
     exports["gguf"] = {{"path", rep.path},
                        {"bytes", rep.file_bytes},
                        {"bpw", rep.file_bpw()},
@@ -719,6 +718,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
                              rep.file_bytes, rep.linear_bpw());
   }
   comm->barrier();
+  if (stopped("quantize", (out / "checkpoint").string())) return (out / "checkpoint").string();
   json qm = stage_reload_eval(run, qat_hash);
 
   json report = build_report(run, std::move(fp), std::move(qm), alloc_summary, plan, sens_path);

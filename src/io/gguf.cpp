@@ -101,7 +101,7 @@ std::vector<uint64_t> plan(const std::vector<GgufKV>& kvs, const std::vector<Ggu
       throw InputError("GGUF tensor '" + t.name + "' has " + std::to_string(t.ne.size()) +
                        " dimensions (1 to 4 accepted)");
     offsets.push_back(off);
-    off = align_up(off + t.nbytes(), kGgufAlignment);
+    off += t.padded_nbytes();
   }
   *data_bytes = off;
   return offsets;
@@ -265,6 +265,8 @@ uint64_t GgufTensorSpec::nbytes() const {
   }
   return rows * ggml_row_bytes(type, ne[0], "GGUF tensor '" + name + "'");
 }
+
+uint64_t GgufTensorSpec::padded_nbytes() const { return align_up(nbytes(), kGgufAlignment); }
 
 uint64_t gguf_file_size(const std::vector<GgufKV>& kvs, const std::vector<GgufTensorSpec>& tensors) {
   uint64_t data = 0;

@@ -132,9 +132,11 @@ std::vector<io::GgufKV> gguf_metadata(const model::ModelConfig& cfg, const std::
 }
 
 std::string gguf_default_name(const std::string& folder_name, const std::string& source_model) {
+  // Absolute and normal, so "." / "dir/" / "../dir" name the folder itself.
   const std::string src = source_model.empty() ? folder_name : source_model;
-  std::string name = std::filesystem::path(src).lexically_normal().filename().string();
-  if (name.empty() || name == ".") name = std::filesystem::path(src).lexically_normal().parent_path().filename().string();
+  auto p = std::filesystem::absolute(std::filesystem::path(src)).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  const std::string name = p.filename().string();
   return name.empty() ? std::string("model") : name;
 }
 

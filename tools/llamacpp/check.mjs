@@ -44,7 +44,8 @@ const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i])
 if (mode === '--score') {
   const evalOut = JSON.parse(readFileSync(process.argv[4], 'utf8'))
   const k = Number(process.argv[5] ?? 5)
-  const prompt = evalOut.prompt_ids.slice(1)  // without BOS: llama.cpp adds it
+  // mpqat's generate encodes the prompt with BOS first; llama.cpp adds its own BOS to a prompt text.
+  const prompt = evalOut.prompt_ids.slice(1)
   const generated = evalOut.tokens.map((t) => t.id)
   const steps = []
   for (let i = 0; i < generated.length; ++i) {

@@ -80,6 +80,7 @@ struct GgufSizing {
   std::vector<io::GgufKV> vocab;  // data::gguf_vocab_metadata of the model's tokenizer
   quant::GgufTypes types;         // embeddings, float linears and the fallback, as export's options
   std::string name;               // general.name the export writes (quant::gguf_default_name)
+  std::string source;             // the model folder, for messages
   bool sym = false;               // the plan's symmetry (AllocOptions::sym): Q4_0/Q5_0 vs Q4_1/Q5_1
 };
 

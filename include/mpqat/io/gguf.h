@@ -54,6 +54,8 @@ struct GgufTensorSpec {
   GgmlType type = GgmlType::F32;
   // Bytes of the tensor's data; throws InputError when ne[0] does not divide into blocks.
   uint64_t nbytes() const;
+  // nbytes() padded to the file's alignment: what the tensor occupies in the file.
+  uint64_t padded_nbytes() const;
 };
 
 constexpr uint32_t kGgufVersion = 3;

@@ -6,8 +6,9 @@
 //   gptqmodel  GPTQModel's torch kernel on gptq_v2 with `dynamic`: 2/3/4/8 bits
 //   vllm       vLLM's GPTQ (Marlin) path: symmetric 4/8 bits, groups -1/32/64/128, q/k/v and
 //              gate/up of a layer at the same spec (vLLM fuses them into qkv_proj, gate_up_proj)
-//   llama.cpp  GGUF, not this layout: `mpqat export gguf` (docs/gguf.md) converts a checkpoint; the
-//              allocator does not predict GGUF bytes yet, so this target is refused there
+//   llama.cpp  GGUF, not this layout: `mpqat export gguf` (docs/gguf.md) converts a checkpoint;
+//              4/5/8 bits at g32 (the block types that hold the codes), rows of whole 32-weight
+//              blocks; the allocator prices it in GGUF bytes (alloc::GgufSizing)
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,8 @@ struct EngineMenu {
   bool sym_only = false;
   bool tie_qkv = false, tie_gate_up = false;  // modules it fuses must share bits / group / sym
   bool gptq_layout = true;             // false: needs another file format
-  bool whole_groups = false;           // group size must divide the input width (Marlin tiles)
+  bool whole_groups = false;           // group size must divide the input width (Marlin tiles,
+                                       // GGUF's 32-weight blocks)
 };
 
 const std::vector<EngineMenu>& engine_table();
