@@ -77,11 +77,6 @@ Vocab from_sentencepiece(const SentencePieceTokenizer& t) {
 }
 
 Vocab from_hf(const HfBpeTokenizer& t) {
-  if (t.byte_level())
-    throw NotImplementedError(
-        "GGUF export of a byte-level BPE tokenizer (GPT-2 / Llama-3 style: llama.cpp's 'gpt2' vocabulary with a "
-        "named pre-tokenizer); SentencePiece-style tokenizers (llama2.c tokenizer.bin, tokenizer.model, Llama-2 "
-        "tokenizer.json) are supported");
   Vocab v;
   const auto rank = t.merge_rank_of_tokens();
   for (int32_t i = 0; i < t.vocab_size(); ++i) {
@@ -100,16 +95,49 @@ Vocab from_hf(const HfBpeTokenizer& t) {
   return v;
 }
 
+// A byte-level BPE vocabulary (GPT-2, Llama-3) as llama.cpp's "gpt2" tokenizer: the byte-level
+// token strings as tokenizer.json has them, the merges in rank order, and the pre-tokenizer by
+// the name llama.cpp gives its split regex.
+std::vector<io::GgufKV> byte_level_metadata(const HfBpeTokenizer& t) {
+  const std::string pre = t.split_name();
+  if (pre.empty())
+    throw NotImplementedError("GGUF export of a byte-level BPE tokenizer without the GPT-2 or Llama-3 split regex "
+                              "(llama.cpp names its pre-tokenizers by regex)");
+  if (t.byte_level_prefix_space())
+    throw NotImplementedError("GGUF export of a byte-level BPE tokenizer with add_prefix_space (llama.cpp's gpt2 "
+                              "vocabulary adds no space before the text)");
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  for (int32_t i = 0; i < t.vocab_size(); ++i) {
+    tokens.push_back(t.token(i));
+    types.push_back(t.added_kind(i) == 1 ? kControl : t.added_kind(i) == 2 ? kUserDefined : kNormal);
+  }
+  std::vector<std::string> merges;
+  for (const auto& [a, b] : t.merges()) merges.push_back(a + " " + b);
+  std::vector<io::GgufKV> kv;
+  kv.push_back({"tokenizer.ggml.model", std::string("gpt2")});
+  kv.push_back({"tokenizer.ggml.pre", pre});
+  kv.push_back({"tokenizer.ggml.tokens", std::move(tokens)});
+  kv.push_back({"tokenizer.ggml.token_type", std::move(types)});
+  kv.push_back({"tokenizer.ggml.merges", std::move(merges)});
+  if (t.bos_id() >= 0) kv.push_back({"tokenizer.ggml.bos_token_id", static_cast<uint32_t>(t.bos_id())});
+  if (t.eos_id() >= 0) kv.push_back({"tokenizer.ggml.eos_token_id", static_cast<uint32_t>(t.eos_id())});
+  kv.push_back({"tokenizer.ggml.add_bos_token", t.bos_id() >= 0 && t.default_add_bos()});
+  kv.push_back({"tokenizer.ggml.add_eos_token", false});
+  return kv;
+}
+
 }  // namespace
 
 std::vector<io::GgufKV> gguf_vocab_metadata(const Tokenizer& tok) {
+  if (const auto* h = dynamic_cast<const HfBpeTokenizer*>(&tok); h && h->byte_level()) return byte_level_metadata(*h);
   Vocab v;
   if (const auto* l = dynamic_cast<const Llama2cTokenizer*>(&tok)) v = from_llama2c(*l);
   else if (const auto* s = dynamic_cast<const SentencePieceTokenizer*>(&tok)) v = from_sentencepiece(*s);
   else if (const auto* h = dynamic_cast<const HfBpeTokenizer*>(&tok)) v = from_hf(*h);
   else
     throw NotImplementedError("GGUF export of a " + tok.kind() +
-                              " tokenizer (llama2c, sentencepiece and SentencePiece-style hf-bpe are supported)");
+                              " tokenizer (llama2c, sentencepiece and hf-bpe are supported)");
   std::vector<io::GgufKV> kv;
   kv.push_back({"tokenizer.ggml.model", std::string("llama")});
   kv.push_back({"tokenizer.ggml.tokens", std::move(v.tokens)});

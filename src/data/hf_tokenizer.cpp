@@ -671,6 +671,24 @@ bool HfBpeTokenizer::prepends_space() const {
   return metaspace_ && meta_prepend_scheme_ != "never";
 }
 
+std::vector<std::pair<std::string, std::string>> HfBpeTokenizer::merges() const {
+  std::vector<std::pair<int32_t, uint64_t>> by_rank;
+  for (const auto& [pair, rk] : merges_) by_rank.emplace_back(rk.first, pair);
+  std::sort(by_rank.begin(), by_rank.end());
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [rank, pair] : by_rank)
+    out.emplace_back(token(static_cast<int32_t>(pair >> 32)), token(static_cast<int32_t>(pair & 0xFFFFFFFFu)));
+  return out;
+}
+
+std::string HfBpeTokenizer::split_name() const {
+  switch (split_) {
+    case Split::kGpt2: return "gpt-2";
+    case Split::kLlama3: return "llama-bpe";
+    default: return "";
+  }
+}
+
 std::vector<int32_t> HfBpeTokenizer::merge_rank_of_tokens() const {
   std::vector<int32_t> rank(id_to_token_.size(), -1);
   for (const auto& [pair, rk] : merges_) {

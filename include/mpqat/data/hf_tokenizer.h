@@ -55,6 +55,13 @@ class HfBpeTokenizer : public Tokenizer {
   bool prepends_space() const;
   // Per id: the rank of the first merge that produces it, or -1 (characters, added tokens).
   std::vector<int32_t> merge_rank_of_tokens() const;
+  // The merges in rank order as (left, right) token strings (tokenizer.json's "left right").
+  std::vector<std::pair<std::string, std::string>> merges() const;
+  // A byte-level tokenizer's split regex by llama.cpp's pre-tokenizer name: "gpt-2" (GPT-2's),
+  // "llama-bpe" (Llama-3's), "" when it splits by no regex.
+  std::string split_name() const;
+  // ByteLevel's add_prefix_space (a space before the text).
+  bool byte_level_prefix_space() const { return add_prefix_space_; }
 
  private:
   enum class Split { kNone, kGpt2, kLlama3 };
