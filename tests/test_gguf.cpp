@@ -448,3 +448,149 @@ TEST(Gguf, DefaultNameIsTheBaseModelsFolder) {
   // A packed checkpoint: the source model its provenance records, not its own folder.
   EXPECT_EQ(quant::gguf_default_name("runs/x/checkpoint", "/models/Llama-2-7b-hf"), "Llama-2-7b-hf");
 }
+
+namespace {
+
+// GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the others for
+// U+0100 onwards, in byte order.
+std::vector<std::string> byte_level_alphabet() {
+  auto utf8 = [](uint32_t cp) {
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    return s;
+  };
+  std::vector<std::string> a(256);
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    a[b] = utf8(printable ? b : next++);
+  }
+  return a;
+}
+
+}  // namespace
+
+// A byte-level BPE tokenizer.json (every byte a token, merges, <|endoftext|>) goes into the GGUF as
+// llama.cpp's "gpt2" vocabulary with the pre-tokenizer named by its split regex (GPT-2's ByteLevel
+// regex: "gpt-2"; Llama-3's Split regex: "llama-bpe"), and llama.cpp tokenizes text to mpqat's ids.
+TEST(GgufByteLevel, LlamaCppTokenizesAsMpqat) {
+ for (const bool llama3 : {false, true}) {
+  SCOPED_TRACE(llama3 ? "Llama-3 split" : "GPT-2 split");
+  const auto dir = tmpdir(llama3 ? "bytelevel3" : "bytelevel");
+  const auto model = dir / "model";
+  ASSERT_EQ(mpqat::testing::run_mpqat("random-model '" + model.string() +
+                                      "' --shape tiny --layers 1 --hidden 128 --ffn 256 --vocab 320 --dtype f32 "
+                                      "--shard-size 0")
+                .code,
+            0);
+  const auto alpha = byte_level_alphabet();
+  const std::string G = alpha[' '];  // "Ġ"
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[alpha[static_cast<size_t>(b)]] = b;
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {G, "w"}, {"o", "r"}, {G + "w", "or"},
+      {"l", "d"}, {G + "wor", "ld"}, {G, "t"}, {G + "t", "he"}, {"i", "n"}, {G, "in"}};
+  nlohmann::json m = nlohmann::json::array();
+  int next = 256;
+  for (const auto& [a, b] : merges) {
+    m.push_back(a + " " + b);
+    if (!vocab.contains(a + b)) vocab[a + b] = next++;
+  }
+  nlohmann::json tj;
+  tj["version"] = "1.0";
+  tj["added_tokens"] = nlohmann::json::array({{{"id", next}, {"content", "<|endoftext|>"}, {"special", true}}});
+  tj["normalizer"] = nullptr;
+  tj["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  if (llama3)
+    tj["pre_tokenizer"] = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"},
+           {"pattern",
+            {{"Regex", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                       "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
+           {"behavior", "Isolated"},
+           {"invert", false}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+  tj["post_processor"] = {{"type", "ByteLevel"}};
+  tj["decoder"] = {{"type", "ByteLevel"}};
+  tj["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"vocab", vocab}, {"merges", m}};
+  std::ofstream(model / "tokenizer.json") << tj.dump();
+
+  const auto gguf = dir / "bl.gguf";
+  const auto ex = mpqat::testing::run_mpqat("export gguf '" + model.string() + "' --out '" + gguf.string() +
+                                            "' --float-type f32 --embeddings f32 --force");
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  const auto h = io::read_gguf_header(gguf.string());
+  auto str_kv = [&](const std::string& key) {
+    for (const auto& kv : h.kvs)
+      if (kv.key == key) return std::get<std::string>(kv.value);
+    return std::string();
+  };
+  EXPECT_EQ(str_kv("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(str_kv("tokenizer.ggml.pre"), llama3 ? "llama-bpe" : "gpt-2");
+
+  const std::string text = "hello world, in the hello world!\n  Caf\xC3\xA9 42 12345 its";
+  std::string why;
+  const auto j = run_llamacpp(gguf.string(), "'" + text + "' 1 'hello'", &why);
+  if (j.is_null()) {
+    if (!why.empty()) GTEST_SKIP() << why;
+    return;
+  }
+  const model::ModelFolder folder(model.string());
+  const auto ours = folder.tokenizer().encode(text, false);
+  EXPECT_EQ(j.at("tokens").get<std::vector<int32_t>>(), ours);
+  EXPECT_LT(ours.size(), text.size()) << "the merges should apply";
+ }
+}
+
+// llama3 RoPE scaling (Llama-3.1 and later): the export writes rope_freqs.weight, and llama.cpp's
+// log-probabilities of mpqat's tokens then match mpqat's (teacher-forced, F32 weights) on
+// stories260K given a llama3 scaling that moves 3 of its 4 frequencies (original context 64).
+TEST(GgufStories, Llama3RopeScalingMatchesLlamaCpp) {
+  const auto stories = stories_folder();
+  if (stories.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const auto dir = tmpdir("llama3rope");
+  const auto model = dir / "model";
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(stories))
+    if (e.is_regular_file()) fs::copy_file(e.path(), model / e.path().filename());
+  auto cfg = nlohmann::json::parse(std::ifstream(model / "config.json"));
+  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  std::ofstream(model / "config.json") << cfg.dump(2);
+  const auto gguf = dir / "l3.gguf";
+  const auto ex = mpqat::testing::run_mpqat("export gguf '" + model.string() + "' --out '" + gguf.string() +
+                                            "' --float-type f32 --embeddings f32 --force");
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  EXPECT_NE(ex.out.find("rope_freqs.weight"), std::string::npos) << ex.out;
+  const auto eval_json = dir / "l3.eval.json";
+  const auto ours = mpqat_generate(model, "Once upon a time", 64, eval_json);
+  std::string why;
+  const auto scored = run_llamacpp(gguf.string(), "--score '" + eval_json.string() + "' 8", &why);
+  if (scored.is_null()) {
+    if (!why.empty()) GTEST_SKIP() << why;
+    return;
+  }
+  const auto& steps = scored.at("steps");
+  const auto& tokens = ours.at("tokens");
+  ASSERT_EQ(steps.size(), tokens.size());
+  double worst = 0.0;
+  int found = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_TRUE(steps[i].at("roundtrip").get<bool>()) << i;
+    for (const auto& p : steps[i].at("probs"))
+      if (p.at("tok_str").get<std::string>() == tokens[i].at("piece").get<std::string>()) {
+        worst = std::max(worst, std::fabs(std::log(p.at("prob").get<double>()) - tokens[i].at("logprob").get<double>()));
+        ++found;
+      }
+  }
+  EXPECT_EQ(found, static_cast<int>(tokens.size())) << "mpqat's token was not among llama.cpp's top 8";
+  std::printf("llama3 RoPE: max |log p difference| %.3e over %zu positions\n", worst, tokens.size());
+  EXPECT_LT(worst, 1e-3);
+}

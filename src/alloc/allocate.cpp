@@ -137,6 +137,11 @@ SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(l
     quant::check_gguf_supported(layout_.cfg, g.source);
     std::vector<io::GgufTensorSpec> specs;
     uint64_t data = 0;
+    if (const auto rf = quant::gguf_rope_freqs_spec(layout_.cfg)) {
+      specs.push_back(*rf);
+      data += rf->padded_nbytes();
+      gguf_fixed_data_ += rf->padded_nbytes();
+    }
     for (const auto& t : model::llama_tensors(layout_.cfg)) {
       specs.push_back(quant::gguf_tensor_spec(t, quant::gguf_float_tensor_type(t, g.types)));
       const uint64_t padded = specs.back().padded_nbytes();
@@ -303,6 +308,10 @@ PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
   for (std::size_t i = 0; i < layout_.linears.size(); ++i) linear_of[layout_.linears[i].name] = i;
   std::vector<io::GgufTensorSpec> specs;
   PlanSize r;
+  if (const auto rf = quant::gguf_rope_freqs_spec(layout_.cfg)) {
+    specs.push_back(*rf);
+    r.tensor_bytes += rf->padded_nbytes();
+  }
   for (const auto& t : model::llama_tensors(layout_.cfg)) {
     const auto f = linear_of.find(t.linear);
     const io::GgmlType type = f != linear_of.end() ? gguf_module_type(f->second, ch[f->second])

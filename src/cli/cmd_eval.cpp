@@ -345,7 +345,8 @@ void add_eval_command(CLI::App& app) {
     if (w.tasks) run_tasks(c, loaded, out, report);
     if (w.cls) run_classification(c, cls_data, out, report);
     if (!c.main_rank) return;
-    if (o->json) std::cout << out.dump() << "\n";
+    // A generated piece may be a lone byte of a multi-byte character: invalid UTF-8 becomes U+FFFD.
+    if (o->json) std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     if (!o->report.empty()) report.write(o->report);
   });
 }

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "mpqat/model/hf_names.h"
+#include "mpqat/model/llama.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/gguf_blocks.h"
@@ -56,7 +57,17 @@ struct Item {
   const DetectedModule* det = nullptr;  // packed block linear
   GgufChoice choice;
   std::string spec;
+  std::vector<float> values;  // a tensor computed here, not read (rope_freqs)
 };
+
+// llama3 RoPE's per-frequency divisors: the unscaled inverse frequencies over the scaled ones,
+// both from the model's own RoPE (model::rope_inv_freq), so llama.cpp rotates as mpqat does.
+std::vector<float> rope_freq_factors(const model::ModelConfig& cfg) {
+  model::ModelConfig plain = cfg;
+  plain.rope_scaling = model::RopeScaling{};
+  const auto f = (model::rope_inv_freq(plain) / model::rope_inv_freq(cfg)).contiguous();
+  return std::vector<float>(f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
+}
 
 // config.json's mpqat.provenance.source_model ("" when absent): the base model a packed
 // checkpoint was made from.
@@ -108,6 +119,18 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
   // Pass 1: every tensor's GGUF type (packed modules are unpacked to check their codes).
   std::vector<Item> items;
   std::vector<io::GgufTensorSpec> specs;
+  if (const auto rf = gguf_rope_freqs_spec(cfg)) {
+    Item it;
+    it.hf.name = "rope_freqs";
+    it.hf.shape = {rf->ne[0]};
+    it.gguf = rf->name;
+    it.type = rf->type;
+    it.choice = {it.type, "float", ""};
+    it.spec = "llama3 RoPE";
+    it.values = rope_freq_factors(cfg);
+    specs.push_back(*rf);
+    items.push_back(std::move(it));
+  }
   for (const auto& hf : model::llama_tensors(cfg)) {
     Item it;
     it.hf = hf;
@@ -143,7 +166,10 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     const auto& sp = specs[i];
     const int64_t rows = sp.ne.size() > 1 ? sp.ne[1] : 1, n = sp.ne[0];
     std::vector<float> ref;  // the checkpoint's weights, rows in source order
-    if (it.det) {
+    if (!it.values.empty()) {
+      ref = it.values;
+      encode_float(ref.data(), rows, n, it.type, it.rows, dst);
+    } else if (it.det) {
       const auto um = unpack(*read_packed_linear(folder, qc, *it.det), *it.det);
       encode_unpacked(um, it.choice, it.rows, dst);
       ref = dequantize_unpacked(um);

@@ -66,8 +66,6 @@ void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir)
     throw NotImplementedError("export gguf of '" + dir + "': Qwen2 (llama.cpp's qwen2 architecture with q/k/v biases)");
   if (cfg.attention_bias || cfg.mlp_bias || cfg.qkv_bias || cfg.o_proj_bias)
     throw NotImplementedError("export gguf of '" + dir + "': linear biases (attention_bias / mlp_bias)");
-  if (cfg.rope_scaling.kind == model::RopeScaling::Kind::Llama3)
-    throw NotImplementedError("export gguf of '" + dir + "': llama3 RoPE scaling (a rope_freqs.weight tensor)");
   if (cfg.head_dim % 2 != 0) throw InputError("'" + dir + "/config.json': head_dim " + std::to_string(cfg.head_dim) + " is odd");
 }
 
@@ -138,6 +136,11 @@ std::string gguf_default_name(const std::string& folder_name, const std::string&
   if (p.filename().empty()) p = p.parent_path();
   const std::string name = p.filename().string();
   return name.empty() ? std::string("model") : name;
+}
+
+std::optional<io::GgufTensorSpec> gguf_rope_freqs_spec(const model::ModelConfig& cfg) {
+  if (cfg.rope_scaling.kind != model::RopeScaling::Kind::Llama3) return std::nullopt;
+  return io::GgufTensorSpec{"rope_freqs.weight", {cfg.head_dim / 2}, GgmlType::F32};
 }
 
 io::GgufTensorSpec gguf_tensor_spec(const model::HfTensor& t, GgmlType type) {

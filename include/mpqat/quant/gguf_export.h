@@ -49,7 +49,7 @@ struct GgufExportReport {
 // not) with `vocab` as the tokenizer metadata. Throws InputError for an unsupported or corrupt
 // folder, an existing `out` without force, or a vocabulary larger than the embedding;
 // NotImplementedError for what llama.cpp's llama architecture would need and this exporter does
-// not write yet (OPT/BERT, Qwen2, biases, llama3 RoPE scaling).
+// not write yet (OPT/BERT, Qwen2, biases).
 GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufKV>& vocab, const std::string& out,
                              const GgufExportOptions& opts = {});
 

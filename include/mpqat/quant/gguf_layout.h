@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ std::string gguf_tensor_name(const std::string& hf);
 // rotary halves apart, GGUF interleaves them as Meta's original weights did).
 std::vector<int64_t> gguf_rope_row_order(int64_t heads, int64_t head_dim);
 // Throws NotImplementedError for what the llama architecture of llama.cpp would need and the
-// exporter does not write (OPT/BERT, Qwen2, biases, llama3 RoPE scaling); `dir` names the input.
+// exporter does not write (OPT/BERT, Qwen2, biases); `dir` names the input.
 void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir);
 
 // The ggml type of a non-linear tensor (embeddings, norms) and of an unquantized block linear.
@@ -50,5 +51,10 @@ std::string gguf_default_name(const std::string& folder_name, const std::string&
 
 // One tensor of the file in llama_tensors order: GGUF name and dims (ne, fastest first).
 io::GgufTensorSpec gguf_tensor_spec(const model::HfTensor& t, io::GgmlType type);
+
+// llama3 RoPE scaling (Llama-3.1 and later): llama.cpp reads the per-frequency divisors from a
+// rope_freqs.weight tensor (head_dim / 2, F32) written before the model's tensors; nullopt for
+// other configs. The values are base inverse frequency / scaled one (model::rope_inv_freq).
+std::optional<io::GgufTensorSpec> gguf_rope_freqs_spec(const model::ModelConfig& cfg);
 
 }  // namespace mpqat::quant
