@@ -135,19 +135,12 @@ SizeModel::SizeModel(ModelLayout layout, SizeOptions opts) : layout_(std::move(l
     const auto& g = *opts_.gguf;
     quant::check_gguf_types(g.types);
     quant::check_gguf_supported(layout_.cfg, g.source);
-    std::vector<io::GgufTensorSpec> specs;
-    uint64_t data = 0;
-    if (const auto rf = quant::gguf_rope_freqs_spec(layout_.cfg)) {
-      specs.push_back(*rf);
-      data += rf->padded_nbytes();
-      gguf_fixed_data_ += rf->padded_nbytes();
-    }
-    for (const auto& t : model::llama_tensors(layout_.cfg)) {
-      specs.push_back(quant::gguf_tensor_spec(t, quant::gguf_float_tensor_type(t, g.types)));
-      const uint64_t padded = specs.back().padded_nbytes();
-      data += padded;
-      if (t.linear.empty()) gguf_fixed_data_ += padded;
-    }
+    const std::vector<Choice> all_float(layout_.linears.size(), Choice{16, 0});
+    const auto specs = gguf_specs(all_float);
+    uint64_t data = 0, linears = 0;
+    for (const auto& s : specs) data += s.padded_nbytes();
+    for (std::size_t i = 0; i < all_float.size(); ++i) linears += gguf_module_bytes(i, all_float[i]);
+    gguf_fixed_data_ = data - linears;
     gguf_header_ = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.source), specs) - data;
   }
   // Largest possible total data: every module at its dearest supported option.
@@ -288,52 +281,48 @@ PlanSize SizeModel::exact(const std::vector<Choice>& ch) const {
   }
   r.shards = static_cast<int>(std::max<std::size_t>(1, groups.size()));
   r.file_bytes = r.tensor_bytes + r.header_bytes;
-  for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
-  const double nw = static_cast<double>(layout_.linear_weights());
-  r.avg_bits = nw > 0 ? 8.0 * static_cast<double>(r.linear_bytes) / nw : 0.0;
-  double code = 0;
-  for (std::size_t i = 0; i < ch.size(); ++i)
-    code += static_cast<double>(layout_.linears[i].numel()) *
-            (ch[i].quantized() ? ch[i].bits : 8.0 * static_cast<double>(float_size()));
-  r.code_bits = nw > 0 ? code / nw : 0.0;
-  r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
+  fill_plan_stats(r, ch);
   return r;
 }
 
-// The GGUF file of the plan, built as export_gguf builds it (same tensor list, types, metadata)
-// and sized by io::gguf_file_size.
-PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
-  const auto& g = *opts_.gguf;
-  std::map<std::string, std::size_t> linear_of;
-  for (std::size_t i = 0; i < layout_.linears.size(); ++i) linear_of[layout_.linears[i].name] = i;
-  std::vector<io::GgufTensorSpec> specs;
-  PlanSize r;
-  if (const auto rf = quant::gguf_rope_freqs_spec(layout_.cfg)) {
-    specs.push_back(*rf);
-    r.tensor_bytes += rf->padded_nbytes();
-  }
-  for (const auto& t : model::llama_tensors(layout_.cfg)) {
-    const auto f = linear_of.find(t.linear);
-    const io::GgmlType type = f != linear_of.end() ? gguf_module_type(f->second, ch[f->second])
-                                                   : quant::gguf_float_tensor_type(t, g.types);
-    specs.push_back(quant::gguf_tensor_spec(t, type));
-    r.tensor_bytes += specs.back().padded_nbytes();
-  }
-  r.file_bytes = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.source), specs);
-  r.header_bytes = r.file_bytes - r.tensor_bytes;
-  r.shards = 1;
+double SizeModel::module_code_bits(std::size_t i, const Choice& c) const {
+  if (c.quantized()) return c.bits;
+  if (!opts_.gguf) return 8.0 * static_cast<double>(float_size());
+  const auto& l = layout_.linears[i];
+  return 8.0 * static_cast<double>(io::ggml_row_bytes(gguf_module_type(i, c), l.in, l.name)) / static_cast<double>(l.in);
+}
+
+void SizeModel::fill_plan_stats(PlanSize& r, const std::vector<Choice>& ch) const {
   for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
   const double nw = static_cast<double>(layout_.linear_weights());
   r.avg_bits = nw > 0 ? 8.0 * static_cast<double>(r.linear_bytes) / nw : 0.0;
   double code = 0;
-  for (std::size_t i = 0; i < ch.size(); ++i)
-    code += static_cast<double>(layout_.linears[i].numel()) *
-            (ch[i].quantized() ? ch[i].bits
-                               : 8.0 * static_cast<double>(io::ggml_row_bytes(gguf_module_type(i, ch[i]), layout_.linears[i].in,
-                                                                              layout_.linears[i].name)) /
-                                     static_cast<double>(layout_.linears[i].in));
+  for (std::size_t i = 0; i < ch.size(); ++i) code += static_cast<double>(layout_.linears[i].numel()) * module_code_bits(i, ch[i]);
   r.code_bits = nw > 0 ? code / nw : 0.0;
   r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
+}
+
+// The GGUF file's tensors for a plan, as export_gguf lists them (quant::gguf_tensor_specs).
+std::vector<io::GgufTensorSpec> SizeModel::gguf_specs(const std::vector<Choice>& ch) const {
+  std::map<std::string, std::size_t> linear_of;
+  for (std::size_t i = 0; i < layout_.linears.size(); ++i) linear_of[layout_.linears[i].name] = i;
+  return quant::gguf_tensor_specs(layout_.cfg, [&](const model::HfTensor& t) {
+    const auto f = linear_of.find(t.linear);
+    return f != linear_of.end() ? gguf_module_type(f->second, ch[f->second])
+                                : quant::gguf_float_tensor_type(t, opts_.gguf->types);
+  });
+}
+
+// The plan's GGUF file sized by io::gguf_file_size.
+PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
+  const auto& g = *opts_.gguf;
+  const auto specs = gguf_specs(ch);
+  PlanSize r;
+  for (const auto& s : specs) r.tensor_bytes += s.padded_nbytes();
+  r.file_bytes = io::gguf_file_size(quant::gguf_metadata(layout_.cfg, g.name, true, g.vocab, g.source), specs);
+  r.header_bytes = r.file_bytes - r.tensor_bytes;
+  r.shards = 1;
+  fill_plan_stats(r, ch);
   return r;
 }
 

@@ -118,20 +118,17 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
 
   // Pass 1: every tensor's GGUF type (packed modules are unpacked to check their codes).
   std::vector<Item> items;
-  std::vector<io::GgufTensorSpec> specs;
   if (const auto rf = gguf_rope_freqs_spec(cfg)) {
     Item it;
     it.hf.name = "rope_freqs";
     it.hf.shape = {rf->ne[0]};
-    it.gguf = rf->name;
     it.type = rf->type;
     it.choice = {it.type, "float", ""};
     it.spec = "llama3 RoPE";
     it.values = rope_freq_factors(cfg);
-    specs.push_back(*rf);
     items.push_back(std::move(it));
   }
-  for (const auto& hf : model::llama_tensors(cfg)) {
+  const auto specs = gguf_tensor_specs(cfg, [&](const model::HfTensor& hf) {
     Item it;
     it.hf = hf;
     auto f = by_name.find(hf.linear);
@@ -148,10 +145,10 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     }
     if (util::ends_with(hf.linear, "self_attn.q_proj")) it.rows = gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
     if (util::ends_with(hf.linear, "self_attn.k_proj")) it.rows = gguf_rope_row_order(cfg.num_key_value_heads, cfg.head_dim);
-    specs.push_back(gguf_tensor_spec(hf, it.type));
-    it.gguf = specs.back().name;
     items.push_back(std::move(it));
-  }
+    return items.back().type;
+  });
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].gguf = specs[i].name;
   const std::string name = opts.name.empty() ? gguf_default_name(dir, quantized ? provenance_source(dir) : "") : opts.name;
   const std::vector<io::GgufKV> kvs = gguf_metadata(cfg, name, quantized, vocab, dir);
 

@@ -143,6 +143,14 @@ std::optional<io::GgufTensorSpec> gguf_rope_freqs_spec(const model::ModelConfig&
   return io::GgufTensorSpec{"rope_freqs.weight", {cfg.head_dim / 2}, GgmlType::F32};
 }
 
+std::vector<io::GgufTensorSpec> gguf_tensor_specs(const model::ModelConfig& cfg,
+                                                  const std::function<GgmlType(const model::HfTensor&)>& type_of) {
+  std::vector<io::GgufTensorSpec> specs;
+  if (const auto rf = gguf_rope_freqs_spec(cfg)) specs.push_back(*rf);
+  for (const auto& t : model::llama_tensors(cfg)) specs.push_back(gguf_tensor_spec(t, type_of(t)));
+  return specs;
+}
+
 io::GgufTensorSpec gguf_tensor_spec(const model::HfTensor& t, GgmlType type) {
   io::GgufTensorSpec s;
   s.name = gguf_tensor_name(t.name);

@@ -136,7 +136,12 @@ class SizeModel {
   uint64_t entry_len(const std::string& name, io::DType dt, const std::vector<int64_t>& shape) const;
   io::GgmlType gguf_module_type(std::size_t i, const Choice& c) const;
   uint64_t gguf_module_bytes(std::size_t i, const Choice& c) const;
+  std::vector<io::GgufTensorSpec> gguf_specs(const std::vector<Choice>& choices) const;
   PlanSize gguf_exact(const std::vector<Choice>& choices) const;
+  // Code bits per weight of module i (a float module counts its stored type's bits).
+  double module_code_bits(std::size_t i, const Choice& c) const;
+  // linear_bytes, avg_bits, code_bits and compression of `r` from its choices and tensor_bytes.
+  void fill_plan_stats(PlanSize& r, const std::vector<Choice>& choices) const;
   ModelLayout layout_;
   SizeOptions opts_;
   uint64_t gguf_header_ = 0, gguf_fixed_data_ = 0;  // GGUF mode: header; non-linear tensors' data

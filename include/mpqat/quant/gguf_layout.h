@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,5 +57,11 @@ io::GgufTensorSpec gguf_tensor_spec(const model::HfTensor& t, io::GgmlType type)
 // rope_freqs.weight tensor (head_dim / 2, F32) written before the model's tensors; nullopt for
 // other configs. The values are base inverse frequency / scaled one (model::rope_inv_freq).
 std::optional<io::GgufTensorSpec> gguf_rope_freqs_spec(const model::ModelConfig& cfg);
+
+// Every tensor of the file in file order: rope_freqs.weight when the config needs it, then the
+// model's tensors in llama_tensors order, each with the type `type_of` gives it (called once per
+// model tensor, in that order).
+std::vector<io::GgufTensorSpec> gguf_tensor_specs(const model::ModelConfig& cfg,
+                                                  const std::function<io::GgmlType(const model::HfTensor&)>& type_of);
 
 }  // namespace mpqat::quant
