@@ -520,6 +520,16 @@ TEST(GgufByteLevel, LlamaCppTokenizesAsMpqat) {
   tj["post_processor"] = {{"type", "ByteLevel"}};
   tj["decoder"] = {{"type", "ByteLevel"}};
   tj["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"vocab", vocab}, {"merges", m}};
+  if (!llama3) {  // ByteLevel's add_prefix_space: refused, naming the file and the accepted setting
+    auto with_prefix = tj;
+    with_prefix["pre_tokenizer"]["add_prefix_space"] = true;
+    std::ofstream(model / "tokenizer.json") << with_prefix.dump();
+    const auto bad = mpqat::testing::run_mpqat("export gguf '" + model.string() + "' --out '" + (dir / "bad.gguf").string() + "'");
+    EXPECT_NE(bad.code, 0);
+    EXPECT_NE(bad.err.find((model / "tokenizer.json").string()), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find("add_prefix_space false is supported"), std::string::npos) << bad.err;
+    EXPECT_FALSE(fs::exists(dir / "bad.gguf"));
+  }
   std::ofstream(model / "tokenizer.json") << tj.dump();
 
   const auto gguf = dir / "bl.gguf";

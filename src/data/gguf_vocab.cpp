@@ -101,11 +101,13 @@ Vocab from_hf(const HfBpeTokenizer& t) {
 std::vector<io::GgufKV> byte_level_metadata(const HfBpeTokenizer& t) {
   const std::string pre = t.split_name();
   if (pre.empty())
-    throw NotImplementedError("GGUF export of a byte-level BPE tokenizer without the GPT-2 or Llama-3 split regex "
-                              "(llama.cpp names its pre-tokenizers by regex)");
+    throw NotImplementedError("GGUF export of '" + t.path() +
+                              "': a byte-level BPE tokenizer whose split is neither GPT-2's ByteLevel regex nor "
+                              "Llama-3's Split regex (llama.cpp names its pre-tokenizers by regex)");
   if (t.byte_level_prefix_space())
-    throw NotImplementedError("GGUF export of a byte-level BPE tokenizer with add_prefix_space (llama.cpp's gpt2 "
-                              "vocabulary adds no space before the text)");
+    throw NotImplementedError("GGUF export of '" + t.path() +
+                              "': a byte-level BPE tokenizer with add_prefix_space true (llama.cpp's gpt2 vocabulary "
+                              "adds no space before the text; add_prefix_space false is supported)");
   std::vector<std::string> tokens;
   std::vector<int32_t> types;
   for (int32_t i = 0; i < t.vocab_size(); ++i) {

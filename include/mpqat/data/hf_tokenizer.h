@@ -40,6 +40,7 @@ class HfBpeTokenizer : public Tokenizer {
   std::string kind() const override { return "hf-bpe"; }
 
   bool byte_level() const { return byte_level_; }
+  const std::string& path() const { return path_; }  // the tokenizer.json it was read from
   // tokenizer_config.json's add_bos_token (true when absent and a BOS exists, except for
   // byte-level GPT-2-style vocabularies where it defaults to false).
   bool default_add_bos() const { return default_add_bos_; }
