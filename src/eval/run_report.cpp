@@ -1,6 +1,7 @@
 #include "mpqat/eval/run_report.h"
 
 #include "mpqat/eval/json_access.h"
+#include "mpqat/eval/svg_chart.h"
 
 #include <fmt/format.h>
 
@@ -304,21 +305,7 @@ std::vector<MetricComparison> compare_run_metrics(const json& report) {
   return out;
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  out.reserve(s.size() + s.size() / 8);
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+std::string html_escape(const std::string& s) { return svg::escape(s); }
 
 // ================================================================= text
 
@@ -402,76 +389,16 @@ std::string render_run_report_text(const json& r) {
 
 namespace {
 
-const char* const kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd",
-                                "#ff7f0e", "#17becf", "#8c564b", "#e377c2"};
-
-const char* series_colour(std::size_t i) { return kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))]; }
-
-const char* bits_colour(double bits) {
-  if (bits <= 2) return "#d62728";
-  if (bits <= 3) return "#ff7f0e";
-  if (bits <= 4) return "#bcbd22";
-  if (bits <= 5) return "#2ca02c";
-  if (bits <= 6) return "#17becf";
-  if (bits <= 8) return "#1f77b4";
-  return "#7f7f7f";
-}
-
-std::string c(double v) { return fmt::format("{:.1f}", v); }  // an SVG coordinate
-
-// The frame of every chart: a viewBox of W x H, the plot inside the margins.
-struct Frame {
-  double W = 900, H = 320, L = 64, R = 16, T = 40, B = 44;
-  double pw() const { return W - L - R; }
-  double ph() const { return H - T - B; }
-};
-
-std::string svg_open(const std::string& id, const std::string& title, const Frame& f) {
-  return fmt::format(
-      "<svg id=\"{0}\" class=\"chart\" viewBox=\"0 0 {1} {2}\" role=\"img\" aria-labelledby=\"{0}-title\">\n"
-      "<title id=\"{0}-title\">{3}</title>\n"
-      "<rect x=\"{4}\" y=\"{5}\" width=\"{6}\" height=\"{7}\" class=\"plot\"/>\n",
-      id, c(f.W), c(f.H), html_escape(title), c(f.L), c(f.T), c(f.pw()), c(f.ph()));
-}
-
-// Horizontal grid lines with their labels on the left; `y` maps a value to a coordinate.
-template <class Map>
-std::string y_axis(const std::vector<std::pair<double, std::string>>& ticks, Map y, const Frame& f,
-                   const std::string& label) {
-  std::string out;
-  for (const auto& [v, text] : ticks) {
-    const double yy = y(v);
-    out += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" class=\"grid\"/>", c(f.L), c(yy),
-                       c(f.L + f.pw()), c(yy));
-    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{}</text>\n", c(f.L - 6),
-                       c(yy + 4), html_escape(text));
-  }
-  out += fmt::format("<text x=\"14\" y=\"{}\" class=\"axis\" transform=\"rotate(-90 14 {})\" "
-                     "text-anchor=\"middle\">{}</text>\n",
-                     c(f.T + f.ph() / 2), c(f.T + f.ph() / 2), html_escape(label));
-  return out;
-}
-
-// Legend entries left to right above the plot.
-std::string legend(const std::vector<std::pair<std::string, std::string>>& items, const Frame& f) {
-  std::string out;
-  double x = f.L;
-  for (const auto& [colour, name] : items) {
-    out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\" class=\"swatch\"/>", c(x),
-                       c(f.T - 26), colour);
-    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n", c(x + 16), c(f.T - 16),
-                       html_escape(name));
-    x += 28 + 7.0 * static_cast<double>(name.size());
-  }
-  return out;
-}
-
-// Label positions along x so that labels are at least `min_gap` apart.
-std::size_t label_stride(std::size_t n, double width, double min_gap) {
-  if (n == 0) return 1;
-  const double per = width / static_cast<double>(n);
-  return std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil(min_gap / std::max(per, 1e-9))));
-}
+using svg::bits_colour;
+using svg::broken_path;
+using svg::c;
+using svg::Frame;
+using svg::label_stride;
+using svg::legend;
+using svg::nice_ceil;
+using svg::note;
+using svg::series_colour;
+using svg::y_axis;
 
 // Alternating bands for the blocks under a per-layer chart, with block labels under the axis.
 // Without block numbers the layers are labelled by index.
@@ -515,40 +442,15 @@ std::string layer_axis(const json& layers, const Frame& f, const std::string& la
   return out;
 }
 
-// A polyline path through the points, broken where a value is missing.
-std::string broken_path(const std::vector<std::optional<std::pair<double, double>>>& pts) {
-  std::string d;
-  bool pen = false;
-  for (const auto& p : pts) {
-    if (!p) {
-      pen = false;
-      continue;
-    }
-    d += fmt::format("{}{} {} ", pen ? "L" : "M", c(p->first), c(p->second));
-    pen = true;
-  }
-  return d;
-}
-
-double nice_ceil(double v) {
-  if (!(v > 0)) return 1;
-  const double e = std::pow(10.0, std::floor(std::log10(v)));
-  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
-    if (m * e >= v * (1 - 1e-12)) return m * e;
-  return 10 * e;
-}
-
-std::string note(const std::string& text) { return "<p class=\"note\">" + html_escape(text) + "</p>\n"; }
-
 // (1) per-layer sensitivity, one series per metric, each normalised to [0, 1] (min-max; on
 // log10 values when a metric is positive and spans more than 100x).
-std::string chart_sensitivity(const json& layers) {
+std::string chart_sensitivity(const json& layers, const std::string& id = "chart-sensitivity") {
   const auto metrics = layers.is_array() ? sensitivity_metrics(layers) : std::vector<std::string>{};
   if (metrics.empty()) return note("No per-layer sensitivity in this report: sensitivity chart omitted.");
   const Frame f;
   const std::size_t n = layers.size();
   const double step = f.pw() / static_cast<double>(n);
-  std::string out = svg_open("chart-sensitivity", "Per-layer sensitivity by metric (normalised per metric to [0, 1])", f);
+  std::string out = svg::open(id, "Per-layer sensitivity by metric (normalised per metric to [0, 1])", f);
   out += layer_axis(layers, f, "layer");
   auto y = [&](double v) { return f.T + f.ph() * (1.0 - v); };
   out += y_axis({{0, "0"}, {0.25, "0.25"}, {0.5, "0.5"}, {0.75, "0.75"}, {1, "1"}}, y, f, "normalised sensitivity");
@@ -589,7 +491,8 @@ std::string chart_sensitivity(const json& layers) {
 }
 
 // (2) bits per layer: one bar per layer that has bits, coloured by bits.
-std::string chart_bits(const json& layers) {
+std::string chart_bits(const json& layers, const std::string& id = "chart-bits",
+                       const std::string& title = "Bits per layer") {
   std::size_t with_bits = 0;
   double max_bits = 0;
   if (layers.is_array())
@@ -604,7 +507,7 @@ std::string chart_bits(const json& layers) {
   const double step = f.pw() / static_cast<double>(n);
   const double top = std::max(8.0, max_bits);
   auto y = [&](double v) { return f.T + f.ph() * (1.0 - std::max(0.0, v) / top); };
-  std::string out = svg_open("chart-bits", "Bits per layer", f);
+  std::string out = svg::open(id, title, f);
   out += layer_axis(layers, f, "layer");
   std::set<double> levels{0, top};
   for (const auto& l : layers)
@@ -672,7 +575,7 @@ std::string chart_loss(const json& blocks) {
       ticks.emplace_back(v, fnum(v, 3));
     }
   }
-  std::string out = svg_open("chart-loss", std::string("Validation MSE per block: start vs best") +
+  std::string out = svg::open("chart-loss", std::string("Validation MSE per block: start vs best") +
                                                (logy ? " (log scale)" : ""), f);
   out += y_axis(ticks, y, f, logy ? "val MSE (log)" : "val MSE");
   const std::size_t stride = label_stride(n, f.pw(), 28);
@@ -717,24 +620,6 @@ std::string th_row(const std::vector<std::string>& cells) {
   return out + "</tr>\n";
 }
 
-const char* kStyle = R"css(
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
-th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
-th{background:#f5f5f5}th:first-child,td:first-child{text-align:left}
-table.meta td,table.meta th{text-align:left;border:none;background:none}
-td.worse{color:#b00020}td.better{color:#1b7f2a}
-.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:9em}
-.card .v{font-size:1.4em;font-weight:600}.card .k{font-size:.8em;color:#666}
-.scroll{overflow-x:auto}
-figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
-svg.chart{width:100%;height:auto;background:#fff}
-svg .plot{fill:#fff;stroke:#999}svg .grid{stroke:#e4e4e4}svg .band{fill:#f3f3f3}
-svg text{font-family:inherit;font-size:11px;fill:#333}svg .axis{font-size:12px}
-p.note{color:#666;font-style:italic}
-)css";
 
 }  // namespace
 
@@ -745,7 +630,7 @@ std::string render_run_report_html(const json& r) {
   out += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   out += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
   out += "<title>mpqat run report: " + html_escape(model) + "</title>\n";
-  out += std::string("<style>") + kStyle + "</style>\n</head>\n<body>\n";
+  out += std::string("<style>") + svg::page_style() + "</style>\n</head>\n<body>\n";
   out += "<h1>mpqat run report</h1>\n<table class=\"meta\">\n";
   out += "<tr><th>model</th><td>" + html_escape(model) + "</td></tr>\n";
   for (const char* k : {"recipe", "created", "mpqat_version"})
@@ -853,6 +738,12 @@ std::string render_run_report_html(const json& r) {
   }
   out += "</body>\n</html>\n";
   return out;
+}
+
+std::string layer_sensitivity_chart(const json& layers, const std::string& id) { return chart_sensitivity(layers, id); }
+
+std::string layer_bits_chart(const json& layers, const std::string& id, const std::string& title) {
+  return chart_bits(layers, id, title);
 }
 
 }  // namespace mpqat::eval

@@ -42,6 +42,11 @@ std::string render_run_report_text(const nlohmann::json& report);
 // whose data is absent is replaced by a one-line note. Every string from the report is escaped.
 std::string render_run_report_html(const nlohmann::json& report);
 
+// The per-layer charts of report.html for other pages (study.html): `layers` as report.json's
+// "layers" array; a note instead of the chart when it holds no sensitivity / bits.
+std::string layer_sensitivity_chart(const nlohmann::json& layers, const std::string& id);
+std::string layer_bits_chart(const nlohmann::json& layers, const std::string& id, const std::string& title);
+
 // Escapes & < > " ' for HTML text and attribute values (also valid inside inline SVG).
 std::string html_escape(const std::string& s);
 
