@@ -31,7 +31,7 @@ TEST(Cli, VersionAndHelp) {
   r = run_mpqat("--help");
   EXPECT_EQ(r.code, 0);
   for (const char* cmd : {"run", "sensitivity", "allocate", "train", "quantize", "eval", "inspect",
-                          "convert", "similarity", "wizard", "launch"}) {
+                          "convert", "similarity", "wizard", "launch", "study"}) {
     EXPECT_NE(r.out.find(std::string(cmd)), std::string::npos) << "--help lacks " << cmd;
   }
 }

@@ -1,106 +1,63 @@
 #!/usr/bin/env bash
-# Regenerates docs/results.md: perplexity at equal bytes on the bundled model (kjv-llama) and on
-# stories260K for FP, RTN / GPTQ / GPTQ act-order / Block-AP / Block-AP from GPTQ at uniform 2/3/4-bit,
-# and QBO (+ RTN, GPTQ, Block-AP, Block-AP from GPTQ) / MPQ + Block-AP at the byte size of each
-# uniform point, with time and peak memory per stage. Every number comes from
-# `mpqat run` report.json files under runs/results/.
+# Regenerates docs/results.md from `mpqat study` runs (docs/study.md), so every number in it is a
+# row of a study.json under runs/results/:
+#   1. the method comparison at equal bytes on the bundled model (kjv-llama) and on stories260K:
+#      uniform / QBO / MPQ x RTN / GPTQ / GPTQ act-order / Block-AP / Block-AP from GPTQ (SGRA on)
+#      at the bytes of uniform 2, 2.5 (interpolated), 3 and 4-bit g32;
+#   2. the seeds' study on stories260K (recipes/study-stories260K.yaml): uniform / MPQ / QBO with
+#      SGRA off, on and at equal steps, three seeds.
 #   tools/bench_results.sh            (needs build/mpqat; stories260K needs ../shared/data)
+# A killed run resumes where it stopped (each study skips its finished cells).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MPQAT=${MPQAT:-build/mpqat}
 OUT=runs/results
 mkdir -p "$OUT"
-models=(kjv)
-if tools/prepare_stories260K.sh >/dev/null 2>&1; then models+=(s260k); else
-  echo "bench_results: stories260K skipped (shared data not found)" >&2; fi
+have_s260k=1
+tools/prepare_stories260K.sh >/dev/null 2>&1 || { have_s260k=0; echo "bench_results: stories260K skipped (shared data not found)" >&2; }
 
-run() {  # name recipe overrides...
+methods=("study.allocation=[uniform, qbo, mpq]" "study.training=[rtn, gptq, gptq-act-order, block-ap, block-ap-gptq]"
+         "study.sgra=[on]" "study.budgets=[2, 2.5, 3, 4]" "study.seeds=[0]" "allocation.method=uniform"
+         "allocation.budget.avg_bits=0")
+study() {  # name recipe overrides...
   local name=$1 recipe=$2; shift 2
-  "$MPQAT" run "$recipe" output.dir="$OUT/$name" output.overwrite=true "$@" > "$OUT/$name.log" 2>&1 ||
-    { echo "bench_results: run $name failed, see $OUT/$name.log" >&2; tail -3 "$OUT/$name.log" >&2; exit 1; }
-  echo "  $name done" >&2
+  echo "bench_results: study $name" >&2
+  "$MPQAT" study "$recipe" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 ||
+    { echo "bench_results: study $name failed, see $OUT/$name.log" >&2; tail -3 "$OUT/$name.log" >&2; exit 1; }
 }
-bytes_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['size']['file_bytes'])" "$OUT/$1/report.json"; }
+study kjv-methods recipes/quickstart.yaml "${methods[@]}"
+if [ "$have_s260k" = 1 ]; then
+  study s260k-methods recipes/stories260K.yaml "${methods[@]}"
+  study s260k-seeds recipes/study-stories260K.yaml
+fi
 
-for m in "${models[@]}"; do
-  if [ "$m" = kjv ]; then recipe=recipes/quickstart.yaml; else recipe=recipes/stories260K.yaml; fi
-  common=(allocation.budget.avg_bits=0 allocation.sgra.enabled=true)
-  for b in 2 3 4; do
-    fpflag=evaluation.fp_baseline=$([ "$b" = 2 ] && echo true || echo false)
-    run "$m-rtn-w$b" "$recipe" "${common[@]}" "$fpflag" allocation.method=uniform allocation.uniform_bits=$b training.method=rtn
-    run "$m-bap-w$b" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=uniform allocation.uniform_bits=$b training.method=block-ap
-    run "$m-gptq-w$b" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=uniform allocation.uniform_bits=$b training.method=gptq
-    run "$m-gptqao-w$b" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=uniform allocation.uniform_bits=$b training.method=gptq training.gptq.act_order=true
-    run "$m-bapg-w$b" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=uniform allocation.uniform_bits=$b training.method=block-ap training.init=gptq
-  done
-  # Mixed precision at the bytes of uniform 3 and 4 bits, and halfway between 2 and 3 bits
-  # (at uniform 2-bit bytes the only plan that fits is uniform 2-bit itself).
-  for t in 2.5 3 4; do
-    if [ "$t" = 2.5 ]; then budget=$(( ($(bytes_of "$m-rtn-w2") + $(bytes_of "$m-rtn-w3")) / 2 )); else budget=$(bytes_of "$m-rtn-w$t"); fi
-    run "$m-qbo-rtn-at-w$t" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=qbo "allocation.budget.bytes=$budget" training.method=rtn
-    run "$m-qbo-at-w$t" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=qbo "allocation.budget.bytes=$budget" training.method=block-ap
-    run "$m-qbo-gptq-at-w$t" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=qbo "allocation.budget.bytes=$budget" training.method=gptq
-    run "$m-qbo-bapg-at-w$t" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=qbo "allocation.budget.bytes=$budget" training.method=block-ap training.init=gptq
-    run "$m-mpq-at-w$t" "$recipe" "${common[@]}" evaluation.fp_baseline=false allocation.method=mpq "allocation.budget.bytes=$budget" training.method=block-ap
-  done
-done
-
-python3 - "$OUT" "${models[@]}" > docs/results.md.tmp <<'PY'
-import json, os, sys, platform, subprocess
-out, models = sys.argv[1], sys.argv[2:]
-title = {"kjv": "bundled model checkpoints/kjv-llama (1.3M parameters, held-out KJV text)",
-         "s260k": "stories260K (llama2.c, 260K parameters, held-out TinyStories)"}
-def rep(name):
-    return json.load(open(os.path.join(out, name, "report.json")))
-def ppl(q):
-    v = q.get("ppl")
-    return v if isinstance(v, (int, float)) else list(v.values())[0]
-def stage(r, n, key):
-    for s in r.get("stages", []):
-        if s["name"] == n: return s.get(key, 0.0)
-    return 0.0
-cpu = ""
-try:
-    cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")][0]
-except Exception: pass
-print("# Results: perplexity at equal bytes\n")
-print("Generated by `tools/bench_results.sh` (do not edit by hand). Every row is one `mpqat run` whose")
-print("report.json lies under `runs/results/<row>/`. Machine: %d CPU cores (%s), no GPU.\n" % (os.cpu_count(), cpu))
-print("Rows: FP = the float model; RTN wB = uniform B-bit round-to-nearest (group 32); Block-AP wB = the")
-print("same plan trained with Block-AP (SGRA on); QBO / MPQ @ wB = sensitivity-guided mixed precision with")
-print("the byte size of the RTN wB checkpoint as a hard budget, then Block-AP. GPTQ rows: GPTQ (Frantar et al.")
-print("2022; act-order = columns by decreasing Hessian diagonal) on the same calibration sequences; Block-AP")
-print("from GPTQ = Block-AP starting from GPTQ's codes (training.init: gptq). Bytes = safetensors file")
-print("bytes of the whole checkpoint (embeddings and norms in fp16 included); avg bits = code bits of the")
-print("block linears; time = the quantize stage (RTN, GPTQ or Block-AP); peak RSS = the run's peak resident memory.")
-print("PIQA / ARC-Easy are left out: both models score at chance on them (first 200 items, acc: stories260K 0.49 / 0.23, kjv-llama 0.49 / 0.27; chance 0.5 / 0.25),")
-print("so accuracy differences would be noise. Held-out text never appears in the calibration data.\n")
-for m in models:
-    fp = rep(f"{m}-rtn-w2")["fp"]
-    print(f"## {title.get(m, m)}\n")
-    print("| row | bytes | avg bits | ppl | vs FP | vs RTN at those bytes | quantize s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| FP | {fp['bytes']} (fp16) | 16 | {ppl(fp):.3f} | | | | |")
-    rows = []
-    for b in ("2", "2.5", "3", "4"):
-        if b != "2.5":
-            rows += [(f"{m}-rtn-w{b}", f"RTN w{b}"), (f"{m}-gptq-w{b}", f"GPTQ w{b}"),
-                     (f"{m}-gptqao-w{b}", f"GPTQ act-order w{b}"), (f"{m}-bap-w{b}", f"Block-AP w{b}"),
-                     (f"{m}-bapg-w{b}", f"Block-AP from GPTQ w{b}")]
-        if b != "2":
-            rows += [(f"{m}-qbo-rtn-at-w{b}", f"QBO @ w{b} bytes + RTN"), (f"{m}-qbo-gptq-at-w{b}", f"QBO @ w{b} bytes + GPTQ"),
-                     (f"{m}-qbo-at-w{b}", f"QBO @ w{b} bytes + Block-AP"),
-                     (f"{m}-qbo-bapg-at-w{b}", f"QBO @ w{b} bytes + Block-AP from GPTQ"),
-                     (f"{m}-mpq-at-w{b}", f"MPQ @ w{b} bytes + Block-AP")]
-    for name, label in rows:
-        r = rep(name); q = r["quantized"]; p = ppl(q)
-        ref = f"{m}-rtn-w{label.split('@ w')[1].split(' ')[0]}" if "@" in label else None
-        base = ppl(rep(ref)["quantized"]) if ref and os.path.exists(os.path.join(out, ref)) else None
-        peak = max((s.get("peak_rss_mib", 0) for s in r.get("stages", [])), default=0)
-        vs = f"{p/base:.3f}x" if base else ""
-        print(f"| {label} | {r['size']['file_bytes']} | {q['avg_bits']:.2f} | {p:.3f} | {p/ppl(fp):.3f}x | {vs} | {stage(r, 'quantize', 'seconds'):.1f} | {peak:.0f} |")
-    print()
-print("Reproduce: `tools/setup.sh && tools/bench_results.sh` (about 20 minutes on 2 cores).")
-PY
+section() {  # title study-folder: the study's tables without its own title line
+  echo "## $1"
+  echo
+  tail -n +2 "$OUT/$2/study.md" | sed 's/^## /### /'
+  echo
+}
+{
+  echo "# Results: perplexity at equal bytes"
+  echo
+  echo "Generated by \`tools/bench_results.sh\` (do not edit by hand) from \`mpqat study\` runs (docs/study.md);"
+  echo "every row is one \`mpqat run\` whose report.json lies under \`runs/results/<study>/cells/<cell>/\`."
+  echo "Held-out text never appears in the calibration data. PIQA / ARC-Easy are left out: both models"
+  echo "score at chance on them (first 200 items, acc: stories260K 0.49 / 0.23, kjv-llama 0.49 / 0.27;"
+  echo "chance 0.5 / 0.25), so accuracy differences would be noise."
+  echo
+  echo "Variants: uniform = every block linear at B bits, group 32; QBO / MPQ = sensitivity-guided mixed"
+  echo "precision (Fisher) given the uniform B-bit checkpoint's bytes as a hard budget (2.5 = halfway"
+  echo "between the uniform 2- and 3-bit bytes); RTN = round to nearest; GPTQ (Frantar et al. 2022, act-order ="
+  echo "columns by decreasing Hessian diagonal) on the calibration sequences; Block-AP = block-wise QAT with"
+  echo "SGRA; Block-AP from GPTQ = Block-AP starting from GPTQ's codes (training.init: gptq)."
+  echo
+  section "Bundled model checkpoints/kjv-llama (1.3M parameters, held-out KJV text)" kjv-methods
+  if [ "$have_s260k" = 1 ]; then
+    section "stories260K (llama2.c, 260K parameters, held-out TinyStories)" s260k-methods
+    section "The seeds' study on stories260K: SGRA off / on / at equal steps, three seeds" s260k-seeds
+  fi
+  echo "Reproduce: \`tools/setup.sh && tools/bench_results.sh\` (about 45 minutes on 2 cores)."
+} > docs/results.md.tmp
 mv docs/results.md.tmp docs/results.md
 echo "wrote docs/results.md" >&2

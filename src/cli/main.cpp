@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
         });
 
     mpqat::cli::add_run_command(app);
+    mpqat::cli::add_study_command(app);
     mpqat::cli::add_sensitivity_command(app);
     mpqat::cli::add_allocate_command(app);
     mpqat::cli::add_train_command(app);

@@ -514,6 +514,7 @@ json build_report(Run& run, json fp, json qm, const json& alloc_summary, const q
       if (l.contains("block"))
         blocks.push_back({{"block", l["block"]},
                           {"epochs", l["epochs_run"]},
+                          {"steps", l.value("steps", int64_t{0})},
                           {"start_val_mse", l["start_val_mse"]},
                           {"best_val_mse", l["best_val_mse"]},
                           {"end_val_mse", l["end_val_mse"]},

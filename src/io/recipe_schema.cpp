@@ -159,7 +159,10 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.sgra.lr_scale", K::FloatList, "[0.5, 1.5]",
         "SGRA learning-rate multiplier range", {}, 0.0),
     key("allocation.sgra.patience", K::IntList, "[2, 5]",
-        "SGRA early-stopping patience range (epochs)", {}, 1.0)
+        "SGRA early-stopping patience range (epochs)", {}, 1.0),
+    key("allocation.sgra.equal_steps", K::Bool, "false",
+        "rescale SGRA's per-block epochs so that they sum to training.epochs x blocks: the optimisation "
+        "steps of the uniform schedule, so a gain is not bought with more training")
   };
 }
 
@@ -268,6 +271,30 @@ std::vector<KeySpec> distributed_keys() {
   };
 }
 
+// study.* keys (read by `mpqat study` only; `mpqat run` ignores them)
+std::vector<KeySpec> study_keys() {
+  return {
+    key("study.allocation", K::StringList, "[uniform, qbo]",
+        "mpqat study: allocation methods compared; the mixed ones (qbo, mpq) get the bytes of uniform at each "
+        "budget, the clustering presets run once per calibration set",
+        {"uniform", "qbo", "mpq", "kmeans", "percentile", "hierarchical"}),
+    key("study.training", K::StringList, "[block-ap]",
+        "mpqat study: training methods (block-ap-gptq = Block-AP from GPTQ's start)",
+        {"rtn", "gptq", "gptq-act-order", "block-ap", "block-ap-gptq"}),
+    key("study.sgra", K::StringList, "[off, on]",
+        "mpqat study, Block-AP cells: SGRA off, on, and/or equal-steps (SGRA's epochs rescaled to the uniform "
+        "schedule's total)",
+        {"off", "on", "equal-steps"}),
+    key("study.budgets", K::FloatList, "[3]",
+        "mpqat study: sizes in uniform bits; B = the bytes of the uniform B-bit checkpoint (a fraction: "
+        "interpolated between the uniform floor(B) and ceil(B) bytes)", {}, 2.0, 8.0),
+    key("study.samples", K::IntList, "[]",
+        "mpqat study: calibration sizes (data.calibration.samples; [] = the recipe's)", {}, 1.0),
+    key("study.seeds", K::IntList, "[0]",
+        "mpqat study: seeds (seed and data.calibration.seed of each repetition)")
+  };
+}
+
 // run.* keys
 std::vector<KeySpec> run_keys() {
   return {
@@ -280,7 +307,7 @@ std::vector<KeySpec> run_keys() {
 // Every section's keys, in the order docs/recipes.md lists them.
 std::vector<KeySpec> build_schema() {
   std::vector<KeySpec> all;
-  for (auto section : {&model_keys, &data_keys, &sensitivity_keys, &allocation_keys, &training_keys, &evaluation_keys, &output_keys, &distributed_keys, &run_keys}) {
+  for (auto section : {&model_keys, &data_keys, &sensitivity_keys, &allocation_keys, &training_keys, &evaluation_keys, &output_keys, &distributed_keys, &study_keys, &run_keys}) {
     auto keys = section();
     all.insert(all.end(), keys.begin(), keys.end());
   }

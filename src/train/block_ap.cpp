@@ -180,12 +180,13 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
           {"plan", util::fnv1a64_hex(quant::bit_plan_to_json(plan).dump())},
           {"data", util::fnv1a64_hex(bytes)},
           {"world_size", world},
-          {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}{}", o.epochs, o.patience,
+          {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}{}{}", o.epochs, o.patience,
                                   o.use_sgra, o.batch_size, o.lr_weights, o.lr_quant, o.min_lr_ratio, o.train_norm,
                                   o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache.dtype),
                                   o.gptq_init ? fmt::format(" gptq{}/{}/{}/{}", o.gptq.damp, o.gptq.act_order,
                                                             o.gptq.static_groups, o.gptq.block_columns)
-                                              : "")}};
+                                              : "",
+                                  o.use_sgra && o.sgra_equal_steps ? " sgra-equal" : "")}};
 }
 
 }  // namespace
@@ -262,6 +263,7 @@ struct BlockApRun {
   model::ActivationCache& Y;   // float chain input, then target
   std::vector<int64_t> train_g, val_g;
   int64_t chunk, C;
+  std::vector<int> equal_epochs = {};  // allocation.sgra.equal_steps: each block's epochs (0 = no SGRA entry)
   // Global MSE of `block` on the sequences gs.
   double mse(model::Block& block, const std::vector<int64_t>& gs) const {
     return eval_mse(run, block, Xq, Y, data, gs, chunk, o.comm);
@@ -344,6 +346,26 @@ void save_progress(const BlockApRun& b, const json& fp, int64_t bi, int64_t nb, 
   }
 }
 
+// allocation.sgra.equal_steps: every block's SGRA epochs (the most of its quantized modules', as
+// plan_block reads them) rescaled to sum to o.epochs x the blocks with SGRA entries. Empty when
+// not asked; 0 for a block without SGRA entries.
+std::vector<int> equal_step_epochs(const model::ModelConfig& cfg, const quant::BitPlan& plan, const BlockApOptions& o) {
+  if (!o.use_sgra || !o.sgra_equal_steps) return {};
+  std::vector<int> per_block(static_cast<size_t>(cfg.num_hidden_layers), 0), sgra;
+  for (int64_t bi = 0; bi < cfg.num_hidden_layers; ++bi) {
+    for (const auto& rel : model::family_block_linear_names(cfg)) {
+      auto it = plan.modules.find(model::family_block_prefix(cfg, bi) + rel);
+      if (it != plan.modules.end() && it->second.sgra && it->second.quantized())
+        per_block[static_cast<size_t>(bi)] = std::max(per_block[static_cast<size_t>(bi)], it->second.sgra->epochs);
+    }
+    if (per_block[static_cast<size_t>(bi)] > 0) sgra.push_back(per_block[static_cast<size_t>(bi)]);
+  }
+  const auto equal = equalize_epochs(sgra, static_cast<int64_t>(sgra.size()) * o.epochs);
+  for (std::size_t bi = 0, k = 0; bi < per_block.size(); ++bi)
+    if (per_block[bi] > 0) per_block[bi] = equal[k++];
+  return per_block;
+}
+
 // The block's bits, average bits, learning-rate multiplier and (with SGRA) epochs and patience.
 void plan_block(const BlockApRun& b, model::Block& block, const std::string& prefix, const Trainable& tr,
                 BlockLog& log) {
@@ -366,6 +388,7 @@ void plan_block(const BlockApRun& b, model::Block& block, const std::string& pre
       patience = std::max(patience, it->second.sgra->patience);
     }
   }
+  if (any_sgra && !b.equal_epochs.empty()) epochs = b.equal_epochs[static_cast<size_t>(log.block)];
   for (const auto& m : tr.modules) lr_scale_sum += m.lr_scale;
   log.avg_bits = qparams ? bit_params / static_cast<double>(qparams) : 16;
   log.lr_scale = tr.modules.empty() ? 1.0 : lr_scale_sum / static_cast<double>(tr.modules.size());
@@ -671,6 +694,7 @@ QatResult block_ap(const model::ModelFolder& folder, const quant::BitPlan& plan,
   BlockApRun b{folder, plan, data, o, fault_injection(), shard, runner, Xq, Y, {}, {},
                std::max<int64_t>(1, o.batch_size), C};
   for (int64_t g = 0; g < N; ++g) (g < N - n_val ? b.train_g : b.val_g).push_back(g);
+  b.equal_epochs = equal_step_epochs(folder.config(), plan, o);
 
   if (start_block == 0) {
     torch::NoGradGuard ng;

@@ -14,6 +14,7 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
   BlockApOptions bo;
   bo.epochs = static_cast<int>(r.integer("training.epochs"));
   bo.use_sgra = r.flag("allocation.sgra.enabled");
+  bo.sgra_equal_steps = r.flag("allocation.sgra.equal_steps");
   bo.batch_size = r.integer("training.batch_size");
   bo.lr_weights = r.number("training.lr_weights");
   bo.lr_quant = r.number("training.lr_quant");

@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "mpqat/dist/communicator.h"
 #include "mpqat/train/block_ap.h"
+#include "mpqat/util/error.h"
 
 namespace mpqat::train {
 
@@ -94,6 +96,44 @@ double cosine_factor(int64_t step, int64_t total, int64_t warmup, double min_rat
     cosf = 0.5 * (1 + std::cos(M_PI * static_cast<double>(step - warmup) / static_cast<double>(span)));
   }
   return min_ratio + (1 - min_ratio) * cosf;
+}
+
+std::vector<int> equalize_epochs(const std::vector<int>& epochs, int64_t total) {
+  const auto n = static_cast<int64_t>(epochs.size());
+  if (n == 0) return {};
+  if (total < n)
+    throw InputError("SGRA at equal steps: " + std::to_string(total) + " epochs cannot give each of " +
+                     std::to_string(n) + " blocks at least one");
+  int64_t sum = 0;
+  for (int e : epochs) {
+    if (e < 1) throw InputError("SGRA at equal steps: every block needs at least one epoch, got " + std::to_string(e));
+    sum += e;
+  }
+  std::vector<int> out(epochs.size());
+  std::vector<double> rem(epochs.size());  // exact share minus what was given (negative when clamped to 1)
+  int64_t given = 0;
+  for (std::size_t i = 0; i < epochs.size(); ++i) {
+    const double share = static_cast<double>(epochs[i]) * static_cast<double>(total) / static_cast<double>(sum);
+    out[i] = std::max(1, static_cast<int>(std::floor(share + 1e-9)));
+    rem[i] = share - out[i];
+    given += out[i];
+  }
+  // Short: one more to the largest remainders (ties: the larger entry). Over (the minimum of 1
+  // overshot): one less from the largest, among equals the one with the smaller entry. Both keep
+  // the entries' order.
+  while (given < total) {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < out.size(); ++i)
+      if (rem[i] > rem[best] || (rem[i] == rem[best] && epochs[i] > epochs[best])) best = i;
+    ++out[best], rem[best] -= 1, ++given;
+  }
+  while (given > total) {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < out.size(); ++i)
+      if (out[i] > out[best] || (out[i] == out[best] && epochs[i] < epochs[best])) best = i;
+    --out[best], rem[best] += 1, --given;
+  }
+  return out;
 }
 
 }  // namespace mpqat::train

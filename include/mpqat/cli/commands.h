@@ -21,6 +21,7 @@ struct ExitRequest {
 };
 
 void add_run_command(CLI::App& app);
+void add_study_command(CLI::App& app);
 void add_sensitivity_command(CLI::App& app);
 void add_allocate_command(CLI::App& app);
 void add_train_command(CLI::App& app);

@@ -55,6 +55,9 @@ struct BlockApOptions {
   int epochs = 2;          // per block when the plan has no SGRA entry for its modules
   int patience = 0;        // without SGRA: early-stopping patience in epochs (0 = off)
   bool use_sgra = true;    // read epochs / lr_scale / patience from the plan's "sgra" entries
+  // With SGRA: the blocks' SGRA epochs rescaled to sum to `epochs` x (blocks with SGRA entries),
+  // the uniform schedule's steps (alloc::equalize_epochs).
+  bool sgra_equal_steps = false;
   int64_t batch_size = 2;  // global sequences per optimisation step (over all ranks)
   double lr_weights = 1e-5;
   double lr_quant = 1e-4;

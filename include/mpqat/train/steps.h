@@ -39,6 +39,14 @@ Shard make_shard(const TokenBatch& data, int rank, int world);
 // undefined gradients zero first. Returns false when any gradient is not finite.
 bool reduce_grads(const std::vector<torch::Tensor>& params, dist::Communicator* comm);
 
+// SGRA at equal optimisation steps (allocation.sgra.equal_steps): `epochs` (one entry per
+// trained block, each >= 1) rescaled in proportion so that they sum to `total` (>= their count):
+// floor of each share, at least 1, the rest to the largest remainders (ties: lower index), or
+// taken from the largest entries when the minimum of 1 overshoots. The order of the entries is
+// kept (a block with more SGRA epochs never gets fewer than one with less).
+std::vector<int> equalize_epochs(const std::vector<int>& epochs, int64_t total);
+
+
 // Learning rate of parameter group `group`.
 void set_lr(torch::optim::Optimizer& opt, size_t group, double lr);
 
