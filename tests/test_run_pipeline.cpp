@@ -60,6 +60,17 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
   const std::string html = mpqat::testing::slurp((out / "report.html").string());
   EXPECT_NE(html.find("chart-bits"), std::string::npos);
   EXPECT_NE(html.find("chart-loss"), std::string::npos);
+  // `mpqat eval` on the written checkpoint gives the report's number: one evaluation serves both.
+  {
+    const auto e = mpqat::testing::run_mpqat("eval " + (out / "checkpoint").string() + " --ppl " + kSource +
+                                             "/checkpoints/kjv-llama/heldout.txt --context 256 --json");
+    ASSERT_EQ(e.code, 0) << e.err;
+    EXPECT_DOUBLE_EQ(json::parse(e.out)["ppl"].get<double>(), q_ppl);
+    const auto f = mpqat::testing::run_mpqat("eval " + kSource + "/checkpoints/kjv-llama --ppl " + kSource +
+                                             "/checkpoints/kjv-llama/heldout.txt --context 256 --json");
+    ASSERT_EQ(f.code, 0) << f.err;
+    EXPECT_DOUBLE_EQ(json::parse(f.out)["ppl"].get<double>(), fp_ppl);
+  }
 
   // Re-run with a changed evaluation setting: only the evaluations run again.
   r = mpqat::testing::run_mpqat(base + " evaluation.context=128");

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include <torch/torch.h>
@@ -14,6 +15,7 @@
 #include "mpqat/cli/commands.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/eval/classification.h"
+#include "mpqat/eval/evaluate_model.h"
 #include "mpqat/eval/generate.h"
 #include "mpqat/eval/multiple_choice.h"
 #include "mpqat/eval/perplexity.h"
@@ -171,89 +173,79 @@ void run_generate(EvalContext& c, nlohmann::json& out) {
   }
 }
 
-void run_perplexity(EvalContext& c, nlohmann::json& out, eval::EvalReport& report) {
-  const int64_t max_pos = c.config().max_position_embeddings;
-  if (c.o->context > 0 && max_pos > 0 && c.o->context > max_pos)
-    throw InputError("--context " + std::to_string(c.o->context) + " exceeds the model's max_position_embeddings " +
-                     std::to_string(max_pos) + " (config.json); use --context <= " + std::to_string(max_pos) +
-                     ", or 0 for min(2048, " + std::to_string(max_pos) + ")");
-  const auto ids = c.tokenizer().encode(util::read_file(c.o->ppl_file), /*add_bos=*/true);
-  const int context = c.o->context > 0 ? c.o->context : eval::default_context(c.config());
-  eval::PplResult r;
-  try {
-    r = eval::evaluate_perplexity(c.run_model, ids, context, c.o->batch_size, c.o->json ? 0 : 1, c.device,
-                                  c.comm.get());
-  } catch (const InputError& e) {
-    throw InputError("--ppl '" + c.o->ppl_file + "': " + e.what());
+// --ppl / --tasks / --classify through the evaluation `mpqat run` uses too (eval/evaluate_model.h),
+// then this command's JSON, report sections and printed lines.
+void run_evaluations(EvalContext& c, const EvalWhat& w, std::vector<eval::MultipleChoiceTask> tasks,
+                     std::optional<data::ClassificationData> cls_data, nlohmann::json& out, eval::EvalReport& report) {
+  const auto& o = *c.o;
+  eval::EvaluationRequest req;
+  if (w.ppl) {
+    const int64_t max_pos = c.config().max_position_embeddings;
+    if (o.context > 0 && max_pos > 0 && o.context > max_pos)
+      throw InputError("--context " + std::to_string(o.context) + " exceeds the model's max_position_embeddings " +
+                       std::to_string(max_pos) + " (config.json); use --context <= " + std::to_string(max_pos) +
+                       ", or 0 for min(2048, " + std::to_string(max_pos) + ")");
+    req.ppl_files = {o.ppl_file};
+    req.context = o.context;
+    req.ppl_batch_size = o.batch_size;
+    req.ppl_verbosity = o.json ? 0 : 1;
   }
-  out["ppl"] = r.ppl;
-  out["nll"] = r.nll;
-  out["tokens"] = r.tokens;
-  out["windows"] = r.windows;
-  out["context"] = r.context;
-  report.set_section("perplexity", nlohmann::json{{"file", c.o->ppl_file}, {"ppl", r.ppl}, {"nll", r.nll},
-                                                  {"tokens", r.tokens}, {"windows", r.windows},
-                                                  {"context", r.context}, {"streaming", c.src->streaming()}});
-  if (!c.o->json && c.main_rank)
-    std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
-              << r.windows << "  context " << r.context << "\n";
-}
+  req.tasks = std::move(tasks);
+  req.task_options.batch_size = o.batch_size;
+  req.task_options.max_length = o.max_length;
+  req.task_options.limit = o.limit;
+  req.task_options.add_bos = !o.no_bos;
+  req.task_options.progress = !o.json;
+  req.classification = std::move(cls_data);
+  req.classification_batch_size = o.batch_size;
+  req.classification_max_length = o.max_length;
+  req.classification_progress = !o.json;
+  req.classification_source = o.classify_file;
+  req.classification_hint = " (give the label order with --labels)";
+  const auto ev = eval::evaluate_model(c.folder(), c.run_model, req, c.device, c.comm.get());
 
-void run_tasks(EvalContext& c, const std::vector<eval::MultipleChoiceTask>& loaded, nlohmann::json& out,
-               eval::EvalReport& report) {
-  eval::MultipleChoiceOptions mo;
-  mo.batch_size = c.o->batch_size;
-  mo.max_length = c.o->max_length > 0 ? c.o->max_length : c.config().max_position_embeddings;
-  mo.limit = c.o->limit;
-  mo.add_bos = !c.o->no_bos;
-  mo.progress = !c.o->json;
-  mo.comm = c.comm.get();
-  mo.device = c.device;
-  report.set_meta("limit", c.o->limit);
-  report.set_meta("batch_size", c.o->batch_size);
-  report.set_meta("max_length", mo.max_length);
-  report.set_meta("num_fewshot", 0);
-  report.set_meta("bos", mo.add_bos);
-  for (const auto& t : loaded) {
-    const auto r = eval::evaluate_task(c.run_model, c.tokenizer(), t, mo);
-    report.add_multiple_choice(r);
-    out["tasks"][r.task] = report.json()["tasks"][r.task];
+  for (const auto& [file, r] : ev.perplexity) {
+    out["ppl"] = r.ppl;
+    out["nll"] = r.nll;
+    out["tokens"] = r.tokens;
+    out["windows"] = r.windows;
+    out["context"] = r.context;
+    report.set_section("perplexity", nlohmann::json{{"file", file}, {"ppl", r.ppl}, {"nll", r.nll},
+                                                    {"tokens", r.tokens}, {"windows", r.windows},
+                                                    {"context", r.context}, {"streaming", c.src->streaming()}});
+    if (!o.json && c.main_rank)
+      std::cout << "ppl " << r.ppl << "  nll " << r.nll << "  tokens " << r.tokens << "  windows "
+                << r.windows << "  context " << r.context << "\n";
   }
-  if (!c.o->json && c.main_rank) std::cout << report.to_text();
-}
-
-void run_classification(EvalContext& c, const data::ClassificationData& cls_data, nlohmann::json& out,
-                        eval::EvalReport& report) {
-  if (c.config().num_labels != static_cast<int64_t>(cls_data.label_names.size()))
-    throw InputError("'" + c.o->classify_file + "' has " + std::to_string(cls_data.label_names.size()) +
-                     " labels but " + c.o->dir + " classifies into " + std::to_string(c.config().num_labels) +
-                     " (give the label order with --labels)");
-  const auto enc = model::classifier_encoding(c.config(), c.tokenizer());  // the rules every stage shares
-  eval::PredictOptions po;
-  po.batch_size = c.o->batch_size;
-  po.max_length = c.o->max_length > 0 ? c.o->max_length : enc.max_length;
-  po.pad_id = enc.pad_id;  // the config's pad id first: OPT's head finds each row's last token by it
-  po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
-  po.progress = !c.o->json;
-  po.device = c.device;
-  po.comm = c.comm.get();
-  const eval::EncodeFn encode = [&](const std::string& text) { return c.tokenizer().encode(text, enc.add_bos); };
-  auto metrics = eval::evaluate_classifier(c.run_model, encode, cls_data, po);
-  const auto mj = metrics.to_json();
-  for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
-  const std::string name = std::filesystem::path(c.o->classify_file).stem().string();
-  report.set_meta("max_length", po.max_length);
-  report.add_classification(name, metrics);
-  if (!c.o->json && c.main_rank) {
-    std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
-              << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
-              << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
-              << "confusion [true][predicted], labels in order:";
-    for (const auto& l : cls_data.label_names) std::cout << " " << l;
-    std::cout << "\n";
-    for (const auto& row : metrics.confusion) {
-      for (size_t col = 0; col < row.size(); ++col) std::cout << (col ? " " : "  ") << row[col];
+  if (w.tasks) {
+    report.set_meta("limit", o.limit);
+    report.set_meta("batch_size", o.batch_size);
+    report.set_meta("max_length", ev.task_max_length);
+    report.set_meta("num_fewshot", 0);
+    report.set_meta("bos", !o.no_bos);
+    for (const auto& r : ev.tasks) {
+      report.add_multiple_choice(r);
+      out["tasks"][r.task] = report.json()["tasks"][r.task];
+    }
+    if (!o.json && c.main_rank) std::cout << report.to_text();
+  }
+  if (ev.classification) {
+    const auto& metrics = *ev.classification;
+    const auto mj = metrics.to_json();
+    for (auto it = mj.begin(); it != mj.end(); ++it) out[it.key()] = it.value();
+    report.set_meta("max_length", ev.classification_max_length);
+    report.add_classification(std::filesystem::path(o.classify_file).stem().string(), metrics);
+    if (!o.json && c.main_rank) {
+      std::cout << "accuracy " << metrics.accuracy << "  precision " << mj["precision"].get<double>()
+                << "  recall " << mj["recall"].get<double>() << "  f1 " << mj["f1"].get<double>() << "  ("
+                << mj["average"].get<std::string>() << ")  n " << metrics.n << "\n"
+                << "confusion [true][predicted], labels in order:";
+      for (const auto& l : req.classification->label_names) std::cout << " " << l;
       std::cout << "\n";
+      for (const auto& row : metrics.confusion) {
+        for (size_t col = 0; col < row.size(); ++col) std::cout << (col ? " " : "  ") << row[col];
+        std::cout << "\n";
+      }
     }
   }
 }
@@ -322,16 +314,16 @@ void add_eval_command(CLI::App& app) {
     // Load task and classification files before the model so a typo fails fast.
     std::vector<eval::MultipleChoiceTask> loaded;
     for (const auto& t : o->tasks) loaded.push_back(eval::load_task(util::trim(t), o->task_dir));
-    data::ClassificationData cls_data;
+    std::optional<data::ClassificationData> cls_data;
     if (w.cls) {
       data::ClassificationReadOptions ro;
       ro.text_field = o->text_field;
       ro.label_field = o->label_field;
       ro.labels = o->labels;
       cls_data = data::read_classification_file(o->classify_file, ro);
-      if (o->limit > 0 && static_cast<int64_t>(cls_data.texts.size()) > o->limit) {
-        cls_data.texts.resize(static_cast<size_t>(o->limit));
-        cls_data.labels.resize(static_cast<size_t>(o->limit));
+      if (o->limit > 0 && static_cast<int64_t>(cls_data->texts.size()) > o->limit) {
+        cls_data->texts.resize(static_cast<size_t>(o->limit));
+        cls_data->labels.resize(static_cast<size_t>(o->limit));
       }
     }
     EvalContext c = open_eval_context(*o, w);
@@ -341,9 +333,7 @@ void add_eval_command(CLI::App& app) {
     report.set_meta("device", c.device.str());
     report.set_meta("streamed", c.src->streaming());
     report.set_meta("ranks", c.comm->world_size());
-    if (w.ppl) run_perplexity(c, out, report);
-    if (w.tasks) run_tasks(c, loaded, out, report);
-    if (w.cls) run_classification(c, cls_data, out, report);
+    if (w.ppl || w.tasks || w.cls) run_evaluations(c, w, std::move(loaded), std::move(cls_data), out, report);
     if (!c.main_rank) return;
     // A generated piece may be a lone byte of a multi-byte character: invalid UTF-8 becomes U+FFFD.
     if (o->json) std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

@@ -25,6 +25,7 @@
 #include "mpqat/data/calibration.h"
 #include "mpqat/dist/communicator.h"
 #include "mpqat/eval/classification.h"
+#include "mpqat/eval/evaluate_model.h"
 #include "mpqat/eval/multiple_choice.h"
 #include "mpqat/eval/perplexity.h"
 #include "mpqat/eval/report.h"
@@ -59,7 +60,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Every configured evaluation of the model in `dir` (float or quantized).
+// Every configured evaluation of the model in `dir` (float or quantized), through the evaluation
+// `mpqat eval` uses too (eval/evaluate_model.h).
 json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
   const model::ModelFolder folder(dir);
   const auto& cfg = folder.config();
@@ -72,82 +74,52 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
   auto src = model::open_blocks(folder, st);
   const uint64_t group = std::max<uint64_t>(256ull << 20, (st.memory_limit ? st.memory_limit : model::auto_memory_limit(device)) / 4);
   const model::BatchFn logits = model::batch_fn(*src, group);
-  const auto& tok = folder.tokenizer();
   const int batch = static_cast<int>(r.integer("evaluation.batch_size"));
+  eval::EvaluationRequest req;
+  req.ppl_batch_size = batch;
+  req.ppl_key = r.source() + ": evaluation.perplexity";
+  req.ppl_hint = " (or lower evaluation.context)";
+  req.classification_key = r.source() + ": evaluation.classification.path";
+  req.task_options.batch_size = batch;
+  req.task_options.limit = r.integer("evaluation.task_limit");
+  req.task_options.progress = false;
+  if (src->shell().is_causal_lm()) {
+    req.ppl_files = r.strings("evaluation.perplexity");
+    // evaluation.context is capped at the model's maximum (docs/recipes.md); 0 = the default.
+    const int ctx = static_cast<int>(r.integer("evaluation.context"));
+    req.context = ctx <= 0 ? eval::default_context(cfg) : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
+    std::string tdir = r.str("evaluation.task_dir");
+    if (tdir.empty()) tdir = "../shared/data/tasks";
+    for (const auto& t : r.strings("evaluation.tasks")) req.tasks.push_back(eval::load_task(t, tdir));
+  } else if (!r.str("evaluation.classification.path").empty()) {
+    const std::string path = r.str("evaluation.classification.path");
+    data::ClassificationReadOptions ro;
+    ro.text_field = r.str("evaluation.classification.text_field");
+    ro.label_field = r.str("evaluation.classification.label_field");
+    auto data = data::read_classification_file(path, ro);
+    const int64_t limit = r.integer("evaluation.classification.limit");
+    if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
+      data.texts.resize(static_cast<size_t>(limit));
+      data.labels.resize(static_cast<size_t>(limit));
+    }
+    req.classification = std::move(data);
+    req.classification_source = path;
+    req.classification_batch_size = std::max(batch, 8);
+  }
+  const auto ev = eval::evaluate_model(folder, logits, req, device, &comm);
+
   json out = json::object();
   out["streamed"] = src->streaming();
-  torch::NoGradGuard ng;
-  if (src->shell().is_causal_lm()) {
-    for (const auto& f : r.strings("evaluation.perplexity")) {
-      const auto ids = tok.encode(util::read_file(f), true);
-      int ctx = static_cast<int>(r.integer("evaluation.context"));
-      const int dflt = eval::default_context(cfg);
-      ctx = ctx <= 0 ? dflt : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
-      eval::PplResult res;
-      try {
-        res = eval::evaluate_perplexity(logits, ids, ctx, batch, 0, device, &comm);
-      } catch (const InputError& e) {
-        throw InputError(r.source() + ": evaluation.perplexity '" + f + "': " + e.what() +
-                         " (or lower evaluation.context)");
-      }
-      const std::string name = fs::path(f).filename().string();
-      out["ppl_files"][name] = res.ppl;
-      out["nll_files"][name] = res.nll;
-    }
-    // One file: "ppl" is its number (the documented contract); several: a map by file name.
-    if (out.contains("ppl_files")) {
-      out["ppl"] = out["ppl_files"].size() == 1 ? out["ppl_files"].begin().value() : out["ppl_files"];
-      out.erase("ppl_files");
-      out.erase("nll_files");
-    }
-    const auto tasks = r.strings("evaluation.tasks");
-    if (!tasks.empty()) {
-      eval::MultipleChoiceOptions mo;
-      mo.batch_size = batch;
-      mo.max_length = cfg.max_position_embeddings;
-      mo.limit = r.integer("evaluation.task_limit");
-      mo.progress = false;
-      mo.device = device;
-      mo.comm = &comm;
-      eval::EvalReport rep(dir);
-      std::string tdir = r.str("evaluation.task_dir");
-      if (tdir.empty()) tdir = "../shared/data/tasks";
-      for (const auto& t : tasks) {
-        const auto res = eval::evaluate_task(logits, tok, eval::load_task(t, tdir), mo);
-        rep.add_multiple_choice(res);
-        out["tasks"][res.task] = rep.json()["tasks"][res.task];
-      }
-    }
-  } else {
-    const std::string path = r.str("evaluation.classification.path");
-    if (!path.empty()) {
-      data::ClassificationReadOptions ro;
-      ro.text_field = r.str("evaluation.classification.text_field");
-      ro.label_field = r.str("evaluation.classification.label_field");
-      auto data = data::read_classification_file(path, ro);
-      const int64_t limit = r.integer("evaluation.classification.limit");
-      if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
-        data.texts.resize(static_cast<size_t>(limit));
-        data.labels.resize(static_cast<size_t>(limit));
-      }
-      if (cfg.num_labels != static_cast<int64_t>(data.label_names.size()))
-        throw InputError("evaluation.classification.path '" + path + "' has " +
-                         std::to_string(data.label_names.size()) + " labels but the model classifies into " +
-                         std::to_string(cfg.num_labels));
-      const auto enc = model::classifier_encoding(cfg, tok);
-      eval::PredictOptions po;
-      po.batch_size = std::max(batch, 8);
-      po.max_length = enc.max_length;
-      po.pad_id = enc.pad_id;
-      po.keep_last_token = enc.keep_last_token;
-      po.progress = false;
-      po.device = device;
-      po.comm = &comm;
-      const eval::EncodeFn encode = [&](const std::string& t) { return tok.encode(t, enc.add_bos); };
-      const auto metrics = eval::evaluate_classifier(logits, encode, data, po);
-      out["classification"] = metrics.to_json();
-    }
+  // One file: "ppl" is its number (the documented contract); several: a map by file name.
+  json files = json::object();
+  for (const auto& [f, res] : ev.perplexity) files[fs::path(f).filename().string()] = res.ppl;
+  if (!files.empty()) out["ppl"] = files.size() == 1 ? files.begin().value() : files;
+  eval::EvalReport rep(dir);
+  for (const auto& res : ev.tasks) {
+    rep.add_multiple_choice(res);
+    out["tasks"][res.task] = rep.json()["tasks"][res.task];
   }
+  if (ev.classification) out["classification"] = ev.classification->to_json();
   return out;
 }
 

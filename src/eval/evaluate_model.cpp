@@ -1,0 +1,59 @@
+// The evaluation both `mpqat eval` and `mpqat run` use (include/mpqat/eval/evaluate_model.h).
+#include "mpqat/eval/evaluate_model.h"
+
+#include <string>
+
+#include "mpqat/model/classifier_input.h"
+#include "mpqat/model/loader.h"
+#include "mpqat/util/error.h"
+#include "mpqat/util/strings.h"
+
+namespace mpqat::eval {
+
+Evaluation evaluate_model(const model::ModelFolder& folder, const model::BatchFn& run, const EvaluationRequest& req,
+                          torch::Device device, dist::Communicator* comm) {
+  const auto& cfg = folder.config();
+  const auto& tok = folder.tokenizer();
+  Evaluation out;
+  torch::NoGradGuard ng;
+  for (const auto& f : req.ppl_files) {
+    const auto ids = tok.encode(util::read_file(f), /*add_bos=*/true);
+    const int context = req.context > 0 ? req.context : default_context(cfg);
+    try {
+      out.perplexity.push_back({f, evaluate_perplexity(run, ids, context, req.ppl_batch_size, req.ppl_verbosity,
+                                                       device, comm)});
+    } catch (const InputError& e) {
+      throw InputError(req.ppl_key + " '" + f + "': " + e.what() + req.ppl_hint);
+    }
+  }
+  if (!req.tasks.empty()) {
+    MultipleChoiceOptions mo = req.task_options;
+    if (mo.max_length <= 0) mo.max_length = cfg.max_position_embeddings;
+    mo.device = device;
+    mo.comm = comm;
+    out.task_max_length = mo.max_length;
+    for (const auto& t : req.tasks) out.tasks.push_back(evaluate_task(run, tok, t, mo));
+  }
+  if (req.classification) {
+    const auto& data = *req.classification;
+    if (cfg.num_labels != static_cast<int64_t>(data.label_names.size()))
+      throw InputError(req.classification_key + " '" + req.classification_source + "' has " +
+                       std::to_string(data.label_names.size()) + " labels but " + folder.dir() +
+                       " classifies into " + std::to_string(cfg.num_labels) + req.classification_hint);
+    const auto enc = model::classifier_encoding(cfg, tok);  // the rules every stage shares
+    PredictOptions po;
+    po.batch_size = req.classification_batch_size;
+    po.max_length = req.classification_max_length > 0 ? req.classification_max_length : enc.max_length;
+    po.pad_id = enc.pad_id;                    // the config's pad id first: OPT's head finds each row's last token by it
+    po.keep_last_token = enc.keep_last_token;  // BERT inputs end in [SEP]
+    po.progress = req.classification_progress;
+    po.device = device;
+    po.comm = comm;
+    out.classification_max_length = po.max_length;
+    const EncodeFn encode = [&](const std::string& t) { return tok.encode(t, enc.add_bos); };
+    out.classification = evaluate_classifier(run, encode, data, po);
+  }
+  return out;
+}
+
+}  // namespace mpqat::eval
