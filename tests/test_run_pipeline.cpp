@@ -15,6 +15,7 @@
 #include "mpqat/util/error.h"
 #include "mpqat/util/folder_writer.h"
 #include "run_command.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -169,4 +170,19 @@ TEST(RunPipeline, ABusyRunFolderIsRefusedAtOnce) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("is a file, not a folder"), std::string::npos) << r.err;
   fs::remove(out);
+}
+
+TEST(RunPipeline, UniformRtnNeedsNoCalibrationData) {
+  // Preflight does not ask for calibration data for uniform bits with RTN; no stage may either.
+  const auto out = mpqat::testing::fresh_temp_dir("RunPipeline", "uniform_rtn");
+  const auto r = mpqat::testing::run_mpqat(
+      "run " + kSource + "/recipes/quickstart.yaml model.path=" + kSource + "/checkpoints/kjv-llama 'evaluation.perplexity=[" +
+      kSource + "/checkpoints/kjv-llama/heldout.txt]' evaluation.fp_baseline=false allocation.method=uniform "
+      "allocation.uniform_bits=4 allocation.budget.avg_bits=0 training.method=rtn allocation.sgra.enabled=false "
+      "data.calibration.path= output.overwrite=true output.dir=" + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json rep = json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  EXPECT_DOUBLE_EQ(rep["quantized"]["code_bits"].get<double>(), 4.0);
+  EXPECT_FALSE(fs::exists(out / "sensitivity.json"));
+  fs::remove_all(out);
 }

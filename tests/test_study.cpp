@@ -68,11 +68,12 @@ TEST(Study, EqualizeEpochsKeepsTheTotalAndTheOrder) {
 
 TEST(Study, PlanGivesEveryCellOnceWithItsBudget) {
   const auto r = kjv_recipe({"study.allocation=[uniform, qbo, kmeans]", "study.training=[rtn, block-ap]",
-                             "study.sgra=[off, on, equal-steps]", "study.budgets=[3, 3.5]", "study.seeds=[0, 1]"});
+                             "study.sgra=[off, on, equal-steps]", "study.budgets=[2, 3, 3.5]", "study.seeds=[0, 1]"});
   const auto plan = mpqat::cli::plan_study(r, "/tmp/study-plan");
-  // Per seed: at 3 bits uniform, qbo and kmeans x (rtn + 3 Block-AP SGRA settings) = 12; at 3.5
-  // bits no uniform plan exists and the preset does not repeat: qbo's 4.
-  EXPECT_EQ(plan.cells.size(), 32u);
+  // Per seed: at 2 bits (the menu's lowest: only uniform fits) uniform and kmeans x (rtn + 3
+  // Block-AP SGRA settings) = 8; at 3 bits uniform and qbo: 8; at 3.5 bits no uniform plan
+  // exists and the preset does not repeat: qbo's 4.
+  EXPECT_EQ(plan.cells.size(), 40u);
   ASSERT_EQ(plan.sensitivities.size(), 2u);
   EXPECT_TRUE(plan.sensitivities[0].fp_baseline);
   EXPECT_FALSE(plan.sensitivities[1].fp_baseline);
@@ -87,7 +88,7 @@ TEST(Study, PlanGivesEveryCellOnceWithItsBudget) {
     }
     if (c.allocation == "kmeans") EXPECT_FALSE(c.budget);
     if (c.training == "rtn") EXPECT_EQ(c.sgra, "off");
-    if (c.allocation == "uniform" && c.sgra == "off") EXPECT_TRUE(c.sensitivity.empty()) << c.name;
+    EXPECT_EQ(c.sensitivity, "sens-n12-s" + std::to_string(c.seed)) << c.name;
     if (c.sgra == "equal-steps") EXPECT_TRUE(has(c.overrides, "allocation.sgra.equal_steps=true"));
     EXPECT_TRUE(has(c.overrides, "seed=" + std::to_string(c.seed)));
   }

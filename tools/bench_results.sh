@@ -2,7 +2,7 @@
 # Regenerates docs/results.md from `mpqat study` runs (docs/study.md), so every number in it is a
 # row of a study.json under runs/results/:
 #   1. the method comparison at equal bytes on the bundled model (kjv-llama) and on stories260K:
-#      uniform / QBO / MPQ x RTN / GPTQ / GPTQ act-order / Block-AP / Block-AP from GPTQ (SGRA on)
+#      uniform / QBO x RTN / GPTQ / GPTQ act-order / Block-AP / Block-AP from GPTQ (SGRA on)
 #      at the bytes of uniform 2, 2.5 (interpolated), 3 and 4-bit g32;
 #   2. the seeds' study on stories260K (recipes/study-stories260K.yaml): uniform / MPQ / QBO with
 #      SGRA off, on and at equal steps, three seeds.
@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 have_s260k=1
 tools/prepare_stories260K.sh >/dev/null 2>&1 || { have_s260k=0; echo "bench_results: stories260K skipped (shared data not found)" >&2; }
 
-methods=("study.allocation=[uniform, qbo, mpq]" "study.training=[rtn, gptq, gptq-act-order, block-ap, block-ap-gptq]"
+methods=("study.allocation=[uniform, qbo]" "study.training=[rtn, gptq, gptq-act-order, block-ap, block-ap-gptq]"
          "study.sgra=[on]" "study.budgets=[2, 2.5, 3, 4]" "study.seeds=[0]" "allocation.method=uniform"
          "allocation.budget.avg_bits=0")
 study() {  # name recipe overrides...
@@ -46,9 +46,10 @@ section() {  # title study-folder: the study's tables without its own title line
   echo "score at chance on them (first 200 items, acc: stories260K 0.49 / 0.23, kjv-llama 0.49 / 0.27;"
   echo "chance 0.5 / 0.25), so accuracy differences would be noise."
   echo
-  echo "Variants: uniform = every block linear at B bits, group 32; QBO / MPQ = sensitivity-guided mixed"
+  echo "Variants: uniform = every block linear at B bits, group 32; QBO = sensitivity-guided mixed"
   echo "precision (Fisher) given the uniform B-bit checkpoint's bytes as a hard budget (2.5 = halfway"
-  echo "between the uniform 2- and 3-bit bytes); RTN = round to nearest; GPTQ (Frantar et al. 2022, act-order ="
+  echo "between the uniform 2- and 3-bit bytes; at 2 bits only uniform fits); MPQ is QBO without the float option,"
+  echo "so with these recipes' menu (2/3/4/8 bits) it gives QBO's plans (the seeds' study shows both); RTN = round to nearest; GPTQ (Frantar et al. 2022, act-order ="
   echo "columns by decreasing Hessian diagonal) on the calibration sequences; Block-AP = block-wise QAT with"
   echo "SGRA; Block-AP from GPTQ = Block-AP starting from GPTQ's codes (training.init: gptq)."
   echo

@@ -435,6 +435,16 @@ Sensitivity parse_sensitivity(const json& j, const std::string& source) {
   return s;
 }
 
+Sensitivity equal_sensitivity(const ModelLayout& layout) {
+  Sensitivity s;
+  s.source = "equal scores";
+  for (const auto& lin : layout.linears) {
+    s.modules[lin.name].score = 1.0;
+    s.blocks[lin.block].score = 1.0;
+  }
+  return s;
+}
+
 Sensitivity load_sensitivity(const std::string& path) {
   const std::string text = util::read_file(path);
   json j;

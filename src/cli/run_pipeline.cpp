@@ -245,6 +245,8 @@ std::string stage_sensitivity(Run& run, std::string& hash) {
     return sens_path;
   }
   if (r.str("allocation.method") == "plan") return "";
+  // Uniform bits without calibration data (RTN): nothing needs a sensitivity (preflight agrees).
+  if (r.str("allocation.method") == "uniform" && run.calib_path.empty()) return "";
   run.stages.begin("sensitivity");
   if (run.calib_path.empty())
     throw InputError(r.source() + ": data.calibration.path is required for the sensitivity stage (or set sensitivity.file)");
@@ -282,7 +284,8 @@ json stage_allocation(Run& run, const std::string& sens_path, const std::string&
   } else {
     spdlog::info("stage allocation: {}", r.str("allocation.method"));
     const auto ao = alloc::alloc_options_from_recipe(r);
-    const alloc::Sensitivity sens = sens_path.empty() ? alloc::Sensitivity{} : alloc::load_sensitivity(sens_path);
+    const alloc::Sensitivity sens =
+        sens_path.empty() ? alloc::equal_sensitivity(sm.layout()) : alloc::load_sensitivity(sens_path);
     const auto res = alloc::allocate(sm, sens, ao);
     summary = alloc::summary_json(res);
     if (run.main) {
@@ -594,11 +597,7 @@ void preflight_recipe(const io::Recipe& r) {
   szo.float_dtype = float_dtype_of(r);
   szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
   const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
-  alloc::Sensitivity flat;
-  flat.source = "preflight";
-  for (const auto& lin : sm.layout().linears) flat.modules[lin.name].score = 1.0;
-  for (int64_t i = 0; i < folder.config().num_hidden_layers; ++i) flat.blocks[i].score = 1.0;
-  alloc::allocate(sm, flat, ao);
+  alloc::allocate(sm, alloc::equal_sensitivity(sm.layout()), ao);
 }
 
 std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {

@@ -73,11 +73,7 @@ uint64_t uniform_file_bytes(const io::Recipe& base, int bits) {
   so.float_dtype = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
   so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
   const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), so);
-  alloc::Sensitivity flat;  // uniform bits do not depend on sensitivities
-  flat.source = "study";
-  for (const auto& lin : sm.layout().linears) flat.modules[lin.name].score = 1.0;
-  for (const auto& lin : sm.layout().linears) flat.blocks[lin.block].score = 1.0;
-  return alloc::allocate(sm, flat, ao).size.file_bytes;
+  return alloc::allocate(sm, alloc::equal_sensitivity(sm.layout()), ao).size.file_bytes;
 }
 
 // Budget (uniform bits) -> bytes: a menu bit-width's uniform size, or the linear interpolation
@@ -156,19 +152,24 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
   const auto sgras = r.strings("study.sgra");
   const std::string user_sens = r.str("sensitivity.file");
   const auto seeds = r.integers("study.seeds");
+  // At the bytes of the menu's lowest bit-width the only plan that fits is uniform: no QBO / MPQ
+  // cells there (the header of a mixed checkpoint is also a few bytes longer).
+  int64_t lowest_bits = 16;
+  for (int64_t b : r.integers("allocation.bits"))
+    if (b < 16) lowest_bits = std::min(lowest_bits, std::max<int64_t>(b, r.integer("allocation.min_bits")));
   const fs::path d(dir);
   bool fp_given = false;
   for (int64_t n : sizes)
     for (int64_t seed : seeds) {
       const std::string calib = fmt::format("n{}-s{}", n, seed);
       std::vector<StudyCell> cells;
-      bool needs_sens = false;
       for (double b : budgets)
         for (const auto& a : allocs) {
           const bool menu_bits = std::find(kUniformBits.begin(), kUniformBits.end(), static_cast<int>(b)) !=
                                      kUniformBits.end() && std::floor(b) == b;
           if (a == "uniform" && !menu_bits) continue;                // no uniform plan at a fraction
           if (clustering(a) && b != budgets.front()) continue;       // presets ignore the budget
+          if (mixed_by_budget(a) && b <= lowest_bits + 1e-9) continue;  // only uniform fits there
           for (const auto& t : trains) {
             std::vector<std::string> sg;
             if (block_ap(t)) sg = sgras;
@@ -180,8 +181,6 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
               c.variant = allocation_label(a) + " + " + training_label(t) + sgra_label(s);
               c.name = fmt::format("{}-{}{}{}-{}", a, t, s == "off" ? "" : s == "on" ? "-sgra" : "-sgra-eq",
                                    c.budget ? "-b" + bits_text(b) : "", calib);
-              const bool sens = a != "uniform" || s != "off";
-              needs_sens = needs_sens || sens;
               c.overrides = common_overrides(n, seed, false);
               c.overrides.push_back("output.dir=" + (d / "cells" / c.name).string());
               c.overrides.push_back("output.stop_after=report");
@@ -192,12 +191,14 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
                 c.overrides.push_back("allocation.budget.bytes=" + std::to_string(c.budget_bytes));
               }
               for (auto& o : training_overrides(r, t, s)) c.overrides.push_back(std::move(o));
-              if (sens) c.sensitivity = user_sens.empty() ? "sens-" + calib : "(recipe)";
+              // Every cell reads its calibration set's sensitivity: `mpqat run` measures one even
+              // for uniform bits (SGRA and the report's per-layer table use it).
+              c.sensitivity = user_sens.empty() ? "sens-" + calib : "(recipe)";
               cells.push_back(std::move(c));
             }
           }
         }
-      if (needs_sens && user_sens.empty()) {
+      if (!cells.empty() && user_sens.empty()) {
         StudySensitivity s;
         s.name = "sens-" + calib;
         s.samples = n, s.seed = seed;
@@ -206,8 +207,7 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
         s.overrides = common_overrides(n, seed, s.fp_baseline);
         s.overrides.push_back("output.dir=" + (d / "sensitivity" / s.name).string());
         s.overrides.push_back("output.stop_after=sensitivity");
-        s.overrides.push_back("allocation.method=qbo");
-        s.overrides.push_back("allocation.budget.bytes=" + std::to_string(plan.budget_bytes.begin()->second));
+        s.overrides.push_back("allocation.method=kmeans");  // needs a sensitivity, no budget
         plan.sensitivities.push_back(s);
       }
       for (auto& c : cells) {

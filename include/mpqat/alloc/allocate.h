@@ -179,6 +179,9 @@ struct Sensitivity {
 constexpr int kSensitivityVersion = 1;
 Sensitivity parse_sensitivity(const nlohmann::json& j, const std::string& source = "sensitivity");
 Sensitivity load_sensitivity(const std::string& path);
+// Equal scores for every module and block of `layout`: the input of methods that read no
+// sensitivities (uniform) and of size-only checks (budget feasibility).
+Sensitivity equal_sensitivity(const ModelLayout& layout);
 // Throws InputError naming the first module of the model missing from the file, or the first
 // module of the file that the model does not have (with the closest real name).
 void check_sensitivity(const Sensitivity& s, const ModelLayout& layout);
