@@ -201,6 +201,16 @@ TEST(AllocSgra, LinearRankMapping) {
   EXPECT_THROW(sgra_settings({1}, SgraRanges{4, 2, 0.5, 1.5, 2, 5}), InputError);
 }
 
+namespace {
+// Every module at `bits` (the reference the budget tests compare with).
+AllocResult uniform_plan(const SizeModel& sm, const Sensitivity& sens, int bits) {
+  AllocOptions u;
+  u.method = Method::Uniform;
+  u.uniform_bits = bits;
+  return allocate(sm, sens, u);
+}
+}  // namespace
+
 TEST(AllocBudget, Parsing) {
   auto b = parse_budget("bytes=700KiB");
   EXPECT_EQ(b.kind, BudgetKind::Bytes);
@@ -215,6 +225,47 @@ TEST(AllocBudget, Parsing) {
   const int64_t nw = sm.layout().linear_weights();
   EXPECT_EQ(budget_total(parse_budget("avg_bits=3"), sm), uint64_t(3 * nw / 8));
   EXPECT_EQ(budget_total(parse_budget("compression=4"), sm), sm.fp16_bytes() / 4);
+  EXPECT_EQ(parse_budget("code_bits=3").kind, BudgetKind::CodeBits);
+  EXPECT_EQ(budget_total(parse_budget("code_bits=3"), sm), uint64_t(3 * nw));
+  EXPECT_EQ(budget_metric(BudgetKind::CodeBits), SizeMetric::CodeBits);
+  try {
+    parse_budget("bits=3");
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("code_bits=3.0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(AllocBudget, CodeBitsCountCodesOnly) {
+  // The seeds' "average 4.0 bits (same compression as uniform 4-bit)": uniform 4-bit fits a
+  // code_bits=4 budget exactly, though its bpw (scales, zeros, g_idx) is higher.
+  const SizeModel sm(layout_from_config(tiny_cfg(false, 4)));
+  const auto sens = tiny_sens(sm.layout(), 1);
+  const auto ur = uniform_plan(sm, sens, 4);
+  EXPECT_DOUBLE_EQ(ur.size.code_bits, 4.0);
+  EXPECT_EQ(ur.size.code_bit_total, uint64_t(4 * sm.layout().linear_weights()));
+  EXPECT_GT(ur.size.avg_bits, 4.0);
+  AllocOptions q;
+  q.method = Method::QBO;
+  q.bits = {2, 3, 4, 8};
+  q.group_sizes = {32};
+  q.budget = parse_budget("code_bits=4");
+  const auto r = allocate(sm, sens, q);
+  EXPECT_EQ(r.metric, SizeMetric::CodeBits);
+  EXPECT_LE(r.size.code_bit_total, r.budget_total);
+  EXPECT_LE(r.size.code_bits, 4.0 + 1e-12);
+  EXPECT_GT(r.size.code_bits, 3.5);  // the solver spends the budget
+  // An avg_bits (bpw) budget of the same number buys fewer code bits: g32's scales and zeros count.
+  q.budget = parse_budget("avg_bits=4");
+  const auto rb = allocate(sm, sens, q);
+  EXPECT_LT(rb.size.code_bits, r.size.code_bits);
+  // Below the menu's smallest code bits: refused with the limits in code bits.
+  q.budget = parse_budget("code_bits=1.5");
+  try {
+    allocate(sm, sens, q);
+    FAIL() << "code_bits=1.5 accepted with a 2..8-bit menu";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("2.0000 code bits"), std::string::npos) << e.what();
+  }
 }
 
 TEST(AllocSize, HandComputedBytes) {
@@ -292,10 +343,7 @@ TEST(AllocSize, ExactMatchesWrittenSafetensorsAndBoundHolds) {
 TEST(AllocPlan, QboMeetsBudgetBeatsUniformAndIsAcceptedByQuantize) {
   const SizeModel sm(layout_from_config(tiny_cfg(false, 4)));
   const auto sens = tiny_sens(sm.layout(), 1);
-  AllocOptions u;
-  u.method = Method::Uniform;
-  u.uniform_bits = 4;
-  const auto ur = allocate(sm, sens, u);
+  const auto ur = uniform_plan(sm, sens, 4);
   for (auto kind : {std::string("bytes="), std::string("avg_bits="), std::string("compression=")}) {
     AllocOptions q;
     q.method = Method::QBO;

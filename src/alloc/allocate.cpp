@@ -106,6 +106,7 @@ const char* metric_name(SizeMetric m) {
   switch (m) {
     case SizeMetric::FileBytes: return "file_bytes";
     case SizeMetric::TensorBytes: return "tensor_bytes";
+    case SizeMetric::CodeBits: return "code_bits";
     default: return "linear_bytes";
   }
 }
@@ -114,6 +115,7 @@ uint64_t PlanSize::of(SizeMetric m) const {
   switch (m) {
     case SizeMetric::FileBytes: return file_bytes;
     case SizeMetric::TensorBytes: return tensor_bytes;
+    case SizeMetric::CodeBits: return code_bit_total;
     default: return linear_bytes;
   }
 }
@@ -202,6 +204,8 @@ uint64_t SizeModel::entry_len(const std::string& name, io::DType dt, const std::
 }
 
 uint64_t SizeModel::option_cost(SizeMetric m, std::size_t i, const Choice& c) const {
+  if (m == SizeMetric::CodeBits)
+    return static_cast<uint64_t>(std::llround(static_cast<double>(layout_.linears[i].numel()) * module_code_bits(i, c)));
   if (m == SizeMetric::LinearBytes || opts_.gguf) return module_linear_bytes(i, c);  // GGUF: exactly additive
   uint64_t b = module_tensor_bytes(i, c);
   if (m == SizeMetric::TensorBytes) return b;
@@ -215,7 +219,7 @@ uint64_t SizeModel::option_cost(SizeMetric m, std::size_t i, const Choice& c) co
 }
 
 uint64_t SizeModel::fixed_cost(SizeMetric m) const {
-  if (m == SizeMetric::LinearBytes) return 0;
+  if (m == SizeMetric::LinearBytes || m == SizeMetric::CodeBits) return 0;
   uint64_t b = fixed_tensor_bytes();
   if (m == SizeMetric::TensorBytes) return b;
   if (opts_.gguf) return b + gguf_header_;
@@ -296,9 +300,9 @@ void SizeModel::fill_plan_stats(PlanSize& r, const std::vector<Choice>& ch) cons
   for (std::size_t i = 0; i < ch.size(); ++i) r.linear_bytes += module_linear_bytes(i, ch[i]);
   const double nw = static_cast<double>(layout_.linear_weights());
   r.avg_bits = nw > 0 ? 8.0 * static_cast<double>(r.linear_bytes) / nw : 0.0;
-  double code = 0;
-  for (std::size_t i = 0; i < ch.size(); ++i) code += static_cast<double>(layout_.linears[i].numel()) * module_code_bits(i, ch[i]);
-  r.code_bits = nw > 0 ? code / nw : 0.0;
+  r.code_bit_total = 0;
+  for (std::size_t i = 0; i < ch.size(); ++i) r.code_bit_total += option_cost(SizeMetric::CodeBits, i, ch[i]);
+  r.code_bits = nw > 0 ? static_cast<double>(r.code_bit_total) / nw : 0.0;
   r.compression = r.tensor_bytes ? static_cast<double>(fp16_bytes()) / static_cast<double>(r.tensor_bytes) : 0.0;
 }
 
@@ -331,7 +335,7 @@ PlanSize SizeModel::gguf_exact(const std::vector<Choice>& ch) const {
 
 Budget parse_budget(const std::string& text) {
   const auto eq = text.find('=');
-  const std::string accepted = " (accepted: bytes=700KiB, avg_bits=3.0, compression=4)";
+  const std::string accepted = " (accepted: bytes=700KiB, avg_bits=3.0, code_bits=3.0, compression=4)";
   if (eq == std::string::npos) throw InputError("budget '" + text + "' has no '='" + accepted);
   const std::string key = util::trim(text.substr(0, eq)), val = util::trim(text.substr(eq + 1));
   Budget b;
@@ -342,8 +346,9 @@ Budget parse_budget(const std::string& text) {
     if (b.value <= 0) throw InputError("budget '" + text + "' must be positive");
     return b;
   }
-  if (key != "avg_bits" && key != "compression") throw InputError("budget '" + text + "': unknown kind '" + key + "'" + accepted);
-  b.kind = key == "avg_bits" ? BudgetKind::AvgBits : BudgetKind::Compression;
+  if (key != "avg_bits" && key != "code_bits" && key != "compression")
+    throw InputError("budget '" + text + "': unknown kind '" + key + "'" + accepted);
+  b.kind = key == "avg_bits" ? BudgetKind::AvgBits : key == "code_bits" ? BudgetKind::CodeBits : BudgetKind::Compression;
   try {
     std::size_t used = 0;
     b.value = std::stod(val, &used);
@@ -351,16 +356,27 @@ Budget parse_budget(const std::string& text) {
   } catch (const std::exception&) {
     throw InputError("budget '" + text + "': '" + val + "' is not a number" + accepted);
   }
-  if (!(b.value > 0) || !std::isfinite(b.value) || (b.kind == BudgetKind::AvgBits && b.value > 32))
+  const bool bits = b.kind == BudgetKind::AvgBits || b.kind == BudgetKind::CodeBits;
+  if (!(b.value > 0) || !std::isfinite(b.value) || (bits && b.value > 32))
     throw InputError("budget '" + text + "': " + key + " must be a positive number" +
-                     (b.kind == BudgetKind::AvgBits ? std::string(" <= 32") : std::string()));
+                     (bits ? std::string(" <= 32") : std::string()));
   return b;
+}
+
+const char* budget_kind_name(BudgetKind k) {
+  switch (k) {
+    case BudgetKind::Bytes: return "bytes";
+    case BudgetKind::AvgBits: return "avg_bits";
+    case BudgetKind::CodeBits: return "code_bits";
+    default: return "compression";
+  }
 }
 
 SizeMetric budget_metric(BudgetKind k) {
   switch (k) {
     case BudgetKind::Bytes: return SizeMetric::FileBytes;
     case BudgetKind::Compression: return SizeMetric::TensorBytes;
+    case BudgetKind::CodeBits: return SizeMetric::CodeBits;
     default: return SizeMetric::LinearBytes;
   }
 }
@@ -369,6 +385,8 @@ uint64_t budget_total(const Budget& b, const SizeModel& sm) {
   switch (b.kind) {
     case BudgetKind::Bytes: return static_cast<uint64_t>(b.value);
     case BudgetKind::Compression: return static_cast<uint64_t>(std::floor(static_cast<double>(sm.fp16_bytes()) / b.value));
+    case BudgetKind::CodeBits:
+      return static_cast<uint64_t>(std::floor(b.value * static_cast<double>(sm.layout().linear_weights()) + 1e-6));
     default:
       return static_cast<uint64_t>(std::floor(b.value * static_cast<double>(sm.layout().linear_weights()) / 8.0));
   }
@@ -531,10 +549,12 @@ AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   o.method = parse_method(method);
   const std::string bytes = r.str("allocation.budget.bytes");
   const double avg = r.number("allocation.budget.avg_bits"), comp = r.number("allocation.budget.compression");
-  int given = (!bytes.empty()) + (avg > 0) + (comp > 0);
-  if (given > 1) throw InputError(r.source() + ": give one of allocation.budget.bytes, avg_bits, compression");
+  const double code = r.number("allocation.budget.code_bits");
+  int given = (!bytes.empty()) + (avg > 0) + (comp > 0) + (code > 0);
+  if (given > 1) throw InputError(r.source() + ": give one of allocation.budget.bytes, avg_bits, code_bits, compression");
   if (!bytes.empty()) o.budget = parse_budget("bytes=" + bytes);
   else if (avg > 0) o.budget = parse_budget("avg_bits=" + fmt::format("{}", avg));
+  else if (code > 0) o.budget = parse_budget("code_bits=" + fmt::format("{}", code));
   else if (comp > 0) o.budget = parse_budget("compression=" + fmt::format("{}", comp));
   o.bits.clear();
   for (auto b : r.integers("allocation.bits")) o.bits.push_back(static_cast<int>(b));
@@ -732,6 +752,8 @@ std::vector<Choice> solve_under_budget(const SizeModel& sm, const Sensitivity& s
   res.min_total = fixed + mckp_min_cost(classes);
   res.max_total = fixed + mckp_max_cost(classes);
   auto lim = [&](uint64_t v) {
+    if (m == SizeMetric::CodeBits)
+      return fmt::format("{:.4f} code bits", static_cast<double>(v) / static_cast<double>(L.linear_weights()));
     if (m == SizeMetric::LinearBytes)
       return fmt::format("{:.4f} avg bits", 8.0 * static_cast<double>(v) / static_cast<double>(L.linear_weights()));
     if (m == SizeMetric::TensorBytes)
@@ -1006,7 +1028,7 @@ json plan_to_json(const AllocResult& r, const SizeModel& sm, const AllocOptions&
   json budget = nullptr;
   if (r.budget)
     budget = {{"text", r.budget->text},
-              {"kind", r.budget->kind == BudgetKind::Bytes ? "bytes" : r.budget->kind == BudgetKind::AvgBits ? "avg_bits" : "compression"},
+              {"kind", budget_kind_name(r.budget->kind)},
               {"value", r.budget->value},
               {"metric", metric_name(r.metric)},
               {"total", r.budget_total},
@@ -1106,7 +1128,10 @@ std::string result_text(const AllocResult& r) {
                    r.size.tensor_bytes, r.size.header_bytes);
   if (r.budget)
     s += fmt::format("; budget {}{} -> {} {} (predicted {}): {}", r.budget->text,
-                     r.budget->kind == BudgetKind::AvgBits ? " bpw incl. scales/zeros/g_idx" : "", r.budget_total,
+                     r.budget->kind == BudgetKind::AvgBits    ? " bpw incl. scales/zeros/g_idx"
+                     : r.budget->kind == BudgetKind::CodeBits ? " code bits per weight (scales/zeros/g_idx not counted)"
+                                                              : "",
+                     r.budget_total,
                      metric_name(r.metric),
                      r.size.of(r.metric), r.fits ? "fits" : "EXCEEDS the budget");
   return s + "\n";

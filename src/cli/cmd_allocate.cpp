@@ -28,7 +28,7 @@ void add_allocate_command(CLI::App& app) {
                                              "(QBO, MPQ, clustering presets) -> bitplan.json");
   sub->add_option("--model", o->model, "model folder (config.json; safetensors header for OPT/BERT)")->required();
   sub->add_option("--sensitivity", o->sens, "sensitivity.json (docs/formats.md)")->required();
-  sub->add_option("--budget", o->budget, "avg_bits=3.0 | bytes=700KiB | compression=4");
+  sub->add_option("--budget", o->budget, "avg_bits=3.0 (bpw: codes, scales, zeros, g_idx) | code_bits=3.0 (codes only) | bytes=700KiB | compression=4");
   sub->add_option("--method", o->method, "qbo, mpq, kmeans, percentile, hierarchical, uniform");
   sub->add_option("--groups", o->groups, "clustering: number of groups");
   sub->add_option("--preset", o->preset, "clustering: bits per group, most sensitive first (16,8,4)");

@@ -419,6 +419,8 @@ json measured_budget(const json& alloc_summary, const fs::path& ckpt, const quan
     actual = folder_safetensors_bytes(ckpt.string());
   } else if (metric == "tensor_bytes") {
     actual = insp.total_bytes;
+  } else if (metric == "code_bits") {  // code bits of the block linears (a float module at its dtype's width)
+    for (const auto& m : insp.modules) actual += static_cast<uint64_t>(m.bits) * static_cast<uint64_t>(m.out * m.in);
   } else {  // linear_bytes: every tensor of the block linears, as the file holds them
     for (const auto& m : insp.modules) actual += m.bytes;
   }

@@ -65,7 +65,7 @@ std::string bits_text(double b) { return fmt::format("{:g}", b); }
 uint64_t uniform_file_bytes(const io::Recipe& base, int bits) {
   io::Recipe r = base;
   for (const char* o : {"allocation.method=uniform", "allocation.budget.bytes=", "allocation.budget.avg_bits=0",
-                        "allocation.budget.compression=0"})
+                        "allocation.budget.code_bits=0", "allocation.budget.compression=0"})
     r.apply_override(o);
   r.apply_override("allocation.uniform_bits=" + std::to_string(bits));
   const auto ao = alloc::alloc_options_from_recipe(r);
@@ -110,8 +110,8 @@ void check_study(const io::Recipe& r) {
   if (r.str("model.path").empty()) throw InputError(r.source() + ": model.path is required (a Hugging Face model folder)");
 }
 
-std::vector<std::string> common_overrides(int64_t samples, int64_t seed, bool fp) {
-  return {"output.overwrite=true",
+std::vector<std::string> common_overrides(const io::Recipe& r, int64_t samples, int64_t seed, bool fp) {
+  std::vector<std::string> o{"output.overwrite=true",
           "data.calibration.samples=" + std::to_string(samples),
           "data.calibration.seed=" + std::to_string(seed),
           "seed=" + std::to_string(seed),
@@ -119,6 +119,8 @@ std::vector<std::string> common_overrides(int64_t samples, int64_t seed, bool fp
           "allocation.budget.bytes=",
           "allocation.budget.avg_bits=0",
           "allocation.budget.compression=0"};
+  if (r.number("allocation.budget.code_bits") > 0) o.push_back("allocation.budget.code_bits=0");
+  return o;
 }
 
 std::vector<std::string> training_overrides(const io::Recipe& r, const std::string& t, const std::string& sgra) {
@@ -181,7 +183,7 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
               c.variant = allocation_label(a) + " + " + training_label(t) + sgra_label(s);
               c.name = fmt::format("{}-{}{}{}-{}", a, t, s == "off" ? "" : s == "on" ? "-sgra" : "-sgra-eq",
                                    c.budget ? "-b" + bits_text(b) : "", calib);
-              c.overrides = common_overrides(n, seed, false);
+              c.overrides = common_overrides(r, n, seed, false);
               c.overrides.push_back("output.dir=" + (d / "cells" / c.name).string());
               c.overrides.push_back("output.stop_after=report");
               c.overrides.push_back("allocation.method=" + a);
@@ -204,7 +206,7 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
         s.samples = n, s.seed = seed;
         s.fp_baseline = !fp_given && r.flag("evaluation.fp_baseline");
         fp_given = fp_given || s.fp_baseline;
-        s.overrides = common_overrides(n, seed, s.fp_baseline);
+        s.overrides = common_overrides(r, n, seed, s.fp_baseline);
         s.overrides.push_back("output.dir=" + (d / "sensitivity" / s.name).string());
         s.overrides.push_back("output.stop_after=sensitivity");
         s.overrides.push_back("allocation.method=kmeans");  // needs a sensitivity, no budget

@@ -322,17 +322,18 @@ void Recipe::validate() const {
   const bool has_bytes = !str("allocation.budget.bytes").empty();
   const bool has_avg = number("allocation.budget.avg_bits") > 0;
   const bool has_comp = number("allocation.budget.compression") > 0;
-  const int budgets = int(has_bytes) + int(has_avg) + int(has_comp);
+  const bool has_code = number("allocation.budget.code_bits") > 0;
+  const int budgets = int(has_bytes) + int(has_avg) + int(has_comp) + int(has_code);
   if (budgets > 1) {
     fail("give exactly one of allocation.budget.bytes, allocation.budget.avg_bits, "
-         "allocation.budget.compression");
+         "allocation.budget.code_bits, allocation.budget.compression");
   }
   if (has_bytes) util::parse_bytes(str("allocation.budget.bytes"), source_ + ": allocation.budget.bytes");
   const std::string method = str("allocation.method");
   if ((method == "qbo" || method == "mpq") && budgets == 0) {
     fail(fmt::format("allocation.method {} needs a budget: set allocation.budget.bytes (e.g. "
-                     "700MiB), allocation.budget.avg_bits (e.g. 3.5) or "
-                     "allocation.budget.compression (e.g. 4)", method));
+                     "700MiB), allocation.budget.avg_bits (e.g. 3.5), allocation.budget.code_bits (e.g. "
+                     "3.0) or allocation.budget.compression (e.g. 4)", method));
   }
   if (method == "plan" && str("allocation.plan").empty()) {
     fail("allocation.method plan needs allocation.plan (a bitplan.json)");

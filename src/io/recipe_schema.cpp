@@ -119,6 +119,9 @@ std::vector<KeySpec> allocation_keys() {
     key("allocation.budget.avg_bits", K::Float, "0",
         "budget in bpw: all bytes of the quantized linears (codes, scales, zeros, g_idx) x 8 / their weights, "
         "as llama.cpp counts; 4-bit g128 is about 4.16 bpw, not 4 (0 = unset)", {}, 0.0, 16.0),
+    key("allocation.budget.code_bits", K::Float, "0",
+        "budget in code bits per weight of the quantized linears, scales / zeros / g_idx not counted (the "
+        "seeds' 'average 4.0 bits'; a float module counts its dtype's bits; 0 = unset)", {}, 0.0, 16.0),
     key("allocation.budget.compression", K::Float, "0",
         "budget as compression ratio vs the FP16 model (0 = unset)", {}, 0.0),
     key("allocation.bits", K::IntList, "[2, 3, 4, 5, 6, 8]",

@@ -95,7 +95,9 @@ struct SizeOptions {
 //   TensorBytes - tensor bytes only (`mpqat inspect` total_bytes; compression's base)
 //   LinearBytes - block-linear bytes without bias (qweight+qzeros+scales+g_idx, or float
 //                 weight): 8 * this / linear weights = inspect's avg_bits_with_overhead
-enum class SizeMetric { FileBytes, TensorBytes, LinearBytes };
+// What a budget limits: file bytes, tensor bytes, bytes of the block linears, or the code bits
+// of the block linears (in bits: sum of bits x weights, a float module at its dtype's width).
+enum class SizeMetric { FileBytes, TensorBytes, LinearBytes, CodeBits };
 const char* metric_name(SizeMetric m);
 
 struct PlanSize {
@@ -106,6 +108,7 @@ struct PlanSize {
   int shards = 1;
   double avg_bits = 0;        // bpw: 8 * linear_bytes / linear weights (codes, scales, zeros, g_idx)
   double code_bits = 0;       // code bits per linear weight (a float module counts its dtype's bits)
+  uint64_t code_bit_total = 0;  // code_bits x linear weights (SizeMetric::CodeBits)
   double compression = 0;     // fp16 bytes / tensor_bytes (as inspect reports it)
   uint64_t of(SizeMetric m) const;
 };
@@ -151,15 +154,17 @@ class SizeModel {
 // ---------------------------------------------------------------------------------------------
 // Budget
 
-enum class BudgetKind { Bytes, AvgBits, Compression };
+enum class BudgetKind { Bytes, AvgBits, Compression, CodeBits };
 struct Budget {
   BudgetKind kind = BudgetKind::AvgBits;
   double value = 0;  // bytes, bits or ratio
   std::string text;  // as given
 };
-// "bytes=700KiB" | "avg_bits=3.0" | "compression=4"; throws InputError naming the text.
+// "bytes=700KiB" | "avg_bits=3.0" (bpw) | "code_bits=3.0" | "compression=4"; throws InputError
+// naming the text.
 Budget parse_budget(const std::string& text);
 SizeMetric budget_metric(BudgetKind k);
+const char* budget_kind_name(BudgetKind k);  // "bytes", "avg_bits", "code_bits", "compression"
 // The budget in its metric's bytes (all of the model, fixed part included).
 uint64_t budget_total(const Budget& b, const SizeModel& sm);
 
