@@ -2,6 +2,12 @@
 // the budgets' bytes against the written uniform checkpoints, equal bytes for the mixed plans,
 // SGRA at equal steps, resuming, a failing cell, and the summary files.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <filesystem>
 #include <map>
@@ -240,4 +246,41 @@ TEST(Study, SummaryStatistics) {
   EXPECT_EQ(g[0].seeds.size(), 2u);
   EXPECT_DOUBLE_EQ(g[0].ppl.mean, 11.0);
   EXPECT_NEAR(g[0].ppl.std, std::sqrt(2.0), 1e-12);
+}
+
+TEST(Study, KilledStudyResumesWithoutRedoingFinishedCells) {
+  // `mpqat study` killed (its whole process group, as Ctrl-C does) after its first finished cell;
+  // the same command then finishes the rest and leaves the finished cell alone.
+  const auto dir = mpqat::testing::fresh_temp_dir("Study", "kill");
+  const std::string args = "study " + kSource + "/recipes/quickstart.yaml model.path=" + kSource +
+                           "/checkpoints/kjv-llama data.calibration.path=" + kSource +
+                           "/checkpoints/kjv-llama/calib.txt 'evaluation.perplexity=[" + kSource +
+                           "/checkpoints/kjv-llama/heldout.txt]' data.calibration.samples=12 evaluation.context=128 "
+                           "'study.allocation=[uniform, qbo]' 'study.training=[rtn]' 'study.budgets=[3, 4]' "
+                           "evaluation.fp_baseline=false --out " + dir.string();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setpgid(0, 0);
+    const std::string cmd = std::string(MPQAT_BINARY) + " " + args + " > " + (dir / "first.log").string() + " 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  const auto first = dir / "done" / "uniform-rtn-b3-n12-s0.json";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(-pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(fs::exists(first)) << mpqat::testing::slurp((dir / "first.log").string());
+  ASSERT_FALSE(fs::exists(dir / "done" / "qbo-rtn-b4-n12-s0.json")) << "the study finished before it was killed";
+  const auto report = dir / "cells" / "uniform-rtn-b3-n12-s0" / "report.json";
+  const auto t = fs::last_write_time(report);
+  const auto r = mpqat::testing::run_mpqat(args);
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("uniform + RTN @ 3 bits, n12 seed 0 (done earlier)"), std::string::npos) << r.out;
+  EXPECT_EQ(fs::last_write_time(report), t);
+  EXPECT_EQ(read_json(dir / "study.json")["rows"].size(), 4u);
 }

@@ -34,7 +34,7 @@ fi
 section() {  # title study-folder: the study's tables without its own title line
   echo "## $1"
   echo
-  tail -n +2 "$OUT/$2/study.md" | sed 's/^## /### /'
+  tail -n +3 "$OUT/$2/study.md" | sed 's/^## /### /'
   echo
 }
 {

@@ -62,10 +62,10 @@ std::optional<double> fp_ppl(const json& study) {
   return std::nullopt;
 }
 
-// The uniform group of the same budget, size and training (the row's reference), if any.
+// The uniform group of the same budget, size, training and SGRA (the row's reference), if any.
 const StudyGroup* reference(const std::vector<StudyGroup>& gs, const StudyGroup& g) {
   for (const auto& r : gs)
-    if (r.allocation == "uniform" && r.training == g.training && r.sgra == "off" && r.budget_bits == g.budget_bits &&
+    if (r.allocation == "uniform" && r.training == g.training && r.sgra == g.sgra && r.budget_bits == g.budget_bits &&
         r.samples == g.samples)
       return &r;
   return nullptr;
@@ -143,7 +143,7 @@ const char* kRowsNote =
     "Each row: mean over seeds (± sample standard deviation with several seeds). bytes = the checkpoint's "
     "safetensors files; vs budget = against the uniform checkpoint's bytes the mixed plans were given; bpw = all "
     "bytes of the quantized linears (codes, scales, zeros, g_idx) × 8 / their weights; code bits = code bits per "
-    "weight; vs uniform = ppl against uniform bits with the same training at the same bytes; train s = the "
+    "weight; vs uniform = ppl against uniform bits with the same training and SGRA at the same bytes; train s = the "
     "quantize stage (RTN, GPTQ or Block-AP); steps = Block-AP optimisation steps over all blocks (SGRA (equal "
     "steps) matches the uniform schedule's total).";
 
@@ -314,12 +314,23 @@ std::string render_study_html(const json& study) {
   for (const auto& [title, t] : tables(study, gs)) out += "<h3>" + svg::escape(title) + "</h3>\n" + html_table(t);
   out += "<p class=\"note\">" + svg::escape(kRowsNote) + "</p>\n";
 
-  // Per-layer charts from the first seed's rows (they carry "layers").
+  // The budget most variants were run at: the time and convergence charts compare there.
+  std::optional<double> main_budget;
+  {
+    std::map<double, std::size_t> count;
+    for (const auto& g : gs)
+      if (g.budget_bits) ++count[*g.budget_bits];
+    std::size_t best = 0;
+    for (const auto& [b, n] : count)
+      if (n > best) best = n, main_budget = b;
+  }
+  // Per-layer charts from the first seed's rows (they carry "layers"): the bits depend on the
+  // allocation and the budget only, so one chart per mixed allocation method, at the main budget
+  // when it ran there.
   out += "<h2>Per layer</h2>\n";
   const json* sens_layers = nullptr;
-  std::vector<const json*> mixed;
-  std::set<std::string> seen;
-  std::optional<double> first_budget;
+  std::map<std::string, const json*> mixed;  // allocation -> row
+  std::vector<std::string> mixed_order;
   if (rows.is_array())
     for (const auto& r : rows) {
       const json& layers = field(r, "layers");
@@ -327,25 +338,27 @@ std::string render_study_html(const json& study) {
       bool has_sens = false;
       for (const auto& l : layers) has_sens = has_sens || field(l, "sensitivity").is_object();
       if (has_sens && !sens_layers) sens_layers = &layers;
-      const auto b = number(r, "budget_bits");
-      if (!first_budget && b) first_budget = b;
-      const std::string variant = json_access::string_of(field(r, "variant"));
-      if (json_access::string_of(field(r, "allocation")) != "uniform" && (!b || b == first_budget) &&
-          seen.insert(json_access::string_of(field(r, "allocation")) + json_access::string_of(field(r, "training")) +
-                      json_access::string_of(field(r, "sgra"))).second)
-        mixed.push_back(&r);
+      const std::string a = json_access::string_of(field(r, "allocation"));
+      if (a == "uniform") continue;
+      auto it = mixed.find(a);
+      if (it == mixed.end()) {
+        mixed[a] = &r;
+        mixed_order.push_back(a);
+      } else if (number(r, "budget_bits") == main_budget && number(*it->second, "budget_bits") != main_budget) {
+        it->second = &r;
+      }
     }
   out += figure(layer_sensitivity_chart(sens_layers ? *sens_layers : json::array(), "study-sensitivity"),
                 "Per-layer sensitivity of the first calibration set, each metric scaled to [0, 1].");
-  for (std::size_t k = 0; k < mixed.size(); ++k) {
-    const json& r = *mixed[k];
+  for (std::size_t k = 0; k < mixed_order.size(); ++k) {
+    const json& r = *mixed.at(mixed_order[k]);
     const auto b = number(r, "budget_bits");
     const std::string title = json_access::string_of(field(r, "variant")) +
                               (b ? ": bits per layer at the bytes of uniform " + bits_text(*b) + "-bit" : ": bits per layer");
     out += figure(layer_bits_chart(field(r, "layers"), fmt::format("study-bits-{}", k), title),
-                  "First seed. Bits given to each layer, in model order.");
+                  "First seed. Bits given to each layer, in model order (the same for every training method).");
   }
-  if (mixed.empty()) out += svg::note("No mixed-precision variant in this study: bits charts omitted.");
+  if (mixed_order.empty()) out += svg::note("No mixed-precision variant in this study: bits charts omitted.");
 
   out += "<h2>Training</h2>\n";
   svg::BarChart time;
@@ -353,10 +366,10 @@ std::string render_study_html(const json& study) {
   time.title = "Training time per variant (quantize stage, mean over seeds)";
   time.y_label = "seconds";
   for (const auto& g : gs)
-    if (g.budget_bits == (first_budget ? first_budget : g.budget_bits) && g.samples == *sizes.begin())
+    if ((!main_budget || g.budget_bits == main_budget) && g.samples == *sizes.begin())
       time.bars.emplace_back(g.variant, g.train_seconds.mean);
-  out += figure(svg::bar_chart(time), first_budget ? "At the bytes of uniform " + bits_text(*first_budget) + "-bit."
-                                                   : "Mean over seeds.");
+  out += figure(svg::bar_chart(time), main_budget ? "At the bytes of uniform " + bits_text(*main_budget) + "-bit."
+                                                  : "Mean over seeds.");
   svg::LineChart conv;
   conv.id = "study-convergence";
   conv.title = "Block-AP convergence: validation MSE relative to each block's start, mean over blocks";
@@ -368,7 +381,7 @@ std::string render_study_html(const json& study) {
     for (const auto& r : rows) {
       const json& curve = field(r, "val_curve");
       const auto b = number(r, "budget_bits");
-      if (!curve.is_array() || curve.empty() || (b && first_budget && *b != *first_budget)) continue;
+      if (!curve.is_array() || curve.empty() || (b && main_budget && *b != *main_budget)) continue;
       const std::string v = json_access::string_of(field(r, "variant"));
       if (!conv_seen.insert(v).second) continue;
       svg::LineSeries s{v, {}};
@@ -376,7 +389,8 @@ std::string render_study_html(const json& study) {
         if (auto y = number(curve[e])) s.points.push_back({static_cast<double>(e + 1), *y, std::nullopt, ""});
       conv.series.push_back(std::move(s));
     }
-  out += figure(svg::line_chart(conv), "First seed. Blocks that stopped early keep their last epoch out of the mean.");
+  out += figure(svg::line_chart(conv), "First seed" + (main_budget ? ", at the bytes of uniform " + bits_text(*main_budget) + "-bit" : std::string()) +
+                                           ". Blocks that stopped early keep their last epoch out of the mean.");
   if (several) {
     svg::LineChart ns;
     ns.id = "study-samples";
@@ -386,7 +400,7 @@ std::string render_study_html(const json& study) {
     ns.log_x = true;
     std::map<std::string, std::size_t> idx;
     for (const auto& g : gs) {
-      if (g.ppl.n == 0 || (first_budget && g.budget_bits && *g.budget_bits != *first_budget)) continue;
+      if (g.ppl.n == 0 || (main_budget && g.budget_bits && *g.budget_bits != *main_budget)) continue;
       auto it = idx.find(g.variant);
       if (it == idx.end()) {
         it = idx.emplace(g.variant, ns.series.size()).first;
@@ -395,7 +409,7 @@ std::string render_study_html(const json& study) {
       ns.series[it->second].points.push_back(
           {static_cast<double>(g.samples), g.ppl.mean, g.ppl.n > 1 ? std::optional<double>(g.ppl.std) : std::nullopt, ""});
     }
-    out += figure(svg::line_chart(ns), "Mean over seeds at the first budget.");
+    out += figure(svg::line_chart(ns), "Mean over seeds" + (main_budget ? " at the bytes of uniform " + bits_text(*main_budget) + "-bit." : std::string(".")));
   }
   out += "</body>\n</html>\n";
   return out;
