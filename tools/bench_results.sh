@@ -58,7 +58,7 @@ section() {  # title study-folder: the study's tables without its own title line
     section "stories260K (llama2.c, 260K parameters, held-out TinyStories)" s260k-methods
     section "The seeds' study on stories260K: SGRA off / on / at equal steps, three seeds" s260k-seeds
   fi
-  echo "Reproduce: \`tools/setup.sh && tools/bench_results.sh\` (about 45 minutes on 2 cores)."
+  echo "Reproduce: \`tools/setup.sh && tools/bench_results.sh\` (about 20 minutes on 2 cores)."
 } > docs/results.md.tmp
 mv docs/results.md.tmp docs/results.md
 echo "wrote docs/results.md" >&2
