@@ -74,38 +74,7 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
   auto src = model::open_blocks(folder, st);
   const uint64_t group = std::max<uint64_t>(256ull << 20, (st.memory_limit ? st.memory_limit : model::auto_memory_limit(device)) / 4);
   const model::BatchFn logits = model::batch_fn(*src, group);
-  const int batch = static_cast<int>(r.integer("evaluation.batch_size"));
-  eval::EvaluationRequest req;
-  req.ppl_batch_size = batch;
-  req.ppl_key = r.source() + ": evaluation.perplexity";
-  req.ppl_hint = " (or lower evaluation.context)";
-  req.classification_key = r.source() + ": evaluation.classification.path";
-  req.task_options.batch_size = batch;
-  req.task_options.limit = r.integer("evaluation.task_limit");
-  req.task_options.progress = false;
-  if (src->shell().is_causal_lm()) {
-    req.ppl_files = r.strings("evaluation.perplexity");
-    // evaluation.context is capped at the model's maximum (docs/recipes.md); 0 = the default.
-    const int ctx = static_cast<int>(r.integer("evaluation.context"));
-    req.context = ctx <= 0 ? eval::default_context(cfg) : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
-    std::string tdir = r.str("evaluation.task_dir");
-    if (tdir.empty()) tdir = "../shared/data/tasks";
-    for (const auto& t : r.strings("evaluation.tasks")) req.tasks.push_back(eval::load_task(t, tdir));
-  } else if (!r.str("evaluation.classification.path").empty()) {
-    const std::string path = r.str("evaluation.classification.path");
-    data::ClassificationReadOptions ro;
-    ro.text_field = r.str("evaluation.classification.text_field");
-    ro.label_field = r.str("evaluation.classification.label_field");
-    auto data = data::read_classification_file(path, ro);
-    const int64_t limit = r.integer("evaluation.classification.limit");
-    if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
-      data.texts.resize(static_cast<size_t>(limit));
-      data.labels.resize(static_cast<size_t>(limit));
-    }
-    req.classification = std::move(data);
-    req.classification_source = path;
-    req.classification_batch_size = std::max(batch, 8);
-  }
+  const auto req = eval::evaluation_request_from_recipe(r, cfg, src->shell().is_causal_lm());
   const auto ev = eval::evaluate_model(folder, logits, req, device, &comm);
 
   json out = json::object();

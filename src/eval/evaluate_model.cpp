@@ -1,7 +1,10 @@
 // The evaluation both `mpqat eval` and `mpqat run` use (include/mpqat/eval/evaluate_model.h).
 #include "mpqat/eval/evaluate_model.h"
 
+#include <algorithm>
 #include <string>
+
+#include "mpqat/io/recipe.h"
 
 #include "mpqat/model/classifier_input.h"
 #include "mpqat/model/loader.h"
@@ -54,6 +57,42 @@ Evaluation evaluate_model(const model::ModelFolder& folder, const model::BatchFn
     out.classification = evaluate_classifier(run, encode, data, po);
   }
   return out;
+}
+
+EvaluationRequest evaluation_request_from_recipe(const io::Recipe& r, const model::ModelConfig& cfg, bool causal_lm) {
+  const int batch = static_cast<int>(r.integer("evaluation.batch_size"));
+  eval::EvaluationRequest req;
+  req.ppl_batch_size = batch;
+  req.ppl_key = r.source() + ": evaluation.perplexity";
+  req.ppl_hint = " (or lower evaluation.context)";
+  req.classification_key = r.source() + ": evaluation.classification.path";
+  req.task_options.batch_size = batch;
+  req.task_options.limit = r.integer("evaluation.task_limit");
+  req.task_options.progress = false;
+  if (causal_lm) {
+    req.ppl_files = r.strings("evaluation.perplexity");
+    // evaluation.context is capped at the model's maximum (docs/recipes.md); 0 = the default.
+    const int ctx = static_cast<int>(r.integer("evaluation.context"));
+    req.context = ctx <= 0 ? default_context(cfg) : std::min(ctx, static_cast<int>(cfg.max_position_embeddings));
+    std::string tdir = r.str("evaluation.task_dir");
+    if (tdir.empty()) tdir = "../shared/data/tasks";
+    for (const auto& t : r.strings("evaluation.tasks")) req.tasks.push_back(load_task(t, tdir));
+  } else if (!r.str("evaluation.classification.path").empty()) {
+    const std::string path = r.str("evaluation.classification.path");
+    data::ClassificationReadOptions ro;
+    ro.text_field = r.str("evaluation.classification.text_field");
+    ro.label_field = r.str("evaluation.classification.label_field");
+    auto data = data::read_classification_file(path, ro);
+    const int64_t limit = r.integer("evaluation.classification.limit");
+    if (limit > 0 && static_cast<int64_t>(data.texts.size()) > limit) {
+      data.texts.resize(static_cast<size_t>(limit));
+      data.labels.resize(static_cast<size_t>(limit));
+    }
+    req.classification = std::move(data);
+    req.classification_source = path;
+    req.classification_batch_size = std::max(batch, 8);
+  }
+  return req;
 }
 
 }  // namespace mpqat::eval

@@ -18,6 +18,9 @@
 namespace mpqat::model {
 class ModelFolder;
 }
+namespace mpqat::io {
+class Recipe;
+}
 
 namespace mpqat::eval {
 
@@ -62,5 +65,12 @@ struct Evaluation {
 // the model does not have).
 Evaluation evaluate_model(const model::ModelFolder& folder, const model::BatchFn& run, const EvaluationRequest& req,
                           torch::Device device, dist::Communicator* comm);
+
+// The evaluation.* keys of a recipe (`mpqat run`'s evaluation stages): perplexity files and
+// tasks for a causal LM, the labelled file for a classifier; evaluation.context capped at the
+// model's maximum (0 = default_context). Task and classification files are read here, so a
+// missing one fails before the model is evaluated.
+EvaluationRequest evaluation_request_from_recipe(const io::Recipe& recipe, const model::ModelConfig& cfg,
+                                                 bool causal_lm);
 
 }  // namespace mpqat::eval
