@@ -17,6 +17,7 @@
 
 #include "mpqat/cli/study.h"
 #include "mpqat/eval/study_report.h"
+#include "mpqat/eval/svg_chart.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/train/steps.h"
 #include "mpqat/util/error.h"
@@ -283,4 +284,27 @@ TEST(Study, KilledStudyResumesWithoutRedoingFinishedCells) {
   EXPECT_NE(r.out.find("uniform + RTN @ 3 bits, n12 seed 0 (done earlier)"), std::string::npos) << r.out;
   EXPECT_EQ(fs::last_write_time(report), t);
   EXPECT_EQ(read_json(dir / "study.json")["rows"].size(), 4u);
+}
+
+TEST(Study, ChartsStayReadableWithManyVariants) {
+  namespace svg = mpqat::eval::svg;
+  svg::LineChart ch;
+  ch.id = "c";
+  ch.title = "t";
+  for (int k = 0; k < 12; ++k) {
+    svg::LineSeries s{"a long variant name number " + std::to_string(k), {}};
+    for (int e = 1; e <= 4; ++e) s.points.push_back({static_cast<double>(e), 1.0 / (e + k), std::nullopt, ""});
+    ch.series.push_back(s);
+  }
+  const std::string out = svg::line_chart(ch);
+  EXPECT_EQ(out.find("viewBox=\"0 0 900.0 320.0\""), std::string::npos) << "the legend did not get rows of its own";
+  EXPECT_NE(out.find("stroke-dasharray"), std::string::npos) << "series past the palette are not told apart";
+  EXPECT_NE(out.find(">3</text>"), std::string::npos) << "epochs are not labelled as whole numbers";
+  EXPECT_EQ(out.find(">1.75</text>"), std::string::npos);
+  svg::BarChart b;
+  b.id = "b";
+  b.bars = {{"x", 2.0, 0.5}, {"y", 3.0, std::nullopt}};
+  const std::string bars = svg::bar_chart(b);
+  EXPECT_NE(bars.find("class=\"err\""), std::string::npos);
+  EXPECT_NE(bars.find("2 ± 0.5"), std::string::npos);
 }

@@ -275,6 +275,16 @@ std::string render_study_html(const json& study) {
   std::set<int64_t> sizes;
   for (const auto& g : gs) sizes.insert(g.samples);
   const bool several = sizes.size() > 1;
+  // The budget most variants were run at: the time and convergence charts compare there.
+  std::optional<double> main_budget;
+  {
+    std::map<double, std::size_t> count;
+    for (const auto& g : gs)
+      if (g.budget_bits) ++count[*g.budget_bits];
+    std::size_t best = 0;
+    for (const auto& [b, n] : count)
+      if (n > best) best = n, main_budget = b;
+  }
   std::string out = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   out += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
   out += "<title>mpqat study: " + svg::escape(json_access::string_of(field(study, "model"))) + "</title>\n";
@@ -298,6 +308,18 @@ std::string render_study_html(const json& study) {
                   "clustering presets are single points.");
   };
   quality("study-quality-ppl", "perplexity", [](const StudyGroup& g) { return std::optional<Stat>(g.ppl); });
+  if (main_budget) {  // at one size the variants side by side (the size is nearly equal by design)
+    svg::BarChart pb;
+    pb.id = "study-ppl-variants";
+    pb.title = "Perplexity per variant at the bytes of uniform " + bits_text(*main_budget) + "-bit (mean ± std over seeds)";
+    pb.y_label = "perplexity";
+    pb.from_zero = false;
+    for (const auto& g : gs)
+      if (g.budget_bits == main_budget && g.samples == *sizes.begin() && g.ppl.n > 0)
+        pb.bars.push_back({g.variant, g.ppl.mean, g.ppl.n > 1 ? std::optional<double>(g.ppl.std) : std::nullopt});
+    if (!pb.bars.empty())
+      out += figure(svg::bar_chart(pb), "The axis starts near the lowest value: read the numbers, not the bar lengths.");
+  }
   std::set<std::string> tasks;
   for (const auto& g : gs)
     for (const auto& [t, s] : g.tasks) tasks.insert(t);
@@ -314,16 +336,6 @@ std::string render_study_html(const json& study) {
   for (const auto& [title, t] : tables(study, gs)) out += "<h3>" + svg::escape(title) + "</h3>\n" + html_table(t);
   out += "<p class=\"note\">" + svg::escape(kRowsNote) + "</p>\n";
 
-  // The budget most variants were run at: the time and convergence charts compare there.
-  std::optional<double> main_budget;
-  {
-    std::map<double, std::size_t> count;
-    for (const auto& g : gs)
-      if (g.budget_bits) ++count[*g.budget_bits];
-    std::size_t best = 0;
-    for (const auto& [b, n] : count)
-      if (n > best) best = n, main_budget = b;
-  }
   // Per-layer charts from the first seed's rows (they carry "layers"): the bits depend on the
   // allocation and the budget only, so one chart per mixed allocation method, at the main budget
   // when it ran there.
@@ -367,7 +379,8 @@ std::string render_study_html(const json& study) {
   time.y_label = "seconds";
   for (const auto& g : gs)
     if ((!main_budget || g.budget_bits == main_budget) && g.samples == *sizes.begin())
-      time.bars.emplace_back(g.variant, g.train_seconds.mean);
+      time.bars.push_back({g.variant, g.train_seconds.mean,
+                           g.train_seconds.n > 1 ? std::optional<double>(g.train_seconds.std) : std::nullopt});
   out += figure(svg::bar_chart(time), main_budget ? "At the bytes of uniform " + bits_text(*main_budget) + "-bit."
                                                   : "Mean over seeds.");
   svg::LineChart conv;

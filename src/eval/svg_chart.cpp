@@ -56,12 +56,18 @@ struct Axis {
       if (out.size() < 2) out = {{lo, tick_text(lo)}, {hi, tick_text(hi)}};
       return out;
     }
+    if (integers) {  // whole numbers only (epochs, counts)
+      const double step = std::max(1.0, std::ceil((hi - lo) / 6));
+      for (double v = std::ceil(lo); v <= hi + 1e-9; v += step) out.emplace_back(v, tick_text(v));
+      return out;
+    }
     for (int k = 0; k <= 4; ++k) {
       const double v = lo + (hi - lo) * k / 4;
-      out.emplace_back(v, fmt::format("{:.4g}", v));
+      out.emplace_back(v, fmt::format("{:.5g}", v));
     }
     return out;
   }
+  bool integers = false;
 };
 
 // The axis spanning `values` with 5% room on each side (log when asked and all are positive).
@@ -137,18 +143,39 @@ std::string y_axis(const std::vector<std::pair<double, std::string>>& ticks, con
   return out;
 }
 
+namespace {
+double legend_width(const std::string& name) { return 28 + 7.0 * static_cast<double>(name.size()); }
+}  // namespace
+
+int legend_rows(const std::vector<std::string>& names, const Frame& f) {
+  int rows = names.empty() ? 0 : 1;
+  double x = f.L;
+  for (const auto& n : names) {
+    if (x > f.L && x + legend_width(n) > f.W - f.R) ++rows, x = f.L;
+    x += legend_width(n);
+  }
+  return rows;
+}
+
 std::string legend(const std::vector<std::pair<std::string, std::string>>& items, const Frame& f) {
+  std::vector<std::string> names;
+  for (const auto& it : items) names.push_back(it.second);
+  const int rows = legend_rows(names, f);
   std::string out;
   double x = f.L;
+  int row = 0;
   for (const auto& [colour, name] : items) {
+    if (x > f.L && x + legend_width(name) > f.W - f.R) ++row, x = f.L;
+    const double y = f.T - 26 - 18.0 * (rows - 1 - row);
     out += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\" class=\"swatch\"/>", c(x),
-                       c(f.T - 26), colour);
-    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n", c(x + 16), c(f.T - 16),
-                       escape(name));
-    x += 28 + 7.0 * static_cast<double>(name.size());
+                       c(y), colour);
+    out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"legend\">{}</text>\n", c(x + 16), c(y + 10), escape(name));
+    x += legend_width(name);
   }
   return out;
 }
+
+const char* series_dash(std::size_t i) { return (i / 8) % 2 == 1 ? "6 3" : ""; }
 
 std::size_t label_stride(std::size_t n, double width, double min_gap) {
   if (n == 0) return 1;
@@ -195,8 +222,17 @@ std::string line_chart(const LineChart& ch) {
         }
       }
   if (xs.empty()) return note(ch.empty_note);
-  const Frame f;
-  const Axis ax = span(xs, ch.log_x), ay = span(ys, ch.log_y);
+  Frame f;
+  std::vector<std::string> names;
+  for (const auto& sr : ch.series)
+    if (!sr.points.empty()) names.push_back(sr.name);
+  const int rows = legend_rows(names, f);
+  f.T += 18.0 * std::max(0, rows - 1);
+  f.H += 18.0 * std::max(0, rows - 1);
+  Axis ax = span(xs, ch.log_x);
+  const Axis ay = span(ys, ch.log_y);
+  ax.integers = !ax.log && std::all_of(xs.begin(), xs.end(), [](double v) { return std::floor(v) == v; }) &&
+                ax.hi - ax.lo <= 60;
   auto X = [&](double v) { return f.L + f.pw() * ax.unit(v); };
   auto Y = [&](double v) { return f.T + f.ph() * (1.0 - ay.unit(v)); };
   std::string out = open(ch.id, ch.title, f);
@@ -218,6 +254,7 @@ std::string line_chart(const LineChart& ch) {
     if (pts.empty()) continue;
     std::stable_sort(pts.begin(), pts.end(), [](const LinePoint& a, const LinePoint& b) { return a.x < b.x; });
     const char* colour = series_colour(k);
+    const std::string dash = series_dash(k);
     std::vector<std::optional<std::pair<double, double>>> path;
     std::string marks;
     for (const auto& p : pts) {
@@ -232,40 +269,58 @@ std::string line_chart(const LineChart& ch) {
                            escape(p.tip.empty() ? ch.series[k].name + ": " + tick_text(p.x) + ", " + tick_text(p.y)
                                                 : p.tip));
     }
-    out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" class=\"series\"/>\n",
-                       broken_path(path), colour);
+    out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"{} class=\"series\"/>\n",
+                       broken_path(path), colour, dash.empty() ? "" : " stroke-dasharray=\"" + dash + "\"");
     out += marks + "\n";
-    leg.emplace_back(colour, ch.series[k].name);
+    leg.emplace_back(colour, ch.series[k].name + (dash.empty() ? "" : " (dashed)"));
   }
   out += legend(leg, f);
   return out + "</svg>\n";
 }
 
 std::string bar_chart(const BarChart& ch) {
-  double hi = 0;
-  bool any = false;
-  for (const auto& [label, v] : ch.bars)
-    if (std::isfinite(v)) hi = std::max(hi, v), any = true;
-  if (!any) return note(ch.empty_note);
-  const Frame f;
-  const double top = nice_ceil(hi);
-  auto Y = [&](double v) { return f.T + f.ph() * (1.0 - std::max(0.0, v) / top); };
+  std::vector<double> vals;
+  for (const auto& b : ch.bars)
+    if (std::isfinite(b.value)) {
+      vals.push_back(b.value);
+      if (b.err && std::isfinite(*b.err)) vals.push_back(b.value + *b.err), vals.push_back(b.value - *b.err);
+    }
+  if (vals.empty()) return note(ch.empty_note);
+  Frame f;
+  std::size_t longest = 0;
+  for (const auto& b : ch.bars) longest = std::max(longest, b.label.size());
+  // Labels turned by 30 degrees under the bars: room for the longest (about 6.5 px a character).
+  const double extra = std::min(220.0, 24 + 3.25 * static_cast<double>(longest)) - f.B;
+  f.B += std::max(0.0, extra);
+  f.H += std::max(0.0, extra);
+  double lo = 0, hi = 0;
+  if (ch.from_zero) {
+    hi = nice_ceil(*std::max_element(vals.begin(), vals.end()));
+  } else {
+    const Axis a = span(vals, false);
+    lo = a.lo, hi = a.hi;
+  }
+  auto Y = [&](double v) { return f.T + f.ph() * (1.0 - (std::max(lo, v) - lo) / (hi - lo)); };
   std::vector<std::pair<double, std::string>> ticks;
-  for (int k = 0; k <= 4; ++k) ticks.emplace_back(top * k / 4, fmt::format("{:.4g}", top * k / 4));
+  for (int k = 0; k <= 4; ++k) ticks.emplace_back(lo + (hi - lo) * k / 4, fmt::format("{:.4g}", lo + (hi - lo) * k / 4));
   std::string out = open(ch.id, ch.title, f);
   out += y_axis(ticks, Y, f, ch.y_label);
   const double step = f.pw() / static_cast<double>(ch.bars.size());
   const double w = std::max(step * 0.7, 0.5);
-  const std::size_t stride = label_stride(ch.bars.size(), f.pw(), 90);
   for (std::size_t i = 0; i < ch.bars.size(); ++i) {
-    const auto& [label, v] = ch.bars[i];
+    const auto& b = ch.bars[i];
     const double x = f.L + (static_cast<double>(i) + 0.5) * step;
-    if (std::isfinite(v))
-      out += fmt::format("<rect class=\"bar\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{}: {}</title></rect>\n",
-                         c(x - w / 2), c(Y(v)), c(w), c(Y(0) - Y(v)), series_colour(i), escape(label), tick_text(v));
-    if (i % stride == 0)
-      out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n", c(x),
-                         c(f.T + f.ph() + 14), escape(label));
+    if (std::isfinite(b.value)) {
+      out += fmt::format("<rect class=\"bar\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{}: {}{}</title></rect>\n",
+                         c(x - w / 2), c(Y(b.value)), c(w), c(Y(lo) - Y(b.value)), series_colour(i), escape(b.label),
+                         fmt::format("{:.5g}", b.value), b.err ? fmt::format(" ± {:.3g}", *b.err) : "");
+      if (b.err && *b.err > 0)
+        out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"#333\" class=\"err\"/>\n", c(x),
+                           c(Y(b.value - *b.err)), c(Y(b.value + *b.err)));
+    }
+    const double ty = f.T + f.ph() + 12;
+    out += fmt::format("<text x=\"{0}\" y=\"{1}\" class=\"tick\" text-anchor=\"end\" transform=\"rotate(-30 {0} {1})\">{2}</text>\n",
+                       c(x), c(ty), escape(b.label));
   }
   return out + "</svg>\n";
 }

@@ -34,8 +34,13 @@ std::string open(const std::string& id, const std::string& title, const Frame& f
 // Horizontal grid lines with their labels on the left; `y` maps a value to a coordinate.
 std::string y_axis(const std::vector<std::pair<double, std::string>>& ticks, const std::function<double(double)>& y,
                    const Frame& f, const std::string& label);
-// Legend entries (colour, name) left to right above the plot.
+// Legend entries (colour, name) left to right above the plot, wrapped into rows of the frame's
+// width (legend_rows says how many; a frame with more rows needs T += 18 per extra row).
 std::string legend(const std::vector<std::pair<std::string, std::string>>& items, const Frame& f);
+int legend_rows(const std::vector<std::string>& names, const Frame& f);
+// Dash pattern of series i: solid for the palette's first round, dashed after (so 16 series
+// stay apart); "" = solid.
+const char* series_dash(std::size_t i);
 // Every k-th of n labels over `width`, so that labels are at least `min_gap` apart.
 std::size_t label_stride(std::size_t n, double width, double min_gap);
 // A polyline path through the points, broken where a point is missing.
@@ -67,9 +72,15 @@ struct LineChart {
 std::string line_chart(const LineChart& chart);
 
 // Bars by category (one per value, labelled under the axis), from 0.
+struct Bar {
+  std::string label;
+  double value = 0;
+  std::optional<double> err;  // half-length of the error bar
+};
 struct BarChart {
   std::string id, title, y_label, empty_note = "No data: chart omitted.";
-  std::vector<std::pair<std::string, double>> bars;  // label, value
+  std::vector<Bar> bars;
+  bool from_zero = true;  // false: the axis spans the values (differences of a few percent show)
 };
 std::string bar_chart(const BarChart& chart);
 
