@@ -308,3 +308,24 @@ TEST(Study, ChartsStayReadableWithManyVariants) {
   EXPECT_NE(bars.find("class=\"err\""), std::string::npos);
   EXPECT_NE(bars.find("2 ± 0.5"), std::string::npos);
 }
+
+TEST(Study, CellsRunOnSeveralRanks) {
+  // --ranks 2: each cell is `mpqat launch -n 2 -- run ...` (Gloo on CPU); the numbers are the
+  // one-rank numbers (evaluation windows are split across ranks, sums in fp64).
+  const auto one = mpqat::testing::fresh_temp_dir("Study", "ranks1");
+  const auto two = mpqat::testing::fresh_temp_dir("Study", "ranks2");
+  const auto r = kjv_recipe({"study.allocation=[uniform]", "study.training=[rtn]", "study.budgets=[3]",
+                             "study.seeds=[0]"});
+  mpqat::cli::StudyOptions o;
+  o.exe = MPQAT_BINARY;
+  mpqat::cli::run_study(r, one.string(), o);
+  o.ranks = 2;
+  mpqat::cli::run_study(r, two.string(), o);
+  const json a = read_json(one / "study.json"), b = read_json(two / "study.json");
+  ASSERT_EQ(b["rows"].size(), 1u);
+  EXPECT_NEAR(b["rows"][0]["ppl"].get<double>(), a["rows"][0]["ppl"].get<double>(), 1e-9);
+  EXPECT_NEAR(b["fp"]["ppl"].get<double>(), a["fp"]["ppl"].get<double>(), 1e-9);
+  EXPECT_EQ(b["rows"][0]["bytes"], a["rows"][0]["bytes"]);
+  const std::string log = mpqat::testing::slurp((two / "logs" / "uniform-rtn-b3-n12-s0.log").string());
+  EXPECT_NE(log.find("# mpqat launch -n 2 -- run "), std::string::npos) << log;
+}

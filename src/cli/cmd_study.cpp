@@ -19,6 +19,7 @@ void add_study_command(CLI::App& app) {
     std::string recipe, out;
     std::vector<std::string> overrides;
     bool dry_run = false;
+    int ranks = 1;
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand(
@@ -29,14 +30,18 @@ void add_study_command(CLI::App& app) {
   sub->add_option("--out", a->out, "study folder (cells/, sensitivity/, logs/, study.json, study.md, study.html)")
       ->required();
   sub->add_flag("--dry-run", a->dry_run, "list the cells and the budgets' bytes, run nothing");
+  sub->add_option("--ranks", a->ranks, "ranks each cell runs on (mpqat launch -n RANKS: one per GPU, or Gloo on CPU)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   sub->callback([a] {
     const char* world = std::getenv("WORLD_SIZE");
     if (world && std::string(world) != "1")
-      throw InputError("mpqat study runs its cells one after another in one process; launch it without torchrun "
+      throw InputError("mpqat study launches its cells itself: start it without torchrun and give --ranks N "
                        "(WORLD_SIZE is " + std::string(world) + ")");
     const io::Recipe recipe = io::Recipe::from_file(a->recipe, a->overrides);
     StudyOptions o;
     o.dry_run = a->dry_run;
+    o.ranks = a->ranks;
     run_study(recipe, a->out, o);
   });
 }

@@ -295,7 +295,10 @@ bool run_or_reuse(const StudyOptions& o, const fs::path& dir, const std::string&
   fs::create_directories(dir / "logs");
   fs::create_directories(dir / "done");
   const std::string log = (dir / "logs" / (name + ".log")).string();
-  std::vector<std::string> args{"run", (dir / "recipe.yaml").string()};
+  std::vector<std::string> args;
+  if (o.ranks > 1) args = {"launch", "-n", std::to_string(o.ranks), "--"};  // every cell on all ranks
+  args.push_back("run");
+  args.push_back((dir / "recipe.yaml").string());
   args.insert(args.end(), overrides.begin(), overrides.end());
   util::write_file_atomic(log, "# mpqat " + fmt::format("{}", fmt::join(args, " ")) + "\n");
   const int rc = run_child(o.exe, args, log);

@@ -56,6 +56,7 @@ StudyPlan plan_study(const io::Recipe& recipe, const std::string& dir);
 struct StudyOptions {
   std::string exe = "/proc/self/exe";  // the mpqat binary each cell runs
   bool dry_run = false;                // print the plan, run nothing
+  int ranks = 1;                       // > 1: each cell as `mpqat launch -n ranks -- run ...`
 };
 
 // Runs (or resumes) the study in `dir`: DIR/recipe.yaml (the resolved recipe), each cell's
