@@ -22,6 +22,7 @@
 #include "mpqat/io/recipe.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/folder_writer.h"
+#include "mpqat/util/progress.h"
 #include "mpqat/util/strings.h"
 
 namespace fs = std::filesystem;
@@ -428,9 +429,18 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
              {"rows", json::array()}};
   for (const auto& [b, bytes] : plan.budget_bytes) study["budget_bytes"][bits_text(b)] = bytes;
   std::size_t k = 0;
+  double ran_seconds = 0;
+  std::size_t ran_cells = 0;
   auto progress = [&](const std::string& what, bool ran, double secs, const std::string& result) {
-    std::cout << fmt::format("[{}/{}] {} {}{}\n", ++k, total, what,
-                             ran ? fmt::format("({:.1f} s)", secs) : std::string("(done earlier)"), result)
+    ++k;
+    if (ran) ran_seconds += secs, ++ran_cells;
+    // The rest at the mean time of the cells run so far (cells done earlier are not counted).
+    const std::string eta = ran_cells > 0 && k < total
+                                ? fmt::format("; about {} left", util::format_duration(ran_seconds / static_cast<double>(ran_cells) *
+                                                                                      static_cast<double>(total - k)))
+                                : std::string();
+    std::cout << fmt::format("[{}/{}] {} {}{}\n", k, total, what,
+                             ran ? fmt::format("({:.1f} s{})", secs, eta) : std::string("(done earlier)"), result)
               << std::flush;
   };
   for (const auto& s : plan.sensitivities) {
@@ -450,7 +460,7 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
     json row = study_row(c, rep, c.seed == first_seed && c.samples == first_n);
     if (c.fp_baseline && rep.contains("fp")) study["fp"] = rep["fp"];
     if (!study.contains("fp_bytes") && rep.contains("fp")) study["fp_bytes"] = rep["fp"].value("bytes", 0);
-    std::string result = row.contains("ppl") ? fmt::format(": ppl {:.4g}", row["ppl"].get<double>()) : std::string(":");
+    std::string result = row.contains("ppl") ? fmt::format(": ppl {:.3f}", row["ppl"].get<double>()) : std::string(":");
     result += fmt::format(", {} bytes, {:.2f} bpw", row["bytes"].get<uint64_t>(), row["bpw"].get<double>());
     progress(c.variant + (c.budget ? " @ " + bits_text(*c.budget) + " bits" : "") +
                  fmt::format(", n{} seed {}", c.samples, c.seed),
