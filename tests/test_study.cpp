@@ -329,3 +329,35 @@ TEST(Study, CellsRunOnSeveralRanks) {
   const std::string log = mpqat::testing::slurp((two / "logs" / "uniform-rtn-b3-n12-s0.log").string());
   EXPECT_NE(log.find("# mpqat launch -n 2 -- run "), std::string::npos) << log;
 }
+
+TEST(Study, ClassifierStudyReportsAccuracyAndF1) {
+  // The seeds' own setting: a sequence classifier (the bundled SST-2 BERT) on GLUE SST-2 dev.
+  const std::string shared = mpqat::testing::shared_dir();
+  if (shared.empty() || !fs::exists(shared + "/data/classification/sst2/glue_sst2_dev.tsv"))
+    GTEST_SKIP() << "needs ../shared/data/classification/sst2 (set MPQAT_SHARED_DIR)";
+  const auto dir = mpqat::testing::fresh_temp_dir("Study", "cls");
+  const auto r = mpqat::io::Recipe::from_file(
+      kSource + "/recipes/seeds-kmeans-3groups.yaml",
+      {"model.path=" + kSource + "/checkpoints/sst2-bert-tiny",
+       "data.calibration.path=" + shared + "/data/classification/sst2/alps_train.tsv",
+       "evaluation.classification.path=" + shared + "/data/classification/sst2/glue_sst2_dev.tsv",
+       "data.calibration.samples=64", "evaluation.classification.limit=200", "study.allocation=[uniform, kmeans]",
+       "study.training=[rtn]", "study.budgets=[4]"});
+  mpqat::cli::StudyOptions o;
+  o.exe = MPQAT_BINARY;
+  mpqat::cli::run_study(r, dir.string(), o);
+  const json study = read_json(dir / "study.json");
+  ASSERT_EQ(study["rows"].size(), 2u);
+  for (const auto& row : study["rows"]) {
+    ASSERT_TRUE(row.contains("classification")) << row.dump();
+    EXPECT_GT(row["classification"]["accuracy"].get<double>(), 0.5);
+    EXPECT_FALSE(row.contains("ppl"));
+  }
+  EXPECT_TRUE(study["rows"][1]["budget_bits"].is_null()) << "the preset has no budget";
+  const std::string md = mpqat::testing::slurp((dir / "study.md").string());
+  EXPECT_NE(md.find("| accuracy | F1 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("FP (unquantized): accuracy "), std::string::npos) << md;
+  EXPECT_NE(md.find("## clustering presets (no budget)"), std::string::npos) << md;
+  const std::string html = mpqat::testing::slurp((dir / "study.html").string());
+  EXPECT_NE(html.find("id=\"study-quality-accuracy\""), std::string::npos);
+}

@@ -460,8 +460,14 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
     json row = study_row(c, rep, c.seed == first_seed && c.samples == first_n);
     if (c.fp_baseline && rep.contains("fp")) study["fp"] = rep["fp"];
     if (!study.contains("fp_bytes") && rep.contains("fp")) study["fp_bytes"] = rep["fp"].value("bytes", 0);
-    std::string result = row.contains("ppl") ? fmt::format(": ppl {:.3f}", row["ppl"].get<double>()) : std::string(":");
-    result += fmt::format(", {} bytes, {:.2f} bpw", row["bytes"].get<uint64_t>(), row["bpw"].get<double>());
+    std::string result = ":";
+    if (row.contains("ppl")) result += fmt::format(" ppl {:.3f},", row["ppl"].get<double>());
+    if (row.contains("classification"))
+      result += fmt::format(" accuracy {:.4f}, F1 {:.4f},", row["classification"]["accuracy"].get<double>(),
+                            row["classification"]["f1"].get<double>());
+    if (row.contains("tasks"))
+      for (const auto& [t, acc] : row["tasks"].items()) result += fmt::format(" {} {:.4f},", t, acc.get<double>());
+    result += fmt::format(" {} bytes, {:.2f} bpw", row["bytes"].get<uint64_t>(), row["bpw"].get<double>());
     progress(c.variant + (c.budget ? " @ " + bits_text(*c.budget) + " bits" : "") +
                  fmt::format(", n{} seed {}", c.samples, c.seed),
              ran, std::chrono::duration<double>(Clock::now() - t0).count(), result);

@@ -62,6 +62,23 @@ std::optional<double> fp_ppl(const json& study) {
   return std::nullopt;
 }
 
+// The float model's numbers: "ppl 6.145, 520064 bytes in fp16" (accuracy / F1 for classifiers).
+std::string fp_text(const json& study) {
+  const json& fp = field(study, "fp");
+  std::vector<std::string> parts;
+  if (auto p = fp_ppl(study)) parts.push_back(fmt::format("ppl {:.3f}", *p));
+  const json& cls = field(fp, "classification");
+  if (auto a = number(cls, "accuracy")) parts.push_back(fmt::format("accuracy {:.4f}", *a));
+  if (auto f = number(cls, "f1")) parts.push_back(fmt::format("F1 {:.4f}", *f));
+  const json& tasks = field(fp, "tasks");
+  if (tasks.is_object())
+    for (const auto& [t, v] : tasks.items())
+      if (auto a = number(v, "acc")) parts.push_back(fmt::format("{} acc {:.4f}", t, *a));
+  if (parts.empty()) return "";
+  if (auto b = number(fp, "bytes")) parts.push_back(fmt::format("{:.0f} bytes in fp16", *b));
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
 // The uniform group of the same budget, size, training and SGRA (the row's reference), if any.
 const StudyGroup* reference(const std::vector<StudyGroup>& gs, const StudyGroup& g) {
   for (const auto& r : gs)
@@ -213,9 +230,8 @@ std::string render_study_markdown(const json& study) {
   std::string out = "# mpqat study: " + json_access::string_of(field(study, "model")) + "\n\n";
   out += fmt::format("Recipe `{}`; machine: {}; written {}.\n\n", json_access::string_of(field(study, "recipe")),
                      json_access::string_of(field(study, "machine")), json_access::string_of(field(study, "created")));
-  if (auto p = fp_ppl(study))
-    out += fmt::format("FP (unquantized): ppl {:.3f}{}.\n\n", *p,
-                       number(field(study, "fp"), "bytes") ? fmt::format(", {:.0f} bytes in fp16", *number(field(study, "fp"), "bytes")) : "");
+  const std::string fp = fp_text(study);
+  if (!fp.empty()) out += "FP (unquantized): " + fp + ".\n\n";
   for (const auto& [title, t] : tables(study, gs)) out += "## " + title + "\n\n" + md_table(t) + "\n";
   out += std::string(kRowsNote) + "\n";
   return out;
@@ -292,7 +308,8 @@ std::string render_study_html(const json& study) {
   out += "<h1>mpqat study</h1>\n<table class=\"meta\">\n";
   for (const char* k : {"model", "recipe", "machine", "created"})
     out += fmt::format("<tr><th>{}</th><td>{}</td></tr>\n", k, svg::escape(json_access::string_of(field(study, k))));
-  if (auto p = fp_ppl(study)) out += fmt::format("<tr><th>FP ppl</th><td>{:.3f}</td></tr>\n", *p);
+  const std::string fp = fp_text(study);
+  if (!fp.empty()) out += "<tr><th>FP</th><td>" + svg::escape(fp) + "</td></tr>\n";
   out += "</table>\n";
 
   out += "<h2>Quality against size</h2>\n";
