@@ -104,6 +104,20 @@ TEST(Study, PlanGivesEveryCellOnceWithItsBudget) {
   EXPECT_LT(b3, b35);
   EXPECT_EQ(b35, (b3 + b4 + 1) / 2);  // halfway, rounded
 
+  // The recipe's own sensitivity file: no sensitivity runs, every cell reads it, the first cell
+  // evaluates the float model.
+  const auto own = mpqat::cli::plan_study(
+      kjv_recipe({"study.allocation=[uniform, qbo]", "study.training=[rtn]", "study.budgets=[3]", "study.seeds=[0, 1]",
+                  "sensitivity.file=/data/s.json"}),
+      "/tmp/x");
+  EXPECT_TRUE(own.sensitivities.empty());
+  ASSERT_EQ(own.cells.size(), 4u);
+  for (std::size_t i = 0; i < own.cells.size(); ++i) {
+    EXPECT_EQ(own.cells[i].fp_baseline, i == 0);
+    EXPECT_TRUE(has(own.cells[i].overrides, "sensitivity.file=/data/s.json"));
+    EXPECT_TRUE(has(own.cells[i].overrides, std::string("evaluation.fp_baseline=") + (i == 0 ? "true" : "false")));
+  }
+
   // Refusals name the key and what is accepted.
   try {
     mpqat::cli::plan_study(kjv_recipe({"study.seeds=[]"}), "/tmp/x");

@@ -542,6 +542,13 @@ const char* method_name(Method m) {
   }
 }
 
+SizeOptions size_options_from_recipe(const io::Recipe& r) {
+  SizeOptions so;
+  so.float_dtype = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
+  so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
+  return so;
+}
+
 AllocOptions alloc_options_from_recipe(const io::Recipe& r) {
   AllocOptions o;
   const std::string method = r.str("allocation.method");

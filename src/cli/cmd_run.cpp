@@ -48,10 +48,7 @@ void print_planned_allocation(const io::Recipe& r) {
     return;
   }
   const alloc::AllocOptions ao = alloc::alloc_options_from_recipe(r);
-  alloc::SizeOptions so;
-  so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  so.float_dtype = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
-  const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), so);
+  const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), alloc::size_options_from_recipe(r));
   const auto result = alloc::allocate(sm, alloc::load_sensitivity(sens), ao);
   std::cout << "# planned allocation (" << alloc::method_name(ao.method) << ")\n"
             << alloc::result_text(result);

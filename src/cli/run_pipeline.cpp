@@ -564,10 +564,7 @@ void preflight_recipe(const io::Recipe& r) {
   // depend on them).
   const auto ao = alloc::alloc_options_from_recipe(r);
   if (!ao.budget || !r.str("sensitivity.file").empty()) return;
-  alloc::SizeOptions szo;
-  szo.float_dtype = float_dtype_of(r);
-  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
+  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), alloc::size_options_from_recipe(r));
   alloc::allocate(sm, alloc::equal_sensitivity(sm.layout()), ao);
 }
 
@@ -637,10 +634,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     stopped("sensitivity", sens_path);
     return sens_path;
   }
-  alloc::SizeOptions szo;
-  szo.float_dtype = float_dtype_of(r);
-  szo.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), szo);
+  const alloc::SizeModel sm(alloc::layout_from_folder(model_dir), alloc::size_options_from_recipe(r));
   std::string plan_hash, qat_hash;
   const json alloc_summary = stage_allocation(run, sens_path, sens_hash, sm, plan_hash);
   const fs::path plan_path = out / "bitplan.json";

@@ -58,9 +58,6 @@ std::string sgra_label(const std::string& s) {
   return "";
 }
 
-// "3" for 3.0, "3.5" for 3.5.
-std::string bits_text(double b) { return fmt::format("{:g}", b); }
-
 // The checkpoint file bytes of the recipe's model at uniform `bits` (the size model's
 // prediction, which equals the written file: test_alloc's ExactMatchesWrittenSafetensors).
 uint64_t uniform_file_bytes(const io::Recipe& base, int bits) {
@@ -70,10 +67,7 @@ uint64_t uniform_file_bytes(const io::Recipe& base, int bits) {
     r.apply_override(o);
   r.apply_override("allocation.uniform_bits=" + std::to_string(bits));
   const auto ao = alloc::alloc_options_from_recipe(r);
-  alloc::SizeOptions so;
-  so.float_dtype = io::parse_float_dtype(r.str("output.float_dtype"), "output.float_dtype");
-  so.max_shard_bytes = util::parse_bytes(r.str("output.shard_size"), "output.shard_size");
-  const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), so);
+  const alloc::SizeModel sm(alloc::layout_from_folder(r.str("model.path")), alloc::size_options_from_recipe(r));
   return alloc::allocate(sm, alloc::equal_sensitivity(sm.layout()), ao).size.file_bytes;
 }
 
@@ -91,7 +85,7 @@ uint64_t budget_bytes(const io::Recipe& r, double b, std::map<int, uint64_t>& un
     if (u >= b - 1e-9 && hi == 0) hi = u;
   }
   if (lo == 0 || hi == 0)
-    throw InputError(r.source() + ": study.budgets " + bits_text(b) + " is outside the uniform bit-widths 2..8");
+    throw InputError(r.source() + ": study.budgets " + eval::budget_text(b) + " is outside the uniform bit-widths 2..8");
   if (lo == hi) return at(lo);
   const double t = (b - lo) / static_cast<double>(hi - lo);
   return static_cast<uint64_t>(std::llround(static_cast<double>(at(lo)) + t * static_cast<double>(at(hi) - at(lo))));
@@ -165,6 +159,13 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
   for (int64_t n : sizes)
     for (int64_t seed : seeds) {
       const std::string calib = fmt::format("n{}-s{}", n, seed);
+      // Every cell reads its calibration set's sensitivity (the recipe's, or the one measured for
+      // the set): `mpqat run` measures one even for uniform bits (SGRA and the report's per-layer
+      // table use it). The float model is evaluated once: by the first sensitivity run, or by the
+      // first cell when the recipe brings its own sensitivity.
+      const std::string sens_name = user_sens.empty() ? "sens-" + calib : "";
+      const std::string sens_file =
+          user_sens.empty() ? (d / "sensitivity" / sens_name / "sensitivity.json").string() : user_sens;
       std::vector<StudyCell> cells;
       for (double b : budgets)
         for (const auto& a : allocs) {
@@ -174,36 +175,35 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
           if (clustering(a) && b != budgets.front()) continue;       // presets ignore the budget
           if (mixed_by_budget(a) && b <= lowest_bits + 1e-9) continue;  // only uniform fits there
           for (const auto& t : trains) {
-            std::vector<std::string> sg;
-            if (block_ap(t)) sg = sgras;
-            else sg = {"off"};  // SGRA schedules training only
-            for (const auto& s : sg) {
+            // SGRA schedules training only: RTN and GPTQ cells run once.
+            for (const auto& s : block_ap(t) ? sgras : std::vector<std::string>{"off"}) {
               StudyCell c;
               c.allocation = a, c.training = t, c.sgra = s, c.samples = n, c.seed = seed;
               if (!clustering(a)) c.budget = b;
               c.variant = allocation_label(a) + " + " + training_label(t) + sgra_label(s);
               c.name = fmt::format("{}-{}{}{}-{}", a, t, s == "off" ? "" : s == "on" ? "-sgra" : "-sgra-eq",
-                                   c.budget ? "-b" + bits_text(b) : "", calib);
-              c.overrides = common_overrides(r, n, seed, false);
+                                   c.budget ? "-b" + eval::budget_text(b) : "", calib);
+              c.fp_baseline = !user_sens.empty() && !fp_given && r.flag("evaluation.fp_baseline");
+              fp_given = fp_given || c.fp_baseline;
+              c.overrides = common_overrides(r, n, seed, c.fp_baseline);
               c.overrides.push_back("output.dir=" + (d / "cells" / c.name).string());
               c.overrides.push_back("output.stop_after=report");
               c.overrides.push_back("allocation.method=" + a);
-              if (a == "uniform") c.overrides.push_back("allocation.uniform_bits=" + bits_text(b));
+              if (a == "uniform") c.overrides.push_back("allocation.uniform_bits=" + eval::budget_text(b));
               if (mixed_by_budget(a)) {
                 c.budget_bytes = plan.budget_bytes[b];
                 c.overrides.push_back("allocation.budget.bytes=" + std::to_string(c.budget_bytes));
               }
               for (auto& o : training_overrides(r, t, s)) c.overrides.push_back(std::move(o));
-              // Every cell reads its calibration set's sensitivity: `mpqat run` measures one even
-              // for uniform bits (SGRA and the report's per-layer table use it).
-              c.sensitivity = user_sens.empty() ? "sens-" + calib : "(recipe)";
+              c.sensitivity = sens_name;
+              c.overrides.push_back("sensitivity.file=" + sens_file);
               cells.push_back(std::move(c));
             }
           }
         }
       if (!cells.empty() && user_sens.empty()) {
         StudySensitivity s;
-        s.name = "sens-" + calib;
+        s.name = sens_name;
         s.samples = n, s.seed = seed;
         s.fp_baseline = !fp_given && r.flag("evaluation.fp_baseline");
         fp_given = fp_given || s.fp_baseline;
@@ -213,17 +213,7 @@ StudyPlan plan_study(const io::Recipe& r, const std::string& dir) {
         s.overrides.push_back("allocation.method=kmeans");  // needs a sensitivity, no budget
         plan.sensitivities.push_back(s);
       }
-      for (auto& c : cells) {
-        if (c.sensitivity == "(recipe)") c.overrides.push_back("sensitivity.file=" + user_sens);
-        else if (!c.sensitivity.empty())
-          c.overrides.push_back("sensitivity.file=" + (d / "sensitivity" / c.sensitivity / "sensitivity.json").string());
-        if (!fp_given && r.flag("evaluation.fp_baseline")) {
-          c.fp_baseline = fp_given = true;
-          for (auto& o : c.overrides)
-            if (o == "evaluation.fp_baseline=false") o = "evaluation.fp_baseline=true";
-        }
-        plan.cells.push_back(std::move(c));
-      }
+      for (auto& c : cells) plan.cells.push_back(std::move(c));
     }
   if (plan.cells.empty()) throw InputError(r.source() + ": the study section gives no cell to run");
   return plan;
@@ -327,15 +317,9 @@ json study_row(const StudyCell& c, const json& rep, bool with_layers) {
   row["bpw"] = q.value("bpw", 0.0);
   row["code_bits"] = q.value("code_bits", 0.0);
   row["compression"] = rep.value("compression", 0.0);
-  if (q.contains("ppl")) {
-    if (q["ppl"].is_number()) {
-      row["ppl"] = q["ppl"];
-    } else {  // several files: their mean is the row's number, each kept
-      double s = 0;
-      for (const auto& v : q["ppl"]) s += v.get<double>();
-      row["ppl"] = s / static_cast<double>(q["ppl"].size());
-      row["ppl_files"] = q["ppl"];
-    }
+  if (const auto p = q.contains("ppl") ? eval::mean_ppl(q["ppl"]) : std::nullopt) {
+    row["ppl"] = *p;  // several files: their mean, each kept
+    if (q["ppl"].is_object()) row["ppl_files"] = q["ppl"];
   }
   if (q.contains("tasks"))
     for (const auto& [t, v] : q["tasks"].items()) row["tasks"][t] = v.value("acc", 0.0);
@@ -398,8 +382,8 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
   std::cout << fmt::format("study: {} cells ({} sensitivity runs, {} rows) into {}\n", total, plan.sensitivities.size(),
                            plan.cells.size(), dir.string());
   for (const auto& [b, bytes] : plan.budget_bytes)
-    std::cout << fmt::format("  budget {} bits = {} bytes (uniform {}-bit checkpoint{})\n", bits_text(b), bytes,
-                             bits_text(b), std::floor(b) == b ? "" : ", interpolated");
+    std::cout << fmt::format("  budget {} bits = {} bytes (uniform {}-bit checkpoint{})\n", eval::budget_text(b), bytes,
+                             eval::budget_text(b), std::floor(b) == b ? "" : ", interpolated");
   if (o.dry_run) {
     for (const auto& s : plan.sensitivities) std::cout << "  sensitivity/" << s.name << "\n";
     for (const auto& c : plan.cells) std::cout << "  cells/" << c.name << "  (" << c.variant << ")\n";
@@ -427,7 +411,7 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
                        {"samples", r.integers("study.samples")},
                        {"seeds", r.integers("study.seeds")}}},
              {"rows", json::array()}};
-  for (const auto& [b, bytes] : plan.budget_bytes) study["budget_bytes"][bits_text(b)] = bytes;
+  for (const auto& [b, bytes] : plan.budget_bytes) study["budget_bytes"][eval::budget_text(b)] = bytes;
   std::size_t k = 0;
   double ran_seconds = 0;
   std::size_t ran_cells = 0;
@@ -459,7 +443,9 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
     const json rep = json::parse(util::read_file((out / "report.json").string()));
     json row = study_row(c, rep, c.seed == first_seed && c.samples == first_n);
     if (c.fp_baseline && rep.contains("fp")) study["fp"] = rep["fp"];
-    if (!study.contains("fp_bytes") && rep.contains("fp")) study["fp_bytes"] = rep["fp"].value("bytes", 0);
+    // The float model's size is in every report; fp_eval.json of a sensitivity run lacks it.
+    if (study.contains("fp") && !study["fp"].contains("bytes") && rep.contains("fp"))
+      study["fp"]["bytes"] = rep["fp"].value("bytes", 0);
     std::string result = ":";
     if (row.contains("ppl")) result += fmt::format(" ppl {:.3f},", row["ppl"].get<double>());
     if (row.contains("classification"))
@@ -468,14 +454,12 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
     if (row.contains("tasks"))
       for (const auto& [t, acc] : row["tasks"].items()) result += fmt::format(" {} {:.4f},", t, acc.get<double>());
     result += fmt::format(" {} bytes, {:.2f} bpw", row["bytes"].get<uint64_t>(), row["bpw"].get<double>());
-    progress(c.variant + (c.budget ? " @ " + bits_text(*c.budget) + " bits" : "") +
+    progress(c.variant + (c.budget ? " @ " + eval::budget_text(*c.budget) + " bits" : "") +
                  fmt::format(", n{} seed {}", c.samples, c.seed),
              ran, std::chrono::duration<double>(Clock::now() - t0).count(), result);
     study["rows"].push_back(std::move(row));
-    write_study_files(dir, study);
+    write_study_files(dir, study);  // after every cell: a killed study leaves its rows so far
   }
-  if (study.contains("fp") && study.contains("fp_bytes")) study["fp"]["bytes"] = study["fp_bytes"];
-  write_study_files(dir, study);
   std::cout << "study: " << (dir / "study.md").string() << ", study.json, study.html\n";
 }
 

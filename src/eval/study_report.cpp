@@ -36,11 +36,9 @@ Stat stat_of(const std::vector<double>& v) {
 
 namespace {
 
-std::string bits_text(double b) { return fmt::format("{:g}", b); }
-
 std::string group_key(const json& row) {
   const auto b = number(row, "budget_bits");
-  return fmt::format("{}|{}|{}", json_access::string_of(field(row, "variant")), b ? bits_text(*b) : "-",
+  return fmt::format("{}|{}|{}", json_access::string_of(field(row, "variant")), b ? budget_text(*b) : "-",
                      number(row, "samples").value_or(0));
 }
 
@@ -51,16 +49,7 @@ std::string pm(const Stat& s, int digits = 3) {
   return fmt::format("{:.{}f} ± {:.{}f}", s.mean, digits, s.std, digits);
 }
 
-std::optional<double> fp_ppl(const json& study) {
-  const json& p = field(field(study, "fp"), "ppl");
-  if (p.is_number()) return p.get<double>();
-  if (p.is_object() && !p.empty()) {
-    double s = 0;
-    for (const auto& [k, v] : p.items()) s += v.get<double>();
-    return s / static_cast<double>(p.size());
-  }
-  return std::nullopt;
-}
+std::optional<double> fp_ppl(const json& study) { return mean_ppl(field(field(study, "fp"), "ppl")); }
 
 // The float model's numbers: "ppl 6.145, 520064 bytes in fp16" (accuracy / F1 for classifiers).
 std::string fp_text(const json& study) {
@@ -139,8 +128,8 @@ std::vector<std::pair<std::string, Table>> tables(const json& study, const std::
         t.push_back(row);
       }
       if (t.size() == 1) continue;
-      std::string title = b ? "at the bytes of uniform " + bits_text(*b) + "-bit" : "clustering presets (no budget)";
-      const json& bb = field(field(study, "budget_bytes"), b ? bits_text(*b).c_str() : "");
+      std::string title = b ? "at the bytes of uniform " + budget_text(*b) + "-bit" : "clustering presets (no budget)";
+      const json& bb = field(field(study, "budget_bytes"), b ? budget_text(*b).c_str() : "");
       if (b && bb.is_number()) title += fmt::format(" ({} bytes)", bb.get<uint64_t>());
       if (sizes.size() > 1) title += fmt::format(", {} calibration sequences", n);
       out.emplace_back(title, std::move(t));
@@ -165,6 +154,19 @@ const char* kRowsNote =
     "steps) matches the uniform schedule's total).";
 
 }  // namespace
+
+std::string budget_text(double bits) { return fmt::format("{:g}", bits); }
+
+std::optional<double> mean_ppl(const json& p) {
+  if (p.is_number()) return p.get<double>();
+  if (!p.is_object() || p.empty()) return std::nullopt;
+  double s = 0;
+  for (const auto& [k, v] : p.items()) {
+    if (!v.is_number()) return std::nullopt;
+    s += v.get<double>();
+  }
+  return s / static_cast<double>(p.size());
+}
 
 std::vector<StudyGroup> summarize_study(const json& study) {
   std::vector<StudyGroup> gs;
@@ -277,7 +279,7 @@ std::string quality_chart(const std::vector<StudyGroup>& gs, const std::string& 
     p.x = g.bytes.mean, p.y = m->mean;
     if (m->n > 1) p.err = m->std;
     p.tip = fmt::format("{}{}: {:.0f} bytes, {} {}", g.variant,
-                        g.budget_bits ? " @ " + bits_text(*g.budget_bits) + " bits" : "", g.bytes.mean, label, pm(*m, 4));
+                        g.budget_bits ? " @ " + budget_text(*g.budget_bits) + " bits" : "", g.bytes.mean, label, pm(*m, 4));
     ch.series[it->second].points.push_back(p);
   }
   return svg::line_chart(ch);
@@ -328,7 +330,7 @@ std::string render_study_html(const json& study) {
   if (main_budget) {  // at one size the variants side by side (the size is nearly equal by design)
     svg::BarChart pb;
     pb.id = "study-ppl-variants";
-    pb.title = "Perplexity per variant at the bytes of uniform " + bits_text(*main_budget) + "-bit (mean ± std over seeds)";
+    pb.title = "Perplexity per variant at the bytes of uniform " + budget_text(*main_budget) + "-bit (mean ± std over seeds)";
     pb.y_label = "perplexity";
     pb.from_zero = false;
     for (const auto& g : gs)
@@ -383,7 +385,7 @@ std::string render_study_html(const json& study) {
     const json& r = *mixed.at(mixed_order[k]);
     const auto b = number(r, "budget_bits");
     const std::string title = json_access::string_of(field(r, "variant")) +
-                              (b ? ": bits per layer at the bytes of uniform " + bits_text(*b) + "-bit" : ": bits per layer");
+                              (b ? ": bits per layer at the bytes of uniform " + budget_text(*b) + "-bit" : ": bits per layer");
     out += figure(layer_bits_chart(field(r, "layers"), fmt::format("study-bits-{}", k), title),
                   "First seed. Bits given to each layer, in model order (the same for every training method).");
   }
@@ -398,7 +400,7 @@ std::string render_study_html(const json& study) {
     if ((!main_budget || g.budget_bits == main_budget) && g.samples == *sizes.begin())
       time.bars.push_back({g.variant, g.train_seconds.mean,
                            g.train_seconds.n > 1 ? std::optional<double>(g.train_seconds.std) : std::nullopt});
-  out += figure(svg::bar_chart(time), main_budget ? "At the bytes of uniform " + bits_text(*main_budget) + "-bit."
+  out += figure(svg::bar_chart(time), main_budget ? "At the bytes of uniform " + budget_text(*main_budget) + "-bit."
                                                   : "Mean over seeds.");
   svg::LineChart conv;
   conv.id = "study-convergence";
@@ -419,7 +421,7 @@ std::string render_study_html(const json& study) {
         if (auto y = number(curve[e])) s.points.push_back({static_cast<double>(e + 1), *y, std::nullopt, ""});
       conv.series.push_back(std::move(s));
     }
-  out += figure(svg::line_chart(conv), "First seed" + (main_budget ? ", at the bytes of uniform " + bits_text(*main_budget) + "-bit" : std::string()) +
+  out += figure(svg::line_chart(conv), "First seed" + (main_budget ? ", at the bytes of uniform " + budget_text(*main_budget) + "-bit" : std::string()) +
                                            ". Blocks that stopped early keep their last epoch out of the mean.");
   if (several) {
     svg::LineChart ns;
@@ -439,7 +441,7 @@ std::string render_study_html(const json& study) {
       ns.series[it->second].points.push_back(
           {static_cast<double>(g.samples), g.ppl.mean, g.ppl.n > 1 ? std::optional<double>(g.ppl.std) : std::nullopt, ""});
     }
-    out += figure(svg::line_chart(ns), "Mean over seeds" + (main_budget ? " at the bytes of uniform " + bits_text(*main_budget) + "-bit." : std::string(".")));
+    out += figure(svg::line_chart(ns), "Mean over seeds" + (main_budget ? " at the bytes of uniform " + budget_text(*main_budget) + "-bit." : std::string(".")));
   }
   out += "</body>\n</html>\n";
   return out;

@@ -236,6 +236,9 @@ struct AllocOptions {
 AllocOptions for_target(AllocOptions o);
 // allocation.* keys of a validated recipe.
 AllocOptions alloc_options_from_recipe(const io::Recipe& r);
+// The writer settings a recipe gives the checkpoint (output.float_dtype, output.shard_size), which
+// the size model must price as the writer will write them.
+SizeOptions size_options_from_recipe(const io::Recipe& r);
 
 struct ModuleAlloc {
   std::string name;

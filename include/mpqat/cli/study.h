@@ -35,7 +35,7 @@ struct StudyCell {
   std::optional<double> budget;  // in uniform bits (none: clustering presets)
   uint64_t budget_bytes = 0;     // the mixed plan's allocation.budget.bytes (0: none)
   int64_t samples = 0, seed = 0;
-  std::string sensitivity;  // StudySensitivity::name it reads ("" = none)
+  std::string sensitivity;  // StudySensitivity::name it reads ("" = the recipe's sensitivity.file)
   bool fp_baseline = false;
   std::vector<std::string> overrides;
 };

@@ -32,6 +32,13 @@ struct StudyGroup {
 // Groups in the rows' first-appearance order.
 std::vector<StudyGroup> summarize_study(const nlohmann::json& study);
 
+// A budget in uniform bits as the cell names and study.json's "budget_bytes" keys write it: "3",
+// "3.5" (one rule for the writer and the readers).
+std::string budget_text(double bits);
+// An evaluation's "ppl" (a number, or a map by file name when several files are scored): the
+// number, or the files' mean; absent for anything else.
+std::optional<double> mean_ppl(const nlohmann::json& ppl);
+
 std::string render_study_markdown(const nlohmann::json& study);
 // One self-contained page (inline SVG, no scripts): the tables of study.md and the charts
 // "study-quality-*" (each metric against checkpoint bytes, one line per variant),
