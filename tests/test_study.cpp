@@ -240,6 +240,7 @@ TEST(Study, AFailingCellNamesItsLogAndKeepsTheFinishedRows) {
     EXPECT_NE(m.find("uniform-block-ap-b3-n12-s0 failed"), std::string::npos) << m;
     EXPECT_NE(m.find("logs/uniform-block-ap-b3-n12-s0.log"), std::string::npos) << m;
     EXPECT_NE(m.find("training.batch_size"), std::string::npos) << m;  // the cell's own error line
+    EXPECT_EQ(m.find('\n'), std::string::npos) << "not one line: " << m;
   }
   const json study = read_json(dir / "study.json");
   ASSERT_EQ(study["rows"].size(), 1u);

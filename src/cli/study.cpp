@@ -252,13 +252,18 @@ int run_child(const std::string& exe, const std::vector<std::string>& args, cons
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
-std::string last_lines(const std::string& path, std::size_t n) {
-  std::vector<std::string> lines;
-  std::istringstream in(fs::exists(path) ? util::read_file(path) : std::string());
-  for (std::string l; std::getline(in, l);) lines.push_back(l);
-  std::string out;
-  for (std::size_t i = lines.size() > n ? lines.size() - n : 0; i < lines.size(); ++i) out += "\n  " + lines[i];
-  return out;
+// The cell's own error line (mpqat's "mpqat: error: ..." or, without one, its last line), so the
+// study's one-line message says why the cell failed.
+std::string cell_error(const std::string& log) {
+  std::istringstream in(fs::exists(log) ? util::read_file(log) : std::string());
+  std::string last, error;
+  for (std::string l; std::getline(in, l);) {
+    l = util::trim(l);
+    if (l.empty()) continue;
+    last = l;
+    if (l.find("error:") != std::string::npos) error = l;
+  }
+  return error.empty() ? last : error;
 }
 
 // The identity of a cell's work: the base recipe and its overrides.
@@ -294,8 +299,8 @@ bool run_or_reuse(const StudyOptions& o, const fs::path& dir, const std::string&
   util::write_file_atomic(log, "# mpqat " + fmt::format("{}", fmt::join(args, " ")) + "\n");
   const int rc = run_child(o.exe, args, log);
   if (rc != 0 || !fs::exists(output))
-    throw InputError(fmt::format("mpqat study: {} failed (exit {}); its log is {} (rerun the study to resume):{}", name,
-                                 rc, log, last_lines(log, 3)));
+    throw InputError(fmt::format("mpqat study: {} failed (exit {}; log {}; rerun the study to resume): {}", name, rc,
+                                 log, cell_error(log)));
   util::write_file_atomic(marker.string(), json{{"key", key}, {"folder", out_folder.string()}}.dump() + "\n");
   return true;
 }
