@@ -12,6 +12,7 @@
 
 #include "mpqat/eval/classification.h"
 #include "mpqat/model/model_input.h"
+#include "report_checks.h"
 #include "run_command.h"
 #include "sentiment_fixture.h"
 #include "test_util.h"
@@ -59,6 +60,7 @@ void run_workflow(const std::string& tag, const json& cfg) {
   const auto r = mpqat::testing::run_mpqat("run " + s + "/recipe.yaml");
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   const json rep = json::parse(mpqat::testing::slurp(s + "/run/report.json"));
+  mpqat::testing::expect_report_round_trips(s + "/run");
   for (const char* side : {"fp", "quantized"}) {
     ASSERT_TRUE(rep[side].contains("classification")) << side;
     for (const char* k : {"accuracy", "precision", "recall", "f1", "confusion"})
@@ -97,6 +99,7 @@ void run_workflow(const std::string& tag, const json& cfg) {
                                            "allocation.sgra.enabled=false output.dir=" + s + "/run_qat");
   ASSERT_EQ(q.code, 0) << q.out << q.err;
   const json qrep = json::parse(mpqat::testing::slurp(s + "/run_qat/report.json"));
+  mpqat::testing::expect_report_round_trips(s + "/run_qat");
   ASSERT_EQ(qrep["blocks"].size(), 2u);
   // Block-AP keeps a block's best state (never worse than RTN, by construction), so that alone
   // proves nothing: training must have lowered the validation error of at least one block by 1%.

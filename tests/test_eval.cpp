@@ -472,6 +472,32 @@ TEST(EvalClassification, ThreeClassMetricsByHand) {
   EXPECT_EQ(z.binary_f1, 0.0);
 }
 
+TEST(EvalClassification, MetricsReadBackFromTheirJsonExactly) {
+  // Reports carry the metrics as JSON; classification_from_json is its inverse, for a binary
+  // (headline = class 1) and a macro (3 classes) average, with label names.
+  for (auto m : {eval::metrics_from_confusion({{5, 2}, {1, 7}}),
+                 eval::metrics_from_confusion({{3, 1, 0}, {2, 4, 1}, {0, 1, 5}})}) {
+    m.label_names = std::vector<std::string>(static_cast<std::size_t>(m.num_labels), "x");
+    m.label_names[0] = "negative";
+    const auto back = eval::classification_from_json(m.to_json());
+    EXPECT_EQ(back.to_json(), m.to_json());
+    EXPECT_EQ(back.binary, m.binary);
+    EXPECT_DOUBLE_EQ(back.headline_f1(), m.headline_f1());
+    EXPECT_EQ(back.confusion, m.confusion);
+    EXPECT_EQ(back.label_names, m.label_names);
+  }
+  // A hand-written {"accuracy", "f1"}: a macro average; what it lacks is NaN, not 0.
+  const auto h = eval::classification_from_json(nlohmann::json{{"accuracy", 0.9}, {"f1_score", 0.8}});
+  EXPECT_FALSE(h.binary);
+  EXPECT_DOUBLE_EQ(h.headline_f1(), 0.8);
+  EXPECT_TRUE(std::isnan(h.headline_precision()));
+  // A task's scores likewise.
+  eval::MultipleChoiceResult t{"piqa", 100, 0.7, 0.01, 0.72, 0.012};
+  const auto tb = eval::multiple_choice_from_json("piqa", eval::to_json(t));
+  EXPECT_EQ(eval::to_json(tb), eval::to_json(t));
+  EXPECT_TRUE(std::isnan(eval::multiple_choice_from_json("piqa", nlohmann::json{{"acc", 0.5}}).acc_norm));
+}
+
 TEST(EvalClassification, ReadsQuotedCsvJsonlAndErrors) {
   const auto dir = temp_dir("cls");
   write(dir / "a.csv",

@@ -26,6 +26,7 @@
 #include "mpqat/train/block_runner.h"
 #include "mpqat/train/gptq.h"
 #include "mpqat/util/error.h"
+#include "report_checks.h"
 #include "run_command.h"
 #include "test_util.h"
 
@@ -428,6 +429,7 @@ TEST(GptqCli, QuantizeAndRunOnTheBundledModel) {
   EXPECT_TRUE(fs::exists(out / "gptq_log.jsonl"));
   const json rep = json::parse(mpqat::testing::slurp((out / "report.json").string()));
   ASSERT_TRUE(rep.contains("gptq"));
+  mpqat::testing::expect_report_round_trips(out);
   EXPECT_LT(rep["gptq"]["proxy_loss"].get<double>(), rep["gptq"]["rtn_proxy_loss"].get<double>());
   EXPECT_EQ(rep["method"]["training"], "gptq");
   fs::remove_all(dir);

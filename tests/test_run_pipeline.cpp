@@ -14,6 +14,7 @@
 #include "mpqat/quant/inspect.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/folder_writer.h"
+#include "report_checks.h"
 #include "run_command.h"
 #include "test_util.h"
 
@@ -38,6 +39,7 @@ TEST(RunPipeline, QuickstartRecipeOnTheBundledModel) {
                         "report.json", "report.txt", "report.html", "checkpoint/config.json", "stages.json"})
     EXPECT_TRUE(fs::exists(out / f)) << f;
   const json rep = json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  mpqat::testing::expect_report_round_trips(out);
   const double fp_ppl = rep["fp"]["ppl"].get<double>();
   const double q_ppl = rep["quantized"]["ppl"].get<double>();
   EXPECT_GT(fp_ppl, 1.0);

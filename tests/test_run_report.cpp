@@ -343,3 +343,36 @@ TEST(RunReport, ChromiumRendersTheCharts) {
     EXPECT_NE(dom.find(std::string("<svg id=\"") + id + "\""), std::string::npos) << id;
   EXPECT_EQ(count(dom, "class=\"bar\""), 8u);
 }
+
+TEST(RunReport, TypedReportAndItsJsonRenderAlike) {
+  // The pipeline renders the struct it filled; a reader re-renders report.json: the same text.
+  const RunReport typed = run_report_from_json(full_report());
+  const json written = to_json(typed);
+  EXPECT_EQ(to_json(run_report_from_json(written)).dump(), written.dump());  // a second read-write changes nothing (NaN: null)
+  EXPECT_EQ(render_run_report_text(typed), render_run_report_text(written));
+  EXPECT_EQ(render_run_report_html(typed), render_run_report_html(written));
+  // What the typed fields hold: the per-file objects of `mpqat eval` give their ppl, a flat
+  // classification is one unnamed classifier, the sensitivity keeps its metrics.
+  ASSERT_EQ(typed.fp.ppl.size(), 2u);
+  EXPECT_EQ(typed.fp.ppl[0].first, "tinystories.txt");
+  EXPECT_DOUBLE_EQ(typed.fp.ppl[0].second, 4.0);
+  ASSERT_EQ(typed.fp.classification.size(), 1u);
+  EXPECT_EQ(typed.fp.classification[0].first, "");
+  ASSERT_EQ(typed.layers.size(), 8u);
+  ASSERT_EQ(typed.layers[0].sensitivity.size(), 2u);
+  EXPECT_EQ(typed.layers[0].sensitivity[1].first, "pwcca");
+  EXPECT_EQ(typed.blocks[2].kept_rtn, std::optional<bool>(true));
+}
+
+TEST(RunReport, ADivergedModelShowsNanAndAByteBudgetShowsBytes) {
+  RunReport r;
+  r.model = "m";
+  r.fp.ppl = {{"", 5.0}};
+  r.quantized.ppl = {{"", std::nan("")}};
+  r.budget = ReportBudget{"file_bytes", "bytes=196808", 196808.0, 196544, 196600, true};
+  const std::string text = render_run_report_text(r);
+  EXPECT_NE(line_of(text, "ppl").find("nan"), std::string::npos) << text;
+  EXPECT_NE(text.find("file_bytes <= 192 KiB (196808 bytes) (met)"), std::string::npos) << text;
+  // In report.json the budget value is an integer, as the byte count it is.
+  EXPECT_TRUE(to_json(r)["budget"]["value"].is_number_unsigned());
+}

@@ -62,7 +62,7 @@ using Clock = std::chrono::steady_clock;
 
 // Every configured evaluation of the model in `dir` (float or quantized), through the evaluation
 // `mpqat eval` uses too (eval/evaluate_model.h).
-json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
+eval::ModelMetrics evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communicator& comm) {
   const model::ModelFolder folder(dir);
   const auto& cfg = folder.config();
   const auto device = dist::resolve_device(r.str("model.device"), comm, "model.device");
@@ -77,18 +77,15 @@ json evaluate_folder(const std::string& dir, const io::Recipe& r, dist::Communic
   const auto req = eval::evaluation_request_from_recipe(r, cfg, src->shell().is_causal_lm());
   const auto ev = eval::evaluate_model(folder, logits, req, device, &comm);
 
-  json out = json::object();
-  out["streamed"] = src->streaming();
-  // One file: "ppl" is its number (the documented contract); several: a map by file name.
-  json files = json::object();
-  for (const auto& [f, res] : ev.perplexity) files[fs::path(f).filename().string()] = res.ppl;
-  if (!files.empty()) out["ppl"] = files.size() == 1 ? files.begin().value() : files;
-  eval::EvalReport rep(dir);
-  for (const auto& res : ev.tasks) {
-    rep.add_multiple_choice(res);
-    out["tasks"][res.task] = rep.json()["tasks"][res.task];
-  }
-  if (ev.classification) out["classification"] = ev.classification->to_json();
+  eval::ModelMetrics out;
+  out.streamed = src->streaming();
+  // One file: "ppl" is its number (the documented contract); several: one entry per file name.
+  for (const auto& [f, res] : ev.perplexity)
+    out.ppl.emplace_back(ev.perplexity.size() == 1 ? std::string() : fs::path(f).filename().string(), res.ppl);
+  std::sort(out.ppl.begin(), out.ppl.end());  // by file name, as report.json lists them
+  out.tasks = ev.tasks;
+  std::sort(out.tasks.begin(), out.tasks.end(), [](const auto& a, const auto& b) { return a.task < b.task; });
+  if (ev.classification) out.classification.emplace_back("", *ev.classification);
   return out;
 }
 
@@ -187,18 +184,18 @@ struct Run {
 };
 
 // Stage fp_eval: the float model's metrics (empty when evaluation.fp_baseline is off).
-json stage_fp_eval(Run& run) {
-  if (!run.r.flag("evaluation.fp_baseline")) return json::object();
+eval::ModelMetrics stage_fp_eval(Run& run) {
+  if (!run.r.flag("evaluation.fp_baseline")) return {};
   run.stages.begin("fp_eval");
   const std::string h = util::fnv1a64_hex(run.model_id + run.eval_inputs());
   const bool reuse = run.stages.reusable("fp_eval", h, {run.out / "fp_eval.json"});
-  json fp;
+  eval::ModelMetrics fp;
   if (reuse) {
-    fp = read_json(run.out / "fp_eval.json");
+    fp = eval::model_metrics_from_json(read_json(run.out / "fp_eval.json"));
   } else {
     spdlog::info("stage fp_eval: evaluating the float model");
     fp = evaluate_folder(run.model_dir, run.r, run.comm);
-    if (run.main) write_json(run.out / "fp_eval.json", fp);
+    if (run.main) write_json(run.out / "fp_eval.json", eval::to_json(fp));
   }
   run.stages.done("fp_eval", h, reuse);
   return fp;
@@ -362,166 +359,189 @@ void stage_quantize(Run& run, const quant::BitPlan& plan, const std::string& pla
 }
 
 // Stage reload_eval: the checkpoint loaded back through the loader and evaluated.
-json stage_reload_eval(Run& run, const std::string& qat_hash) {
+eval::ModelMetrics stage_reload_eval(Run& run, const std::string& qat_hash) {
   const fs::path ckpt = run.out / "checkpoint";
   run.stages.begin("reload_eval");
   const std::string h = util::fnv1a64_hex(qat_hash + file_identity(ckpt.string()) + run.eval_inputs());
   const bool reuse = run.stages.reusable("reload_eval", h, {run.out / "quantized_eval.json"});
-  json qm;
+  eval::ModelMetrics qm;
   if (reuse) {
-    qm = read_json(run.out / "quantized_eval.json");
+    qm = eval::model_metrics_from_json(read_json(run.out / "quantized_eval.json"));
   } else {
     spdlog::info("stage reload_eval: loading {} and evaluating", ckpt.string());
     qm = evaluate_folder(ckpt.string(), run.r, run.comm);
-    if (run.main) write_json(run.out / "quantized_eval.json", qm);
+    if (run.main) write_json(run.out / "quantized_eval.json", eval::to_json(qm));
   }
   run.stages.done("reload_eval", h, reuse);
   return qm;
 }
 
 // The budget as measured on the written checkpoint (never copied from the prediction).
-json measured_budget(const json& alloc_summary, const fs::path& ckpt, const quant::InspectReport& insp) {
+eval::ReportBudget measured_budget(const json& alloc_summary, const fs::path& ckpt, const quant::InspectReport& insp) {
+  eval::ReportBudget b;
+  b.kind = alloc_summary.value("budget_metric", "");
+  b.text = alloc_summary["budget"].is_string() ? alloc_summary["budget"].get<std::string>() : alloc_summary["budget"].dump();
   const uint64_t budget = alloc_summary.value("budget_bytes", uint64_t{0});
-  const std::string metric = alloc_summary.value("budget_metric", "");
   uint64_t actual = 0;
-  if (metric == "file_bytes") {
+  if (b.kind == "file_bytes") {
     actual = folder_safetensors_bytes(ckpt.string());
-  } else if (metric == "tensor_bytes") {
+  } else if (b.kind == "tensor_bytes") {
     actual = insp.total_bytes;
-  } else if (metric == "code_bits") {  // code bits of the block linears (a float module at its dtype's width)
+  } else if (b.kind == "code_bits") {  // code bits of the block linears (a float module at its dtype's width)
     for (const auto& m : insp.modules) actual += static_cast<uint64_t>(m.bits) * static_cast<uint64_t>(m.out * m.in);
   } else {  // linear_bytes: every tensor of the block linears, as the file holds them
     for (const auto& m : insp.modules) actual += m.bytes;
   }
-  return {{"kind", metric}, {"text", alloc_summary["budget"]}, {"value", budget}, {"actual", actual},
-          {"predicted", alloc_summary.value("predicted_metric_bytes", uint64_t{0})}, {"met", actual <= budget}};
+  b.value = static_cast<double>(budget);
+  b.actual = actual;
+  b.predicted = alloc_summary.value("predicted_metric_bytes", uint64_t{0});
+  b.met = actual <= budget;
+  return b;
 }
 
 // Per module: planned bits (and group) with its sensitivity metrics.
-json layer_table(const Run& run, const quant::BitPlan& plan, const std::string& sens_path) {
+std::vector<eval::ReportLayer> layer_table(const Run& run, const quant::BitPlan& plan, const std::string& sens_path) {
   json sens_modules = json::object();
   if (!sens_path.empty() && fs::exists(sens_path)) {
     const auto sj = read_json(sens_path);
     if (sj.contains("modules")) sens_modules = sj["modules"];
   }
-  json layers = json::array();
+  std::vector<eval::ReportLayer> layers;
   for (int64_t b = 0; b < run.cfg.num_hidden_layers; ++b)
     for (const auto& rel : model::family_block_linear_names(run.cfg)) {
-      const std::string name = model::family_block_prefix(run.cfg, b) + rel;
-      json e{{"name", name}, {"block", b}};
-      auto it = plan.modules.find(name);
-      e["bits"] = it == plan.modules.end() ? 16 : it->second.bits;
-      if (it != plan.modules.end() && it->second.quantized()) e["group_size"] = it->second.group_size;
-      if (sens_modules.contains(name) && sens_modules[name].contains("metrics"))
-        e["sensitivity"] = sens_modules[name]["metrics"];
-      layers.push_back(e);
+      eval::ReportLayer e;
+      e.name = model::family_block_prefix(run.cfg, b) + rel;
+      e.block = b;
+      auto it = plan.modules.find(e.name);
+      e.bits = it == plan.modules.end() ? 16 : it->second.bits;
+      if (it != plan.modules.end() && it->second.quantized()) e.group_size = it->second.group_size;
+      if (sens_modules.contains(e.name) && sens_modules[e.name].contains("metrics"))
+        for (const auto& [metric, v] : sens_modules[e.name]["metrics"].items())
+          e.sensitivity.emplace_back(metric, v.is_number() ? std::optional<double>(v.get<double>()) : std::nullopt);
+      layers.push_back(std::move(e));
     }
   return layers;
 }
 
-// report.json's document (docs/pipeline.md).
-json build_report(Run& run, json fp, json qm, const json& alloc_summary, const quant::BitPlan& plan,
-                  const std::string& sens_path) {
+// Block-AP's rows and E2E-QP's line of train_log.jsonl (train's document, docs/training.md).
+void read_train_log(const fs::path& path, eval::RunReport& report) {
+  if (!fs::exists(path)) return;
+  std::istringstream ls(util::read_file(path.string()));
+  for (std::string line; std::getline(ls, line);) {
+    if (line.empty()) continue;
+    const auto l = json::parse(line);
+    if (l.contains("e2e")) {
+      const json& e = l["e2e"];
+      report.e2e = eval::ReportE2e{e.value("steps", int64_t{0}), e.value("nan_steps", int64_t{0}),
+                                   e.value("start_loss", 0.0), e.value("end_loss", 0.0), e.value("seconds", 0.0)};
+      continue;
+    }
+    train::BlockLog bl;
+    try {
+      bl = train::block_log_from_json(l);
+    } catch (const json::exception& e) {  // a log of an older version: the report keeps what it can
+      spdlog::warn("{}: a block line could not be read ({}); the report leaves it out", path.string(), e.what());
+      continue;
+    }
+    eval::ReportBlock b;
+    b.block = bl.block;
+    b.epochs = bl.epochs_run;
+    b.steps = bl.steps;
+    b.start_val_mse = bl.start_val_mse;
+    b.best_val_mse = bl.best_val_mse;
+    b.end_val_mse = bl.end_val_mse;
+    b.kept_rtn = bl.kept_rtn;
+    b.seconds = bl.seconds;
+    b.val_curve = bl.val_curve;
+    report.blocks.push_back(std::move(b));
+  }
+}
+
+// The run's report (eval/run_report.h; report.json is its JSON form, docs/reports.md).
+eval::RunReport build_report(Run& run, eval::ModelMetrics fp, eval::ModelMetrics qm, const json& alloc_summary,
+                             const quant::BitPlan& plan, const std::string& sens_path) {
   const auto& r = run.r;
   const fs::path ckpt = run.out / "checkpoint";
   const auto insp = quant::inspect_checkpoint(ckpt.string());
-  json report;
-  report["model"] = run.model_dir;
-  report["recipe"] = r.source();
-  report["name"] = r.str("output.name");
-  report["created"] = util::utc_iso_now();
-  report["mpqat_version"] = MPQAT_VERSION;
-  report["architecture"] = run.cfg.architecture;
-  report["method"] = {{"allocation", r.str("allocation.method")},
-                      {"training", r.str("training.method")},
-                      {"e2e", r.flag("training.e2e.enabled")}};
-  fp["bytes"] = insp.fp16_bytes;
-  report["fp"] = fp;
-  qm["bytes"] = insp.total_bytes;
-  qm["avg_bits"] = insp.avg_bits;  // code bits (kept for readers of older reports)
-  qm["code_bits"] = insp.avg_bits;
-  qm["bpw"] = insp.avg_bits_with_overhead;
-  report["quantized"] = qm;
-  report["size"] = {{"file_bytes", folder_safetensors_bytes(ckpt.string())},
-                    {"tensor_bytes", insp.total_bytes},
-                    {"fp16_bytes", insp.fp16_bytes},
-                    {"avg_bits_with_overhead", insp.avg_bits_with_overhead},
-                    {"bits_histogram", insp.bits_histogram}};
-  report["compression"] = insp.compression_ratio;
-  if (alloc_summary.contains("budget")) report["budget"] = measured_budget(alloc_summary, ckpt, insp);
-  report["allocation"] = alloc_summary;
-  report["layers"] = layer_table(run, plan, sens_path);
-  json blocks = json::array();
-  if (fs::exists(run.out / "train_log.jsonl")) {
-    std::istringstream ls(util::read_file((run.out / "train_log.jsonl").string()));
-    for (std::string line; std::getline(ls, line);) {
-      if (line.empty()) continue;
-      const auto l = json::parse(line);
-      if (l.contains("block"))
-        blocks.push_back({{"block", l["block"]},
-                          {"epochs", l["epochs_run"]},
-                          {"steps", l.value("steps", int64_t{0})},
-                          {"start_val_mse", l["start_val_mse"]},
-                          {"best_val_mse", l["best_val_mse"]},
-                          {"end_val_mse", l["end_val_mse"]},
-                          {"kept_rtn", l["kept_rtn"]},
-                          {"seconds", l["seconds"]},
-                          {"val_curve", l["val_curve"]}});
-      else if (l.contains("e2e"))
-        report["e2e"] = l["e2e"];
-    }
-  }
-  if (!blocks.empty()) report["blocks"] = blocks;
+  eval::RunReport report;
+  report.model = run.model_dir;
+  report.recipe = r.source();
+  report.name = r.str("output.name");
+  report.created = util::utc_iso_now();
+  report.mpqat_version = MPQAT_VERSION;
+  report.architecture = run.cfg.architecture;
+  report.method = eval::RunReport::Method{r.str("allocation.method"), r.str("training.method"),
+                                          r.flag("training.e2e.enabled")};
+  fp.bytes = insp.fp16_bytes;
+  report.fp = std::move(fp);
+  qm.bytes = insp.total_bytes;
+  qm.avg_bits = insp.avg_bits;  // code bits (kept for readers of older reports)
+  qm.code_bits = insp.avg_bits;
+  qm.bpw = insp.avg_bits_with_overhead;
+  report.quantized = std::move(qm);
+  eval::ReportSize size;
+  size.file_bytes = folder_safetensors_bytes(ckpt.string());
+  size.tensor_bytes = insp.total_bytes;
+  size.fp16_bytes = insp.fp16_bytes;
+  size.avg_bits_with_overhead = insp.avg_bits_with_overhead;
+  for (const auto& [bits, n] : insp.bits_histogram) size.bits_histogram[bits] = n;
+  report.size = size;
+  report.compression = insp.compression_ratio;
+  if (alloc_summary.contains("budget")) report.budget = measured_budget(alloc_summary, ckpt, insp);
+  report.allocation = alloc_summary;
+  report.layers = layer_table(run, plan, sens_path);
+  read_train_log(run.out / "train_log.jsonl", report);
   if (fs::exists(run.out / "gptq_log.jsonl")) {
     // GPTQ: the proxy loss tr((W - Q) H (W - Q)^T) summed over modules, against RTN's.
-    double g = 0, rtn = 0, secs = 0;
+    eval::ReportGptq g;
     std::istringstream ls(util::read_file((run.out / "gptq_log.jsonl").string()));
     for (std::string line; std::getline(ls, line);) {
       if (line.empty()) continue;
       const auto l = json::parse(line).at("gptq");
-      for (const auto& m : l.at("modules")) g += m.at("proxy_loss").get<double>(), rtn += m.at("rtn_proxy_loss").get<double>();
-      secs += l.at("seconds").get<double>();
+      for (const auto& m : l.at("modules"))
+        g.proxy_loss += m.at("proxy_loss").get<double>(), g.rtn_proxy_loss += m.at("rtn_proxy_loss").get<double>();
+      g.seconds += l.at("seconds").get<double>();
     }
-    report["gptq"] = {{"proxy_loss", g}, {"rtn_proxy_loss", rtn}, {"seconds", secs}};
+    report.gptq = g;
   }
   if (!run.causal) {
-    report["data"] = seed_data_name(r.str("evaluation.classification.path"));
-    report["sensitivity_metric"] = r.strings("sensitivity.metrics").front();
-    report["calibration"] = {{"samples", r.integer("data.calibration.samples")},
-                             {"sampling", r.str("data.calibration.sampling")}};
-    report["evaluation"] = {{"path", r.str("evaluation.classification.path")},
-                            {"samples", qm.contains("classification") ? qm["classification"].value("n", 0) : 0}};
+    report.data = seed_data_name(r.str("evaluation.classification.path"));
+    report.sensitivity_metric = r.strings("sensitivity.metrics").front();
+    report.calibration_samples = r.integer("data.calibration.samples");
+    report.calibration_sampling = r.str("data.calibration.sampling");
+    report.evaluation_path = r.str("evaluation.classification.path");
+    report.evaluation_samples =
+        report.quantized.classification.empty() ? 0 : report.quantized.classification.front().second.n;
   }
-  report["stages"] = run.stages.report();
+  report.stages = run.stages.report();
   return report;
 }
 
 // report.json / .txt / .html and, for classifiers, the seeds' files (rank 0).
-void write_report(const Run& run, const json& report, const quant::BitPlan& plan, const std::string& sens_path) {
+void write_report(const Run& run, const eval::RunReport& report, const quant::BitPlan& plan,
+                  const std::string& sens_path) {
   const auto& r = run.r;
   const auto formats = r.strings("output.report_formats");
   auto want = [&](const std::string& f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
-  write_json(run.out / "report.json", report);  // always: the machine-readable result
+  write_json(run.out / "report.json", eval::to_json(report));  // always: the machine-readable result
   const std::string text = eval::render_run_report_text(report);
   if (want("txt")) util::write_file_atomic((run.out / "report.txt").string(), text);
   if (want("html")) util::write_file_atomic((run.out / "report.html").string(), eval::render_run_report_html(report));
   if (!run.causal) {
     // The seeds' file layout as well: Sensitivities/layer_sensitivity_<MODEL>_<DATA>_<metric>.json/.txt
     // (per-block score) and Evaluation/eval_<MODEL>_<DATA>_<method>_<k>groups_<timestamp>.txt.
-    const std::string dname = report["data"].get<std::string>();
     if (!sens_path.empty() && fs::exists(sens_path))
-      write_seed_sensitivity_file(run.out, sens_path, run.cfg, run.model_dir, dname,
-                                  report["sensitivity_metric"].get<std::string>());
+      write_seed_sensitivity_file(run.out, sens_path, run.cfg, run.model_dir, report.data, report.sensitivity_metric);
     const std::string am = r.str("allocation.method");
     std::set<int> distinct;
     for (const auto& [n, m] : plan.modules) distinct.insert(m.bits);
     const int k = (am == "kmeans" || am == "percentile" || am == "hierarchical")
                       ? static_cast<int>(r.integer("allocation.groups"))
                       : static_cast<int>(distinct.size());
-    if (report["fp"].contains("classification") && report["quantized"].contains("classification")) {
+    if (!report.fp.classification.empty() && !report.quantized.classification.empty()) {
       auto in = eval::seed_eval_from_report(report, am, k, eval::seed_timestamp());
       in.model = fs::path(run.model_dir).lexically_normal().filename().string();
-      in.data = dname;
+      in.data = report.data;
       eval::write_seed_evaluation(run.out.string(), in);
     }
   }
@@ -620,7 +640,7 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     return true;
   };
 
-  json fp = stage_fp_eval(run);
+  eval::ModelMetrics fp = stage_fp_eval(run);
   std::string sens_hash;
   const std::string sens_path = stage_sensitivity(run, sens_hash);
   if (stop_after == "sensitivity") {
@@ -641,26 +661,23 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
   if (stopped("allocation", plan_path.string())) return plan_path.string();
   const auto plan = quant::load_bit_plan(plan_path.string());
   stage_quantize(run, plan, plan_hash, qat_hash);
-  json exports = json::object();
+  std::optional<eval::ReportGguf> gguf;
   if (want_gguf && run.main) {
     // model.gguf from the checkpoint just written (cheap: redone on every run, never stale).
     quant::GgufExportOptions go;
     go.force = true;
     const auto rep = quant::export_gguf((out / "checkpoint").string(), gguf_vocab, (out / "model.gguf").string(), go);
-    exports["gguf"] = {{"path", rep.path},
-                       {"bytes", rep.file_bytes},
-                       {"bpw", rep.file_bpw()},
-                       {"linear_bpw", rep.linear_bpw()}};
+    gguf = eval::ReportGguf{rep.path, rep.file_bytes, rep.file_bpw(), rep.linear_bpw()};
     std::cout << fmt::format("# GGUF for llama.cpp: {} ({} bytes; block linears {:.3f} bpw)\n", rep.path,
                              rep.file_bytes, rep.linear_bpw());
   }
   comm->barrier();
   if (stopped("quantize", (out / "checkpoint").string())) return (out / "checkpoint").string();
-  json qm = stage_reload_eval(run, qat_hash);
+  eval::ModelMetrics qm = stage_reload_eval(run, qat_hash);
 
-  json report = build_report(run, std::move(fp), std::move(qm), alloc_summary, plan, sens_path);
-  if (!exports.empty()) report["exports"] = exports;
-  report["seconds"] = std::chrono::duration<double>(Clock::now() - t_run).count();
+  eval::RunReport report = build_report(run, std::move(fp), std::move(qm), alloc_summary, plan, sens_path);
+  report.gguf = gguf;
+  report.seconds = std::chrono::duration<double>(Clock::now() - t_run).count();
   if (run.main) write_report(run, report, plan, sens_path);
   comm->barrier();
   return (out / "report.json").string();

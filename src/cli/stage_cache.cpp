@@ -97,12 +97,14 @@ void StageCache::part_done() {
   const auto p = part_peak_->stop();
   part_peak_.reset();
   take_max(parts_max_, p);
-  report_.push_back({{"name", part_},
-                     {"part_of", stage_},
-                     {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - part_t0_).count()},
-                     {"peak_rss_mib", mib(p.rss)},
-                     {"peak_anon_mib", mib(p.anon)},
-                     {"peak_file_mib", mib(p.file)}});
+  eval::ReportStage st;
+  st.name = part_;
+  st.part_of = stage_;
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - part_t0_).count();
+  st.peak_rss_mib = mib(p.rss);
+  st.peak_anon_mib = mib(p.anon);
+  st.peak_file_mib = mib(p.file);
+  report_.push_back(st);
 }
 
 bool StageCache::reusable(const std::string& name, const std::string& hash, const std::vector<fs::path>& outputs) {
@@ -135,15 +137,19 @@ void StageCache::done(const std::string& name, const std::string& hash, bool reu
     state_[name] = {{"hash", hash}, {"seconds", seconds}, {"outputs", outs}};
   }
   outputs_.clear();
-  report_.push_back({{"name", name},
-                     {"seconds", reused ? state_[name].value("seconds", 0.0) : seconds},
-                     {"reused", reused},
-                     {"peak_rss_mib", mib(peak.rss)},
-                     {"peak_anon_mib", mib(peak.anon)},
-                     {"peak_file_mib", mib(peak.file)}});
+  eval::ReportStage st;
+  st.name = name;
+  st.seconds = reused ? state_[name].value("seconds", 0.0) : seconds;
+  st.reused = reused;
+  st.peak_rss_mib = mib(peak.rss);
+  st.peak_anon_mib = mib(peak.anon);
+  st.peak_file_mib = mib(peak.file);
+  report_.push_back(st);
   if (main_) {
     util::write_file_atomic((dir_ / "stages.json").string(), state_.dump(2) + "\n");
-    util::write_file_atomic((dir_ / "stage_report.json").string(), report_.dump(2) + "\n");
+    json stages = json::array();
+    for (const auto& s : report_) stages.push_back(eval::to_json(s));
+    util::write_file_atomic((dir_ / "stage_report.json").string(), stages.dump(2) + "\n");
   }
 }
 

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpqat/alloc/allocate.h"
+#include "mpqat/eval/run_report.h"
 #include "mpqat/eval/study_report.h"
 #include "mpqat/io/recipe.h"
 #include "mpqat/util/error.h"
@@ -305,56 +306,55 @@ bool run_or_reuse(const StudyOptions& o, const fs::path& dir, const std::string&
   return true;
 }
 
-double stage_seconds(const json& report, const std::string& name) {
-  for (const auto& s : report.value("stages", json::array()))
-    if (s.value("name", "") == name) return s.value("seconds", 0.0);
+double stage_seconds(const eval::RunReport& report, const std::string& name) {
+  for (const auto& s : report.stages)
+    if (s.name == name && s.part_of.empty()) return s.seconds.value_or(0.0);
   return 0.0;
 }
 
-// One row of study.json from a cell's report.json.
-json study_row(const StudyCell& c, const json& rep, bool with_layers) {
+// One row of study.json from a cell's report.
+json study_row(const StudyCell& c, const eval::RunReport& rep, bool with_layers) {
   json row{{"cell", c.name},       {"variant", c.variant},  {"allocation", c.allocation}, {"training", c.training},
            {"sgra", c.sgra},       {"samples", c.samples},  {"seed", c.seed}};
   row["budget_bits"] = c.budget ? json(*c.budget) : json(nullptr);
   row["budget_bytes"] = c.budget_bytes ? json(c.budget_bytes) : json(nullptr);
-  const json& q = rep.at("quantized");
-  row["bytes"] = rep.at("size").at("file_bytes");
-  row["bpw"] = q.value("bpw", 0.0);
-  row["code_bits"] = q.value("code_bits", 0.0);
-  row["compression"] = rep.value("compression", 0.0);
-  if (const auto p = q.contains("ppl") ? eval::mean_ppl(q["ppl"]) : std::nullopt) {
+  const eval::ModelMetrics& q = rep.quantized;
+  row["bytes"] = rep.size ? rep.size->file_bytes : 0;
+  row["bpw"] = q.bpw.value_or(0.0);
+  row["code_bits"] = q.code_bits.value_or(0.0);
+  row["compression"] = rep.compression.value_or(0.0);
+  if (const auto p = eval::mean_ppl(q)) {
     row["ppl"] = *p;  // several files: their mean, each kept
-    if (q["ppl"].is_object()) row["ppl_files"] = q["ppl"];
+    if (q.ppl.size() > 1) row["ppl_files"] = eval::to_json(q)["ppl"];
   }
-  if (q.contains("tasks"))
-    for (const auto& [t, v] : q["tasks"].items()) row["tasks"][t] = v.value("acc", 0.0);
-  if (q.contains("classification"))
-    row["classification"] = {{"accuracy", q["classification"].value("accuracy", 0.0)},
-                             {"f1", q["classification"].value("f1", 0.0)}};
+  for (const auto& t : q.tasks) row["tasks"][t.task] = t.acc;
+  if (!q.classification.empty()) {
+    const auto& m = q.classification.front().second;
+    row["classification"] = {{"accuracy", m.accuracy}, {"f1", m.headline_f1()}};
+  }
   row["train_seconds"] = stage_seconds(rep, "quantize");
-  row["run_seconds"] = rep.value("seconds", 0.0);
+  row["run_seconds"] = rep.seconds.value_or(0.0);
   int64_t epochs = 0, steps = 0;
   std::vector<double> curve;  // mean over blocks of val MSE / start val MSE, per epoch
   std::vector<int> count;
-  for (const auto& b : rep.value("blocks", json::array())) {
-    epochs += b.value("epochs", int64_t{0});
-    steps += b.value("steps", int64_t{0});
-    const double start = b.value("start_val_mse", 0.0);
-    const auto vc = b.value("val_curve", std::vector<double>{});
+  for (const auto& b : rep.blocks) {
+    epochs += b.epochs.value_or(0);
+    steps += b.steps.value_or(0);
+    const double start = b.start_val_mse.value_or(0.0);
     if (!(start > 0)) continue;
-    for (std::size_t e = 0; e < vc.size(); ++e) {
+    for (std::size_t e = 0; e < b.val_curve.size(); ++e) {
       if (curve.size() <= e) curve.resize(e + 1, 0.0), count.resize(e + 1, 0);
-      curve[e] += vc[e] / start;
+      curve[e] += b.val_curve[e] / start;
       ++count[e];
     }
   }
-  if (rep.contains("blocks")) {
+  if (!rep.blocks.empty()) {
     row["epochs"] = epochs;
     row["steps"] = steps;
     for (std::size_t e = 0; e < curve.size(); ++e) curve[e] /= std::max(1, count[e]);
     row["val_curve"] = curve;
   }
-  if (with_layers && rep.contains("layers")) row["layers"] = rep["layers"];
+  if (with_layers && !rep.layers.empty()) row["layers"] = eval::to_json(rep)["layers"];
   return row;
 }
 
@@ -445,12 +445,11 @@ void run_study(const io::Recipe& r, const std::string& dir_text, const StudyOpti
     const fs::path out = dir / "cells" / c.name;
     const auto t0 = Clock::now();
     const bool ran = run_or_reuse(o, dir, base_yaml, c.name, c.overrides, out, out / "report.json");
-    const json rep = json::parse(util::read_file((out / "report.json").string()));
+    const auto rep = eval::run_report_from_json(json::parse(util::read_file((out / "report.json").string())));
     json row = study_row(c, rep, c.seed == first_seed && c.samples == first_n);
-    if (c.fp_baseline && rep.contains("fp")) study["fp"] = rep["fp"];
+    if (c.fp_baseline) study["fp"] = eval::to_json(rep.fp);
     // The float model's size is in every report; fp_eval.json of a sensitivity run lacks it.
-    if (study.contains("fp") && !study["fp"].contains("bytes") && rep.contains("fp"))
-      study["fp"]["bytes"] = rep["fp"].value("bytes", 0);
+    if (study.contains("fp") && !study["fp"].contains("bytes")) study["fp"]["bytes"] = rep.fp.bytes.value_or(0);
     std::string result = ":";
     if (row.contains("ppl")) result += fmt::format(" ppl {:.3f},", row["ppl"].get<double>());
     if (row.contains("classification"))

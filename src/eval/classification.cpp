@@ -77,31 +77,6 @@ ClassificationMetrics compute_metrics(const std::vector<int64_t>& y_true, const 
   return metrics_from_confusion(cm);
 }
 
-json ClassificationMetrics::to_json() const {
-  json j;
-  j["n"] = n;
-  j["num_labels"] = num_labels;
-  j["accuracy"] = accuracy;
-  // Headline precision / recall / F1: of class 1 for two classes (sklearn's average='binary'),
-  // else the macro average; the macro figures are always listed too.
-  j["average"] = binary ? "binary" : "macro";
-  j["precision"] = binary ? binary_precision : macro_precision;
-  j["recall"] = binary ? binary_recall : macro_recall;
-  j["f1"] = binary ? binary_f1 : macro_f1;
-  j["macro_precision"] = macro_precision;
-  j["macro_recall"] = macro_recall;
-  j["macro_f1"] = macro_f1;
-  json per = json::array();
-  for (int64_t c = 0; c < num_labels; ++c) {
-    json e{{"precision", precision[c]}, {"recall", recall[c]}, {"f1", f1[c]}, {"support", support[c]}};
-    e["label"] = c < static_cast<int64_t>(label_names.size()) ? label_names[c] : std::to_string(c);
-    per.push_back(e);
-  }
-  j["per_class"] = per;
-  j["confusion"] = confusion;
-  return j;
-}
-
 model::BatchFn batch_fn(const ClassifyFn& classify) {
   return [classify](const std::vector<model::ModelInput>& inputs, const model::OutputFn& fn) {
     for (std::size_t k = 0; k < inputs.size(); ++k) fn(k, classify(inputs[k].ids, inputs[k].mask));

@@ -30,11 +30,7 @@ EvalReport::EvalReport(const std::string& model) { j_["model"] = model; }
 void EvalReport::set_meta(const std::string& key, const nlohmann::json& value) { j_["meta"][key] = value; }
 
 void EvalReport::add_multiple_choice(const MultipleChoiceResult& r) {
-  j_["tasks"][r.task] = nlohmann::json{{"acc", r.acc},
-                            {"acc_stderr", r.acc_stderr},
-                            {"acc_norm", r.acc_norm},
-                            {"acc_norm_stderr", r.acc_norm_stderr},
-                            {"n", r.n}};
+  j_["tasks"][r.task] = to_json(r);
 }
 
 void EvalReport::add_classification(const std::string& name, const ClassificationMetrics& m) {

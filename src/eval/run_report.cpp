@@ -1,6 +1,5 @@
 #include "mpqat/eval/run_report.h"
 
-#include "mpqat/eval/json_access.h"
 #include "mpqat/eval/svg_chart.h"
 
 #include <fmt/format.h>
@@ -22,21 +21,9 @@ using nlohmann::json;
 
 namespace {
 
-// ---------------------------------------------------------------- json access (lenient)
-
-using json_access::field;
-using json_access::number;
-
 std::optional<double> finite(const std::optional<double>& v) {
   if (v && std::isfinite(*v)) return v;
   return std::nullopt;
-}
-
-// A string field as text; numbers are dumped; absent or other types give "".
-std::string text_of(const json& v) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_number() || v.is_boolean()) return v.dump();
-  return "";
 }
 
 // ---------------------------------------------------------------- number formatting
@@ -52,14 +39,8 @@ std::string fnum(double v, int digits = 4) {
 
 std::string fnum(const std::optional<double>& v, int digits = 4) { return v ? fnum(*v, digits) : "-"; }
 
-// An integer-valued field (bits, block, epochs) as an integer, else as a number, else "-".
-std::string inum(const json& v) {
-  auto d = number(v);
-  if (!d) return "-";
-  if (std::isfinite(*d) && std::floor(*d) == *d && std::fabs(*d) < 1e15)
-    return fmt::format("{}", static_cast<long long>(*d));
-  return fnum(*d);
-}
+// An integer field (bits, block, epochs), else "-".
+std::string inum(const std::optional<int64_t>& v) { return v ? std::to_string(*v) : "-"; }
 
 std::string pct(const std::optional<double>& v) { return v ? fmt::format("{:.2f}%", *v) : "-"; }
 
@@ -75,31 +56,12 @@ std::string bytes_text(const std::optional<double>& v) {
   return fmt::format("{} ({} bytes)", util::format_bytes(b), b);
 }
 
-std::string yes_no(const json& v) {
-  if (!v.is_boolean()) return "-";
-  return v.get<bool>() ? "yes" : "no";
-}
-
-// ---------------------------------------------------------------- the required fields
-
-void check_required(const json& r) {
-  if (!r.is_object()) throw InputError("run report: expected a JSON object (docs/reports.md), got " +
-                                       std::string(r.type_name()));
-  if (!r.contains("model") || !(r["model"].is_string() || r["model"].is_number()))
-    throw InputError("run report: 'model' is missing or not a string; expected the model's path or name");
-  for (const char* k : {"fp", "quantized"})
-    if (!r.contains(k) || !r[k].is_object())
-      throw InputError(std::string("run report: '") + k +
-                       "' is missing or not an object; expected {\"ppl\": .., \"tasks\": .., \"bytes\": ..}");
+std::string yes_no(const std::optional<bool>& v) {
+  if (!v) return "-";
+  return *v ? "yes" : "no";
 }
 
 // ---------------------------------------------------------------- metrics
-
-bool skip_metric_field(const std::string& k) {
-  static const std::set<std::string> skip{"n", "support", "per_class", "confusion", "tokens", "windows",
-                                          "context", "seconds", "samples"};
-  return skip.count(k) || util::ends_with(k, "_stderr");
-}
 
 bool lower_is_better(const std::string& name) {
   static const std::set<std::string> lower{"ppl", "perplexity", "nll", "loss", "mse", "bpc",
@@ -110,54 +72,39 @@ bool lower_is_better(const std::string& name) {
 
 using MetricList = std::vector<std::pair<std::string, double>>;
 
-void add_metric(MetricList& out, const std::string& name, const json& v) {
-  if (auto d = number(v)) out.emplace_back(name, *d);
+// Numeric fields of a side that are not quality metrics.
+bool not_a_metric(const std::string& k) {
+  static const std::set<std::string> s{"params", "parameters", "seconds", "n", "tokens", "bits", "windows",
+                                       "context", "samples", "support"};
+  return s.count(k) || util::ends_with(k, "_stderr");
 }
 
-void collect_fields(MetricList& out, const std::string& prefix, const json& obj) {
-  for (auto it = obj.begin(); it != obj.end(); ++it)
-    if (!skip_metric_field(it.key())) add_metric(out, prefix + " " + it.key(), it.value());
+// A task's or a classifier's value: NaN marks a field its report lacked.
+void add_present(MetricList& out, const std::string& name, double v) {
+  if (!std::isnan(v)) out.emplace_back(name, v);
 }
 
-MetricList collect_metrics(const json& side) {
+MetricList collect_metrics(const ModelMetrics& side) {
   MetricList out;
-  const json& ppl = field(side, "ppl");
-  if (ppl.is_number()) {
-    add_metric(out, "ppl", ppl);
-  } else if (ppl.is_object()) {
-    for (auto it = ppl.begin(); it != ppl.end(); ++it) {
-      if (it.value().is_number()) {
-        add_metric(out, "ppl " + it.key(), it.value());
-      } else if (it.value().is_object()) {  // an `mpqat eval` perplexity result {"ppl", "nll", ..}
-        for (const char* k : {"ppl", "perplexity"})
-          if (number(it.value(), k)) {
-            add_metric(out, "ppl " + it.key(), it.value()[k]);
-            break;
-          }
-      }
+  for (const auto& [f, v] : side.ppl) out.emplace_back(f.empty() ? "ppl" : "ppl " + f, v);
+  for (const auto& t : side.tasks) {
+    add_present(out, t.task + " acc", t.acc);
+    add_present(out, t.task + " acc_norm", t.acc_norm);
+  }
+  for (const auto& [name, c] : side.classification) {
+    const std::string p = name.empty() ? "classification" : name;
+    add_present(out, p + " accuracy", c.accuracy);
+    add_present(out, p + " precision", c.headline_precision());
+    add_present(out, p + " recall", c.headline_recall());
+    add_present(out, p + " f1", c.headline_f1());
+    if (c.binary) {  // the macro figures differ from the headline only then
+      add_present(out, p + " macro_precision", c.macro_precision);
+      add_present(out, p + " macro_recall", c.macro_recall);
+      add_present(out, p + " macro_f1", c.macro_f1);
     }
   }
-  const json& tasks = field(side, "tasks");
-  if (tasks.is_object())
-    for (auto it = tasks.begin(); it != tasks.end(); ++it) {
-      if (it.value().is_number()) add_metric(out, it.key(), it.value());
-      else if (it.value().is_object()) collect_fields(out, it.key(), it.value());
-    }
-  const json& cls = field(side, "classification");
-  if (cls.is_object()) {
-    bool nested = false;
-    for (const auto& v : cls) nested = nested || v.is_object();
-    if (nested) {  // {"imdb": {"accuracy": ..}, ..} as `mpqat eval` writes it
-      for (auto it = cls.begin(); it != cls.end(); ++it)
-        if (it.value().is_object()) collect_fields(out, it.key(), it.value());
-    } else {
-      collect_fields(out, "classification", cls);
-    }
-  }
-  static const std::set<std::string> not_metrics{"ppl", "tasks", "classification", "bytes", "avg_bits",
-                                                 "code_bits", "bpw", "params", "parameters", "seconds", "n", "tokens", "bits"};
-  for (auto it = side.begin(); it != side.end(); ++it)
-    if (!not_metrics.count(it.key())) add_metric(out, it.key(), it.value());
+  for (const auto& [k, v] : side.other)
+    if (!not_a_metric(k)) out.emplace_back(k, v);
   return out;
 }
 
@@ -178,38 +125,40 @@ struct SizeInfo {
   std::optional<double> fp_bytes, q_bytes, fp_bits, q_bits, q_bpw, compression, reduction_pct;
 };
 
-SizeInfo size_info(const json& r) {
+SizeInfo size_info(const RunReport& r) {
   SizeInfo s;
-  s.fp_bytes = finite(number(r["fp"], "bytes"));
-  s.q_bytes = finite(number(r["quantized"], "bytes"));
-  s.fp_bits = finite(number(r["fp"], "avg_bits"));
-  s.q_bits = finite(number(r["quantized"], "code_bits"));
-  if (!s.q_bits) s.q_bits = finite(number(r["quantized"], "avg_bits"));  // reports before code_bits
-  s.q_bpw = finite(number(r["quantized"], "bpw"));
-  s.compression = finite(number(r, "compression"));
+  auto as_double = [](const std::optional<uint64_t>& v) -> std::optional<double> {
+    if (!v) return std::nullopt;
+    return static_cast<double>(*v);
+  };
+  s.fp_bytes = as_double(r.fp.bytes);
+  s.q_bytes = as_double(r.quantized.bytes);
+  s.fp_bits = finite(r.fp.avg_bits);
+  s.q_bits = finite(r.quantized.code_bits);
+  if (!s.q_bits) s.q_bits = finite(r.quantized.avg_bits);  // reports before code_bits
+  s.q_bpw = finite(r.quantized.bpw);
+  s.compression = finite(r.compression);
   if (!s.compression && s.fp_bytes && s.q_bytes && *s.q_bytes > 0) s.compression = *s.fp_bytes / *s.q_bytes;
   if (s.fp_bytes && s.q_bytes && *s.fp_bytes > 0) s.reduction_pct = (1.0 - *s.q_bytes / *s.fp_bytes) * 100.0;
   return s;
 }
 
-std::string budget_text(const json& r) {
-  const json& b = field(r, "budget");
-  if (!b.is_object()) return "";
-  const std::string kind = text_of(field(b, "kind"));
-  const auto value = number(b, "value");
+std::string budget_text(const RunReport& r) {
+  if (!r.budget) return "";
+  const ReportBudget& b = *r.budget;
+  const std::string& kind = b.kind;
   std::string out;
-  if (kind == "bytes" && value) out = "bytes <= " + bytes_text(value);
-  else if (value)
-    out = (kind.empty() ? std::string("budget") : kind) + " <= " + fmt::format("{:g}", *value) +
+  if (b.value && (kind == "bytes" || util::ends_with(kind, "_bytes"))) out = kind + " <= " + bytes_text(b.value);
+  else if (b.value)
+    out = (kind.empty() ? std::string("budget") : kind) + " <= " + fmt::format("{:g}", *b.value) +
           (kind == "avg_bits" ? " bpw incl. scales/zeros/g_idx" : "");
   else out = kind.empty() ? "-" : kind;
-  const json& met = field(b, "met");
-  if (met.is_boolean()) out += met.get<bool>() ? " (met)" : " (NOT met)";
+  if (b.met) out += *b.met ? " (met)" : " (NOT met)";
   return out;
 }
 
 // The "Size" section: label, value.
-std::vector<std::pair<std::string, std::string>> size_rows(const json& r) {
+std::vector<std::pair<std::string, std::string>> size_rows(const RunReport& r) {
   const SizeInfo s = size_info(r);
   std::vector<std::pair<std::string, std::string>> size;
   if (s.fp_bytes) size.emplace_back("FP model", bytes_text(s.fp_bytes));
@@ -224,52 +173,42 @@ std::vector<std::pair<std::string, std::string>> size_rows(const json& r) {
   return size;
 }
 
-std::map<std::string, int> bits_histogram(const json& layers) {
-  std::map<std::string, int> h;
-  if (!layers.is_array()) return h;
+std::map<int64_t, int> bits_histogram(const std::vector<ReportLayer>& layers) {
+  std::map<int64_t, int> h;
   for (const auto& l : layers)
-    if (number(l, "bits")) ++h[inum(l["bits"])];
+    if (l.bits) ++h[*l.bits];
   return h;
 }
 
-std::string histogram_text(const std::map<std::string, int>& h) {
-  // sorted by bits numerically
-  std::vector<std::pair<double, std::string>> keys;
-  for (const auto& [k, n] : h) keys.emplace_back(std::atof(k.c_str()), k);
-  std::sort(keys.begin(), keys.end());
+std::string histogram_text(const std::map<int64_t, int>& h) {
   std::string out;
-  for (const auto& [d, k] : keys) out += (out.empty() ? "" : ", ") + k + "-bit x" + std::to_string(h.at(k));
+  for (const auto& [bits, n] : h) out += (out.empty() ? "" : ", ") + std::to_string(bits) + "-bit x" + std::to_string(n);
   return out;
 }
 
-// Sensitivity metric names over all layers (sorted, as JSON objects are).
-std::vector<std::string> sensitivity_metrics(const json& layers) {
+// Sensitivity metric names over all layers (sorted), those with at least one value.
+std::vector<std::string> sensitivity_metrics(const std::vector<ReportLayer>& layers) {
   std::set<std::string> names;
-  if (layers.is_array())
-    for (const auto& l : layers) {
-      const json& s = field(l, "sensitivity");
-      if (s.is_object()) {
-        for (auto it = s.begin(); it != s.end(); ++it)
-          if (it.value().is_number()) names.insert(it.key());
-      } else if (s.is_number()) {
-        names.insert("sensitivity");
-      }
-    }
+  for (const auto& l : layers)
+    for (const auto& [k, v] : l.sensitivity)
+      if (v) names.insert(k);
   return {names.begin(), names.end()};
 }
 
-std::optional<double> sensitivity_of(const json& layer, const std::string& metric) {
-  const json& s = field(layer, "sensitivity");
-  if (s.is_number()) return metric == "sensitivity" ? number(s) : std::nullopt;
-  return number(s, metric.c_str());
+std::optional<double> sensitivity_of(const ReportLayer& layer, const std::string& metric) {
+  for (const auto& [k, v] : layer.sensitivity)
+    if (k == metric) return v;
+  return std::nullopt;
 }
 
-std::optional<double> gain_pct(const json& b) {
-  auto start = finite(number(b, "start_val_mse"));
-  auto best = finite(number(b, "best_val_mse"));
+std::optional<double> gain_pct(const ReportBlock& b) {
+  auto start = finite(b.start_val_mse);
+  auto best = finite(b.best_val_mse);
   if (!start || !best || *start == 0) return std::nullopt;
   return (*start - *best) / *start * 100.0;
 }
+
+std::string block_label(const ReportBlock& b, std::size_t i) { return b.block ? std::to_string(*b.block) : std::to_string(i); }
 
 std::string metric_note() {
   return "drop = quality lost: FP - quantized, or quantized - FP for ppl/nll/loss (lower is better);"
@@ -280,10 +219,9 @@ std::string metric_note() {
 
 // ================================================================= public: metrics
 
-std::vector<MetricComparison> compare_run_metrics(const json& report) {
-  check_required(report);
-  const MetricList fp = collect_metrics(report["fp"]);
-  const MetricList q = collect_metrics(report["quantized"]);
+std::vector<MetricComparison> compare_run_metrics(const RunReport& report) {
+  const MetricList fp = collect_metrics(report.fp);
+  const MetricList q = collect_metrics(report.quantized);
   std::vector<MetricComparison> out;
   std::map<std::string, std::size_t> index;
   auto slot = [&](const std::string& name) -> MetricComparison& {
@@ -305,18 +243,62 @@ std::vector<MetricComparison> compare_run_metrics(const json& report) {
   return out;
 }
 
+std::vector<MetricComparison> compare_run_metrics(const json& report) {
+  return compare_run_metrics(run_report_from_json(report));
+}
+
+std::string render_run_report_text(const json& report) { return render_run_report_text(run_report_from_json(report)); }
+
+std::string render_run_report_html(const json& report) { return render_run_report_html(run_report_from_json(report)); }
+
 std::string html_escape(const std::string& s) { return svg::escape(s); }
 
 // ================================================================= text
 
-std::string render_run_report_text(const json& r) {
-  const auto metrics = compare_run_metrics(r);  // validates the required fields
+namespace {
+
+// The header lines: model, recipe, created, mpqat version.
+std::vector<std::pair<std::string, std::string>> header_rows(const RunReport& r) {
+  std::vector<std::pair<std::string, std::string>> head{{"model", r.model}};
+  if (!r.recipe.empty()) head.emplace_back("recipe", r.recipe);
+  if (!r.created.empty()) head.emplace_back("created", r.created);
+  if (!r.mpqat_version.empty()) head.emplace_back("mpqat", r.mpqat_version);
+  return head;
+}
+
+std::vector<std::string> layer_row(const ReportLayer& l, const std::vector<std::string>& sens) {
+  std::vector<std::string> row{l.name, inum(l.block), inum(l.bits), inum(l.group_size)};
+  for (const auto& m : sens) row.push_back(fnum(sensitivity_of(l, m)));
+  return row;
+}
+
+std::vector<std::string> block_row(const ReportBlock& b, std::size_t i) {
+  return {block_label(b, i),          inum(b.epochs),         fnum(b.start_val_mse), fnum(b.best_val_mse),
+          fnum(b.end_val_mse),        pct(gain_pct(b)),       yes_no(b.kept_rtn),    seconds(b.seconds)};
+}
+
+// Stage rows (name indented for a part, seconds, peak anon MiB, reused) and the total of the stages.
+std::vector<std::vector<std::string>> stage_rows(const std::vector<ReportStage>& stages, const std::string& indent,
+                                                 double& total) {
+  std::vector<std::vector<std::string>> rows;
+  total = 0;
+  for (const auto& st : stages) {
+    const auto sec = finite(st.seconds);
+    const bool part = !st.part_of.empty();  // inside the stage above: not summed
+    if (sec && !part) total += *sec;
+    const auto anon = finite(st.peak_anon_mib);
+    rows.push_back({(part ? indent : "") + st.name, seconds(sec), anon ? fmt::format("{:.0f}", *anon) : "",
+                    st.reused.value_or(false) ? "reused" : ""});
+  }
+  return rows;
+}
+
+}  // namespace
+
+std::string render_run_report_text(const RunReport& r) {
+  const auto metrics = compare_run_metrics(r);
   std::string out = "mpqat run report\n================\n";
-  std::vector<std::pair<std::string, std::string>> head{{"model", text_of(r["model"])}};
-  for (const char* k : {"recipe", "created"})
-    if (!text_of(field(r, k)).empty()) head.emplace_back(k, text_of(r[k]));
-  if (!text_of(field(r, "mpqat_version")).empty()) head.emplace_back("mpqat", text_of(r["mpqat_version"]));
-  out += key_values(head, "");
+  out += key_values(header_rows(r), "");
 
   out += "\nQuality: FP vs quantized\n";
   if (metrics.empty()) {
@@ -332,53 +314,30 @@ std::string render_run_report_text(const json& r) {
   const auto size = size_rows(r);
   if (!size.empty()) out += "\nSize\n" + key_values(size, "  ");
 
-  const json& layers = field(r, "layers");
-  if (layers.is_array() && !layers.empty()) {
-    const auto hist = bits_histogram(layers);
-    out += fmt::format("\nBits per layer ({} layers{})\n", layers.size(),
+  if (!r.layers.empty()) {
+    const auto hist = bits_histogram(r.layers);
+    out += fmt::format("\nBits per layer ({} layers{})\n", r.layers.size(),
                        hist.empty() ? std::string() : "; " + histogram_text(hist));
-    const auto sens = sensitivity_metrics(layers);
+    const auto sens = sensitivity_metrics(r.layers);
     std::vector<std::vector<std::string>> rows{{"layer", "block", "bits", "group"}};
     for (const auto& m : sens) rows[0].push_back(m);
-    for (const auto& l : layers) {
-      std::vector<std::string> row{text_of(field(l, "name")), inum(field(l, "block")), inum(field(l, "bits")),
-                                   inum(field(l, "group_size"))};
-      for (const auto& m : sens) row.push_back(fnum(sensitivity_of(l, m)));
-      rows.push_back(std::move(row));
-    }
+    for (const auto& l : r.layers) rows.push_back(layer_row(l, sens));
     out += util::text_table(rows);
   }
 
-  const json& blocks = field(r, "blocks");
-  if (blocks.is_array() && !blocks.empty()) {
+  if (!r.blocks.empty()) {
     out += "\nBlock training (validation MSE)\n";
     std::vector<std::vector<std::string>> rows{
         {"block", "epochs", "start mse", "best mse", "end mse", "gain %", "kept RTN", "seconds"}};
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const json& b = blocks[i];
-      rows.push_back({number(b, "block") ? inum(b["block"]) : std::to_string(i), inum(field(b, "epochs")),
-                      fnum(number(b, "start_val_mse")), fnum(number(b, "best_val_mse")),
-                      fnum(number(b, "end_val_mse")), pct(gain_pct(b)), yes_no(field(b, "kept_rtn")),
-                      seconds(number(b, "seconds"))});
-    }
+    for (std::size_t i = 0; i < r.blocks.size(); ++i) rows.push_back(block_row(r.blocks[i], i));
     out += util::text_table(rows);
   }
 
-  const json& stages = field(r, "stages");
-  if (stages.is_array() && !stages.empty()) {
+  if (!r.stages.empty()) {
     out += "\nTime and memory per stage\n";
     std::vector<std::vector<std::string>> rows{{"stage", "seconds", "peak anon MiB", "reused"}};
     double total = 0;
-    for (const auto& st : stages) {
-      const auto sec = finite(number(st, "seconds"));
-      const bool part = field(st, "part_of").is_string();  // inside the stage above: not summed
-      if (sec && !part) total += *sec;
-      const json& reused = field(st, "reused");
-      const auto anon = finite(number(st, "peak_anon_mib"));
-      rows.push_back({(part ? "  " : "") + text_of(field(st, "name")), seconds(sec),
-                      anon ? fmt::format("{:.0f}", *anon) : "",
-                      reused.is_boolean() ? (reused.get<bool>() ? "reused" : "") : ""});
-    }
+    for (auto& row : stage_rows(r.stages, "  ", total)) rows.push_back(std::move(row));
     rows.push_back({"total", seconds(total), "", ""});
     out += util::text_table(rows);
   }
@@ -402,7 +361,7 @@ using svg::y_axis;
 
 // Alternating bands for the blocks under a per-layer chart, with block labels under the axis.
 // Without block numbers the layers are labelled by index.
-std::string layer_axis(const json& layers, const Frame& f, const std::string& label) {
+std::string layer_axis(const std::vector<ReportLayer>& layers, const Frame& f, const std::string& label) {
   const std::size_t n = layers.size();
   const double step = f.pw() / static_cast<double>(n);
   std::string out;
@@ -411,10 +370,10 @@ std::string layer_axis(const json& layers, const Frame& f, const std::string& la
   std::vector<std::string> names;
   bool have_blocks = false;
   for (std::size_t i = 0; i < n;) {
-    const std::string b = inum(field(layers[i], "block"));
-    have_blocks = have_blocks || b != "-";
+    const std::string b = inum(layers[i].block);
+    have_blocks = have_blocks || layers[i].block.has_value();
     std::size_t j = i + 1;
-    while (j < n && inum(field(layers[j], "block")) == b) ++j;
+    while (j < n && layers[j].block == layers[i].block) ++j;
     runs.emplace_back(i, j);
     names.push_back(b);
     i = j;
@@ -444,8 +403,8 @@ std::string layer_axis(const json& layers, const Frame& f, const std::string& la
 
 // (1) per-layer sensitivity, one series per metric, each normalised to [0, 1] (min-max; on
 // log10 values when a metric is positive and spans more than 100x).
-std::string chart_sensitivity(const json& layers, const std::string& id = "chart-sensitivity") {
-  const auto metrics = layers.is_array() ? sensitivity_metrics(layers) : std::vector<std::string>{};
+std::string chart_sensitivity(const std::vector<ReportLayer>& layers, const std::string& id = "chart-sensitivity") {
+  const auto metrics = sensitivity_metrics(layers);
   if (metrics.empty()) return note("No per-layer sensitivity in this report: sensitivity chart omitted.");
   const Frame f;
   const std::size_t n = layers.size();
@@ -479,7 +438,7 @@ std::string chart_sensitivity(const json& layers, const std::string& id = "chart
       if (n <= 80)
         marks += fmt::format("<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"{}\"><title>{}: {} {}</title></circle>",
                              c(pts[i]->first), c(pts[i]->second), series_colour(m),
-                             html_escape(text_of(field(layers[i], "name"))), html_escape(metrics[m]), fnum(*raw[i]));
+                             html_escape(layers[i].name), html_escape(metrics[m]), fnum(*raw[i]));
     }
     out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" class=\"series\"/>\n",
                        broken_path(pts), series_colour(m));
@@ -491,16 +450,15 @@ std::string chart_sensitivity(const json& layers, const std::string& id = "chart
 }
 
 // (2) bits per layer: one bar per layer that has bits, coloured by bits.
-std::string chart_bits(const json& layers, const std::string& id = "chart-bits",
+std::string chart_bits(const std::vector<ReportLayer>& layers, const std::string& id = "chart-bits",
                        const std::string& title = "Bits per layer") {
   std::size_t with_bits = 0;
   double max_bits = 0;
-  if (layers.is_array())
-    for (const auto& l : layers)
-      if (auto b = finite(number(l, "bits"))) {
-        ++with_bits;
-        max_bits = std::max(max_bits, *b);
-      }
+  for (const auto& l : layers)
+    if (l.bits) {
+      ++with_bits;
+      max_bits = std::max(max_bits, static_cast<double>(*l.bits));
+    }
   if (with_bits == 0) return note("No per-layer bits in this report: bits chart omitted.");
   const Frame f;
   const std::size_t n = layers.size();
@@ -511,43 +469,42 @@ std::string chart_bits(const json& layers, const std::string& id = "chart-bits",
   out += layer_axis(layers, f, "layer");
   std::set<double> levels{0, top};
   for (const auto& l : layers)
-    if (auto b = finite(number(l, "bits"))) levels.insert(*b);
+    if (l.bits) levels.insert(static_cast<double>(*l.bits));
   std::vector<std::pair<double, std::string>> ticks;
   double last = -1e9;
   for (double v : levels)  // skip labels that would overlap
     if (y(last) - y(v) >= 12 || ticks.empty()) {
-      ticks.emplace_back(v, inum(json(v)));
+      ticks.emplace_back(v, fmt::format("{:g}", v));
       last = v;
     }
   out += y_axis(ticks, y, f, "bits");
   const double w = std::max(step * 0.8, 0.5);
   for (std::size_t i = 0; i < n; ++i) {
-    const auto b = finite(number(layers[i], "bits"));
-    if (!b) continue;
+    if (!layers[i].bits) continue;
+    const double b = static_cast<double>(*layers[i].bits);
     const double x = f.L + (i + 0.5) * step - w / 2;
-    std::string tip = text_of(field(layers[i], "name")) + ": " + inum(layers[i]["bits"]) + " bits";
-    if (number(layers[i], "group_size")) tip += ", group " + inum(layers[i]["group_size"]);
+    std::string tip = layers[i].name + ": " + inum(layers[i].bits) + " bits";
+    if (layers[i].group_size) tip += ", group " + inum(layers[i].group_size);
     out += fmt::format("<rect class=\"bar\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{}</title></rect>\n",
-                       c(x), c(y(*b)), fmt::format("{:.2f}", w), c(y(0) - y(*b)), bits_colour(*b), html_escape(tip));
+                       c(x), c(y(b)), fmt::format("{:.2f}", w), c(y(0) - y(b)), bits_colour(b), html_escape(tip));
   }
   std::set<double> present;
   for (const auto& l : layers)
-    if (auto b = finite(number(l, "bits"))) present.insert(*b);
+    if (l.bits) present.insert(static_cast<double>(*l.bits));
   std::vector<std::pair<std::string, std::string>> leg;
-  for (double v : present) leg.emplace_back(bits_colour(v), inum(json(v)) + "-bit");
+  for (double v : present) leg.emplace_back(bits_colour(v), fmt::format("{:g}", v) + "-bit");
   out += legend(leg, f);
   return out + "</svg>\n";
 }
 
 // (3) validation MSE per block: start (before training) vs best; log scale when the values
 // span more than 100x.
-std::string chart_loss(const json& blocks) {
+std::string chart_loss(const std::vector<ReportBlock>& blocks) {
   std::vector<std::optional<double>> start, best;
   double lo = INFINITY, hi = -INFINITY;
-  if (blocks.is_array())
-    for (const auto& b : blocks) {
-      start.push_back(finite(number(b, "start_val_mse")));
-      best.push_back(finite(number(b, "best_val_mse")));
+  for (const auto& b : blocks) {
+      start.push_back(finite(b.start_val_mse));
+      best.push_back(finite(b.best_val_mse));
       for (const auto& v : {start.back(), best.back()})
         if (v) {
           lo = std::min(lo, *v);
@@ -581,8 +538,7 @@ std::string chart_loss(const json& blocks) {
   const std::size_t stride = label_stride(n, f.pw(), 28);
   for (std::size_t i = 0; i < n; i += stride)
     out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>\n",
-                       c(f.L + (i + 0.5) * step), c(f.T + f.ph() + 14),
-                       number(blocks[i], "block") ? inum(blocks[i]["block"]) : std::to_string(i));
+                       c(f.L + (i + 0.5) * step), c(f.T + f.ph() + 14), block_label(blocks[i], i));
   out += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">block</text>\n",
                      c(f.L + f.pw() / 2), c(f.H - 8));
   const std::pair<const char*, const std::vector<std::optional<double>>*> series[] = {{"start", &start},
@@ -595,11 +551,11 @@ std::string chart_loss(const json& blocks) {
       const auto& v = (*series[s].second)[i];
       if (!v || (logy && *v <= 0)) continue;
       pts[i] = std::make_pair(f.L + (i + 0.5) * step, y(*v));
-      const bool kept = field(blocks[i], "kept_rtn").is_boolean() && blocks[i]["kept_rtn"].get<bool>();
+      const bool kept = blocks[i].kept_rtn.value_or(false);
       marks += fmt::format(
           "<circle cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{}\" stroke=\"{}\"><title>block {} {}: {}{}</title></circle>",
           c(pts[i]->first), c(pts[i]->second), s == 1 && kept ? "#ffffff" : colours[s], colours[s],
-          number(blocks[i], "block") ? inum(blocks[i]["block"]) : std::to_string(i), series[s].first, fnum(*v),
+          block_label(blocks[i], i), series[s].first, fnum(*v),
           kept ? " (kept RTN)" : "");
     }
     out += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" class=\"series\"/>\n",
@@ -623,20 +579,15 @@ std::string th_row(const std::vector<std::string>& cells) {
 
 }  // namespace
 
-std::string render_run_report_html(const json& r) {
-  const auto metrics = compare_run_metrics(r);  // validates the required fields
-  const std::string model = text_of(r["model"]);
+std::string render_run_report_html(const RunReport& r) {
+  const auto metrics = compare_run_metrics(r);
   std::string out;
   out += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   out += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
-  out += "<title>mpqat run report: " + html_escape(model) + "</title>\n";
+  out += "<title>mpqat run report: " + html_escape(r.model) + "</title>\n";
   out += std::string("<style>") + svg::page_style() + "</style>\n</head>\n<body>\n";
   out += "<h1>mpqat run report</h1>\n<table class=\"meta\">\n";
-  out += "<tr><th>model</th><td>" + html_escape(model) + "</td></tr>\n";
-  for (const char* k : {"recipe", "created", "mpqat_version"})
-    if (!text_of(field(r, k)).empty())
-      out += fmt::format("<tr><th>{}</th><td>{}</td></tr>\n", k == std::string("mpqat_version") ? "mpqat" : k,
-                         html_escape(text_of(r[k])));
+  for (const auto& [k, v] : header_rows(r)) out += "<tr><th>" + k + "</th><td>" + html_escape(v) + "</td></tr>\n";
   out += "</table>\n";
 
   // headline cards
@@ -678,71 +629,55 @@ std::string render_run_report_html(const json& r) {
     out += "</table>\n";
   }
 
-  const json& layers = field(r, "layers");
-  const json& blocks = field(r, "blocks");
   out += "<h2>Charts</h2>\n";
-  out += "<figure>\n" + chart_sensitivity(layers) +
+  out += "<figure>\n" + chart_sensitivity(r.layers) +
          "<figcaption>Each metric scaled to [0, 1] over the layers (min-max; on log10 values when a metric "
          "spans more than 100x). Higher = more sensitive.</figcaption>\n</figure>\n";
-  out += "<figure>\n" + chart_bits(layers) + "<figcaption>Bits given to each layer, in model order.</figcaption>\n</figure>\n";
-  out += "<figure>\n" + chart_loss(blocks) +
+  out += "<figure>\n" + chart_bits(r.layers) + "<figcaption>Bits given to each layer, in model order.</figcaption>\n</figure>\n";
+  out += "<figure>\n" + chart_loss(r.blocks) +
          "<figcaption>Validation MSE of each block's output before training (start) and at its best epoch."
          "</figcaption>\n</figure>\n";
 
-  if (layers.is_array() && !layers.empty()) {
-    const auto hist = bits_histogram(layers);
-    out += fmt::format("<h2>Bits per layer</h2>\n<p>{} layers{}</p>\n", layers.size(),
+  auto table_rows = [&](const std::vector<std::string>& cells) {
+    std::string row = "<tr>";
+    for (const auto& c : cells) row += td(c);
+    return row + "</tr>\n";
+  };
+  if (!r.layers.empty()) {
+    const auto hist = bits_histogram(r.layers);
+    out += fmt::format("<h2>Bits per layer</h2>\n<p>{} layers{}</p>\n", r.layers.size(),
                        hist.empty() ? std::string() : html_escape(": " + histogram_text(hist)));
-    const auto sens = sensitivity_metrics(layers);
+    const auto sens = sensitivity_metrics(r.layers);
     std::vector<std::string> head{"layer", "block", "bits", "group"};
     head.insert(head.end(), sens.begin(), sens.end());
     out += "<div class=\"scroll\"><table class=\"layers\">\n" + th_row(head);
-    for (const auto& l : layers) {
-      out += "<tr>" + td(text_of(field(l, "name"))) + td(inum(field(l, "block"))) + td(inum(field(l, "bits"))) +
-             td(inum(field(l, "group_size")));
-      for (const auto& m : sens) out += td(fnum(sensitivity_of(l, m)));
-      out += "</tr>\n";
-    }
+    for (const auto& l : r.layers) out += table_rows(layer_row(l, sens));
     out += "</table></div>\n";
   }
 
-  if (blocks.is_array() && !blocks.empty()) {
+  if (!r.blocks.empty()) {
     out += "<h2>Block training</h2>\n<table class=\"blocks\">\n" +
            th_row({"block", "epochs", "start val MSE", "best val MSE", "end val MSE", "gain %", "kept RTN", "seconds"});
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const json& b = blocks[i];
-      out += "<tr>" + td(number(b, "block") ? inum(b["block"]) : std::to_string(i)) + td(inum(field(b, "epochs"))) +
-             td(fnum(number(b, "start_val_mse"))) + td(fnum(number(b, "best_val_mse"))) +
-             td(fnum(number(b, "end_val_mse"))) + td(pct(gain_pct(b))) + td(yes_no(field(b, "kept_rtn"))) +
-             td(seconds(number(b, "seconds"))) + "</tr>\n";
-    }
+    for (std::size_t i = 0; i < r.blocks.size(); ++i) out += table_rows(block_row(r.blocks[i], i));
     out += "</table>\n";
   }
 
-  const json& stages = field(r, "stages");
-  if (stages.is_array() && !stages.empty()) {
+  if (!r.stages.empty()) {
     out += "<h2>Time and memory per stage</h2>\n<table class=\"stages\">\n" +
            th_row({"stage", "seconds", "peak anon MiB", "reused"});
     double total = 0;
-    for (const auto& st : stages) {
-      const auto sec = finite(number(st, "seconds"));
-      const bool part = field(st, "part_of").is_string();
-      if (sec && !part) total += *sec;
-      const json& reused = field(st, "reused");
-      const auto anon = finite(number(st, "peak_anon_mib"));
-      out += "<tr>" + td((part ? "\u00a0\u00a0" : "") + text_of(field(st, "name"))) + td(seconds(sec)) +
-             td(anon ? fmt::format("{:.0f}", *anon) : "") +
-             td(reused.is_boolean() && reused.get<bool>() ? "reused" : "") + "</tr>\n";
-    }
+    for (const auto& row : stage_rows(r.stages, "\u00a0\u00a0", total)) out += table_rows(row);
     out += "<tr><th>total</th><th>" + seconds(total) + "</th><th></th><th></th></tr>\n</table>\n";
   }
   out += "</body>\n</html>\n";
   return out;
 }
 
-std::string layer_sensitivity_chart(const json& layers, const std::string& id) { return chart_sensitivity(layers, id); }
+std::string layer_sensitivity_chart(const std::vector<ReportLayer>& layers, const std::string& id) {
+  return chart_sensitivity(layers, id);
+}
 
-std::string layer_bits_chart(const json& layers, const std::string& id, const std::string& title) {
+std::string layer_bits_chart(const std::vector<ReportLayer>& layers, const std::string& id, const std::string& title) {
   return chart_bits(layers, id, title);
 }
 

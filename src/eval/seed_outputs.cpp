@@ -1,6 +1,6 @@
 #include "mpqat/eval/seed_outputs.h"
 
-#include "mpqat/eval/json_access.h"
+#include "mpqat/eval/run_report.h"
 
 #include <fmt/format.h>
 
@@ -58,43 +58,22 @@ std::string impact(double drop_pct) {
   return "Very large (> 5%): change the approach";
 }
 
-// ------------------------------------------------------------ report.json access (lenient)
+// ------------------------------------------------------------ from the run report
 
-using json_access::field;
-using json_access::number;
-using json_access::string_of;
-
-// "<side>.classification" as a flat metric object, and the key it came from ("" when flat).
-const json* classification_of(const json& side, std::string* file_key) {
-  const json& c = field(side, "classification");
-  if (!c.is_object()) return nullptr;
-  if (number(field(c, "accuracy"))) return &c;
-  for (auto it = c.begin(); it != c.end(); ++it)
-    if (it->is_object() && number(field(*it, "accuracy"))) {
-      if (file_key) *file_key = it.key();
-      return &*it;
-    }
+// The side's classifier: its first entry with an accuracy, and the name it has ("" when flat).
+const std::pair<std::string, ClassificationMetrics>* classification_of(const ModelMetrics& side) {
+  for (const auto& c : side.classification)
+    if (!std::isnan(c.second.accuracy)) return &c;
   return nullptr;
 }
 
-SeedClassMetrics metrics_of(const json& c) {
-  auto get = [&](const char* k, const char* alt) {
-    if (auto v = number(field(c, k))) return *v;
-    if (alt)
-      if (auto v = number(field(c, alt))) return *v;
-    return kNaN;
-  };
+SeedClassMetrics metrics_of(const ClassificationMetrics& c) {
   SeedClassMetrics m;
-  m.accuracy = get("accuracy", nullptr);
-  m.precision = get("precision", nullptr);
-  m.recall = get("recall", nullptr);
-  m.f1 = get("f1", "f1_score");
+  m.accuracy = c.accuracy;
+  m.precision = c.headline_precision();
+  m.recall = c.headline_recall();
+  m.f1 = c.headline_f1();
   return m;
-}
-
-uint64_t bytes_of(const json& side) {
-  auto v = number(field(side, "bytes"));
-  return v && *v > 0 ? static_cast<uint64_t>(*v) : 0;
 }
 
 // The data set's name from a path: its folder's name, else its stem; upper-cased.
@@ -250,80 +229,63 @@ std::string write_seed_evaluation(const std::string& out_root, const SeedEvalInp
 
 // ------------------------------------------------------------ from report.json
 
-SeedEvalInput seed_eval_from_report(const json& report, const std::string& method, int k, const std::string& timestamp,
-                                    const std::string& sensitivity_metric) {
-  if (!report.is_object() || !field(report, "model").is_string())
-    throw InputError("run report: \"model\" is missing or not a string (docs/reports.md)");
+SeedEvalInput seed_eval_from_report(const RunReport& report, const std::string& method, int k,
+                                    const std::string& timestamp, const std::string& sensitivity_metric) {
   SeedEvalInput in;
-  in.model = fs::path(report["model"].get<std::string>()).filename().string();
-  if (in.model.empty()) in.model = fs::path(report["model"].get<std::string>()).parent_path().filename().string();
+  in.model = fs::path(report.model).filename().string();
+  if (in.model.empty()) in.model = fs::path(report.model).parent_path().filename().string();
   in.method = method;
   in.groups = k;
   in.timestamp = timestamp;
 
-  const json& fp = field(report, "fp");
-  const json& q = field(report, "quantized");
-  std::string fp_key;
-  const json* fpc = classification_of(fp, &fp_key);
-  const json* qc = classification_of(q, nullptr);
+  const auto* fpc = classification_of(report.fp);
+  const auto* qc = classification_of(report.quantized);
   if (!fpc || !qc)
     throw InputError(std::string("run report: \"") + (!fpc ? "fp" : "quantized") +
                      ".classification\" with \"accuracy\" is missing (the seeds' evaluation needs a classifier's "
                      "metrics on both sides)");
-  in.fp = metrics_of(*fpc);
-  in.quantized = metrics_of(*qc);
-  in.fp_bytes = bytes_of(fp);
-  in.quantized_bytes = bytes_of(q);
-  if (auto ab = number(field(q, "avg_bits"))) in.avg_bits = *ab;
-  if (auto bw = number(field(q, "bpw"))) in.bpw = *bw;
+  in.fp = metrics_of(fpc->second);
+  in.quantized = metrics_of(qc->second);
+  in.fp_bytes = report.fp.bytes.value_or(0);
+  in.quantized_bytes = report.quantized.bytes.value_or(0);
+  if (report.quantized.avg_bits) in.avg_bits = *report.quantized.avg_bits;
+  if (report.quantized.bpw) in.bpw = *report.quantized.bpw;
 
-  if (const std::string d = string_of(field(report, "data")); !d.empty()) in.data = d;
-  else if (const std::string p = string_of(field(field(report, "evaluation"), "path")); !p.empty())
-    in.data = data_name_from_path(p);
-  else if (!fp_key.empty()) in.data = data_name_from_path(fp_key);
+  if (!report.data.empty()) in.data = report.data;
+  else if (!report.evaluation_path.empty()) in.data = data_name_from_path(report.evaluation_path);
+  else if (!fpc->first.empty()) in.data = data_name_from_path(fpc->first);
   if (in.data.empty()) in.data = "DATA";
 
-  const json& cal = field(report, "calibration");
-  if (auto n = number(field(cal, "samples"))) in.calibration_size = static_cast<int64_t>(*n);
-  in.sampling = string_of(field(cal, "sampling"));
-  if (auto n = number(field(field(report, "evaluation"), "samples"))) in.evaluation_size = static_cast<int64_t>(*n);
-  else if (auto n = number(field(*fpc, "n"))) in.evaluation_size = static_cast<int64_t>(*n);
+  if (report.calibration_samples) in.calibration_size = *report.calibration_samples;
+  in.sampling = report.calibration_sampling;
+  if (report.evaluation_samples) in.evaluation_size = *report.evaluation_samples;
+  else if (fpc->second.n > 0) in.evaluation_size = fpc->second.n;
 
   // Per block: the largest bits of its modules, and the mean of their sensitivity.
   std::string metric = sensitivity_metric;
-  if (metric.empty()) metric = string_of(field(report, "sensitivity_metric"));
-  const json& layers = field(report, "layers");
-  if (metric.empty() && layers.is_array())
-    for (const auto& e : layers) {
-      const json& s = field(e, "sensitivity");
-      if (!s.is_object()) continue;
-      for (auto it = s.begin(); it != s.end(); ++it)
-        if (it->is_number()) {
-          metric = it.key();
-          break;
-        }
-      break;
-    }
+  if (metric.empty()) metric = report.sensitivity_metric;
+  if (metric.empty() && !report.layers.empty())
+    for (const auto& [name, v] : report.layers.front().sensitivity)
+      if (v) {
+        metric = name;
+        break;
+      }
   std::map<int64_t, int> bits;
   std::map<int64_t, std::pair<double, int>> sens;  // block -> (sum, count)
   bool any_sens = false;
-  if (layers.is_array())
-    for (const auto& e : layers) {
-      auto blk = number(field(e, "block"));
-      if (!blk || *blk < 0 || *blk > 1e6) continue;
-      const auto b = static_cast<int64_t>(*blk);
-      auto& mx = bits[b];
-      if (auto bt = number(field(e, "bits"))) mx = std::max(mx, static_cast<int>(*bt));
-      const json& s = field(e, "sensitivity");
-      std::optional<double> v = number(s);
-      if (!v && !metric.empty()) v = number(field(s, metric.c_str()));
-      if (v) {
+  for (const auto& e : report.layers) {
+    if (!e.block || *e.block < 0 || *e.block > 1000000) continue;
+    const int64_t b = *e.block;
+    auto& mx = bits[b];
+    if (e.bits) mx = std::max(mx, static_cast<int>(*e.bits));
+    for (const auto& [name, v] : e.sensitivity)
+      if (v && (name == metric || (name == "sensitivity" && e.sensitivity.size() == 1))) {  // or a bare number
         auto& acc = sens[b];
         acc.first += *v;
         ++acc.second;
         any_sens = true;
       }
-    }
+  }
   if (!bits.empty()) {
     const auto n = static_cast<std::size_t>(bits.rbegin()->first + 1);
     in.bits.assign(n, 0);
@@ -337,6 +299,11 @@ SeedEvalInput seed_eval_from_report(const json& report, const std::string& metho
   }
   if (in.sensitivity_metric.empty()) in.sensitivity_metric = metric;
   return in;
+}
+
+SeedEvalInput seed_eval_from_report(const json& report, const std::string& method, int k, const std::string& timestamp,
+                                    const std::string& sensitivity_metric) {
+  return seed_eval_from_report(run_report_from_json(report), method, k, timestamp, sensitivity_metric);
 }
 
 }  // namespace mpqat::eval

@@ -379,14 +379,14 @@ std::string render_study_html(const json& study) {
         it->second = &r;
       }
     }
-  out += figure(layer_sensitivity_chart(sens_layers ? *sens_layers : json::array(), "study-sensitivity"),
+  out += figure(layer_sensitivity_chart(report_layers_from_json(sens_layers ? *sens_layers : json::array()), "study-sensitivity"),
                 "Per-layer sensitivity of the first calibration set, each metric scaled to [0, 1].");
   for (std::size_t k = 0; k < mixed_order.size(); ++k) {
     const json& r = *mixed.at(mixed_order[k]);
     const auto b = number(r, "budget_bits");
     const std::string title = json_access::string_of(field(r, "variant")) +
                               (b ? ": bits per layer at the bytes of uniform " + budget_text(*b) + "-bit" : ": bits per layer");
-    out += figure(layer_bits_chart(field(r, "layers"), fmt::format("study-bits-{}", k), title),
+    out += figure(layer_bits_chart(report_layers_from_json(field(r, "layers")), fmt::format("study-bits-{}", k), title),
                   "First seed. Bits given to each layer, in model order (the same for every training method).");
   }
   if (mixed_order.empty()) out += svg::note("No mixed-precision variant in this study: bits charts omitted.");

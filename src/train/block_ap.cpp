@@ -222,29 +222,39 @@ json block_log_to_json(const BlockLog& l) {
 }
 
 BlockLog block_log_from_json(const json& j) {
+  // A NaN is written as null: it reads back as NaN.
+  auto real = [&](const char* k) {
+    const json& v = j.at(k);
+    return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
+  };
+  auto curve = [&](const char* k) {
+    std::vector<double> out;
+    for (const auto& v : j.at(k)) out.push_back(v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>());
+    return out;
+  };
   BlockLog l;
   l.block = j.at("block").get<int64_t>();
   for (const auto& [n, b] : j.at("bits").items()) l.bits.emplace_back(n, b.get<int>());
-  l.avg_bits = j.at("avg_bits").get<double>();
+  l.avg_bits = real("avg_bits");
   l.epochs_planned = j.at("epochs_planned").get<int>();
   l.epochs_run = j.at("epochs_run").get<int>();
   l.patience = j.at("patience").get<int>();
-  l.lr_weights = j.at("lr_weights").get<double>();
-  l.lr_quant = j.at("lr_quant").get<double>();
-  l.lr_scale = j.at("lr_scale").get<double>();
-  l.start_train_mse = j.at("start_train_mse").get<double>();
-  l.start_val_mse = j.at("start_val_mse").get<double>();
-  l.end_train_mse = j.at("end_train_mse").get<double>();
-  l.end_val_mse = j.at("end_val_mse").get<double>();
-  l.best_val_mse = j.at("best_val_mse").get<double>();
+  l.lr_weights = real("lr_weights");
+  l.lr_quant = real("lr_quant");
+  l.lr_scale = real("lr_scale");
+  l.start_train_mse = real("start_train_mse");
+  l.start_val_mse = real("start_val_mse");
+  l.end_train_mse = real("end_train_mse");
+  l.end_val_mse = real("end_val_mse");
+  l.best_val_mse = real("best_val_mse");
   l.best_epoch = j.at("best_epoch").get<int>();
   l.kept_rtn = j.at("kept_rtn").get<bool>();
   l.nan_steps = j.at("nan_steps").get<int>();
   l.steps = j.at("steps").get<int64_t>();
-  l.seconds = j.at("seconds").get<double>();
-  l.tokens_per_second = j.at("tokens_per_second").get<double>();
-  l.train_curve = j.at("train_curve").get<std::vector<double>>();
-  l.val_curve = j.at("val_curve").get<std::vector<double>>();
+  l.seconds = real("seconds");
+  l.tokens_per_second = real("tokens_per_second");
+  l.train_curve = curve("train_curve");
+  l.val_curve = curve("val_curve");
   return l;
 }
 

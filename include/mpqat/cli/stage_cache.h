@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mpqat/eval/run_report.h"  // ReportStage
 #include "mpqat/util/memory.h"
 
 namespace mpqat::io {
@@ -45,14 +46,14 @@ class StageCache {
   void part_begin(const std::string& name);
   void part_done();
   void forget(const std::string& name) { state_.erase(name); }
-  // [{name, seconds, reused, peak_rss_mib, peak_anon_mib, peak_file_mib}] of this run.
-  const nlohmann::json& report() const { return report_; }
+  // This run's stages and parts: name, seconds, reused, peak_rss_mib, peak_anon_mib, peak_file_mib.
+  const std::vector<eval::ReportStage>& report() const { return report_; }
 
  private:
   std::filesystem::path dir_;
   bool main_;
   nlohmann::json state_;
-  nlohmann::json report_ = nlohmann::json::array();
+  std::vector<eval::ReportStage> report_;
   std::chrono::steady_clock::time_point t0_, part_t0_;
   std::unique_ptr<util::PeakMemory> peak_, part_peak_;
   std::string stage_, part_;

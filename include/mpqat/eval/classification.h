@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mpqat/data/labelled_file.h"
+#include "mpqat/eval/scores.h"  // ClassificationMetrics
 #include "mpqat/model/model_input.h"
 
 namespace mpqat::dist {
@@ -20,30 +21,6 @@ class Communicator;
 }
 
 namespace mpqat::eval {
-
-struct ClassificationMetrics {
-  int64_t n = 0;
-  int64_t num_labels = 0;
-  double accuracy = 0.0;
-  std::vector<int64_t> support;  // true count per class
-  std::vector<double> precision, recall, f1;  // per class; 0 where the denominator is 0 (sklearn)
-  double macro_precision = 0.0, macro_recall = 0.0, macro_f1 = 0.0;
-  // Two classes only: precision / recall / F1 of class 1 (sklearn's average='binary').
-  bool binary = false;
-  double binary_precision = 0.0, binary_recall = 0.0, binary_f1 = 0.0;
-  std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
-  std::vector<std::string> label_names;         // optional, for reports
-
-  // n, num_labels, accuracy, average ("binary" | "macro"), precision / recall / f1 under that
-  // average, macro_precision / macro_recall / macro_f1, per_class, confusion.
-  nlohmann::json to_json() const;
-};
-
-// From a confusion matrix [true][predicted] (square).
-ClassificationMetrics metrics_from_confusion(const std::vector<std::vector<int64_t>>& confusion);
-// From label ids; throws InputError for an id outside [0, num_labels).
-ClassificationMetrics compute_metrics(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
-                                      int64_t num_labels);
 
 // ids (B, T) int64, mask (B, T) int64 1 = real token -> logits (B, num_labels).
 using ClassifyFn = std::function<at::Tensor(const at::Tensor& ids, const at::Tensor& mask)>;

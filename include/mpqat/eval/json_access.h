@@ -1,4 +1,4 @@
-// Lenient access to a report.json read back by the report renderers (run_report, seed_outputs):
+// Lenient access to a stored JSON document read back (run_report_json, scores, study_report):
 // a missing key, a null or a value of another type reads as absent instead of throwing, so an
 // older or partial report still renders. Light: nlohmann::json only.
 #pragma once

@@ -20,6 +20,7 @@
 
 #include "mpqat/data/tokenizer.h"
 #include "mpqat/eval/perplexity.h"  // LogitsFn
+#include "mpqat/eval/scores.h"      // MultipleChoiceResult
 #include "mpqat/eval/tasks.h"
 
 namespace mpqat::dist {
@@ -64,12 +65,6 @@ struct MultipleChoiceOptions {
   dist::Communicator* comm = nullptr;  // null = single process
 };
 
-struct MultipleChoiceResult {
-  std::string task;
-  int64_t n = 0;
-  double acc = 0.0, acc_stderr = 0.0;
-  double acc_norm = 0.0, acc_norm_stderr = 0.0;
-};
 
 // Sample standard error of the mean of n values in {0, 1} whose sum is `hits`.
 double binary_mean_stderr(double hits, int64_t n);

@@ -13,6 +13,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "mpqat/eval/run_report.h"
+
 namespace mpqat::eval {
 
 // Classification metrics of one model as the seeds print them. NaN = not measured ("n/a").
@@ -64,21 +66,22 @@ std::string seed_evaluation_text(const SeedEvalInput& in);
 // returns its path. Throws InputError for an empty model, data, method or timestamp, or k < 1.
 std::string write_seed_evaluation(const std::string& out_root, const SeedEvalInput& in);
 
-// A `mpqat run` report.json (docs/reports.md) as SeedEvalInput:
-// - model: the last path component of "model"; data: "data" when the report has it, else the
-//   name of the folder holding the evaluation file ("evaluation.path" or the file name keying
-//   fp.classification), upper-cased ("sst2" -> "SST2"), else "DATA";
-// - fp / quantized: "<side>.classification" (flat, or the first file's object as `mpqat eval`
-//   writes it): accuracy, precision, recall, f1 (or f1_score); both sides must have it;
-// - sizes: "<side>.bytes"; avg_bits: "quantized.avg_bits";
-// - bits per layer: over the report's "layers" entries of each "block", the largest "bits"
-//   (equal to the bits when the block is uniform); entries without a block are skipped;
-// - sensitivity per layer: the mean over the block's entries of "sensitivity" (a number, or the
-//   object's `sensitivity_metric` entry; when that is empty: the report's "sensitivity_metric",
-//   else the first metric of the first entry);
-// - calibration_size / sampling: "calibration.samples" / "calibration.sampling";
-//   evaluation_size: "evaluation.samples", else "fp.classification.n".
-// Throws InputError when "model" or either side's classification metrics are missing.
+// A `mpqat run` report (eval/run_report.h) as SeedEvalInput:
+// - model: the last path component of `model`; data: `data` when the report has it, else the
+//   name of the folder holding the evaluation file (`evaluation_path` or the name keying the
+//   FP classification), upper-cased ("sst2" -> "SST2"), else "DATA";
+// - fp / quantized: each side's first classifier with an accuracy: accuracy and the headline
+//   precision, recall, f1; both sides must have one;
+// - sizes: each side's bytes; avg_bits / bpw: the quantized side's;
+// - bits per layer: over the layers of each block, the largest bits (equal to the bits when the
+//   block is uniform); layers without a block are skipped;
+// - sensitivity per layer: the mean over the block's layers of the metric `sensitivity_metric`
+//   (when empty: the report's sensitivity_metric, else the first metric of the first layer);
+// - calibration_size / sampling, evaluation_size: the report's, else the FP classifier's n.
+// Throws InputError when either side's classification metrics are missing.
+SeedEvalInput seed_eval_from_report(const RunReport& report, const std::string& method, int k,
+                                    const std::string& timestamp, const std::string& sensitivity_metric = "");
+// The same for a stored report.json (eval::run_report_from_json first).
 SeedEvalInput seed_eval_from_report(const nlohmann::json& report, const std::string& method, int k,
                                     const std::string& timestamp, const std::string& sensitivity_metric = "");
 
