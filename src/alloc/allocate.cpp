@@ -160,7 +160,7 @@ io::GgmlType SizeModel::gguf_module_type(std::size_t i, const Choice& c) const {
   const auto& l = layout_.linears.at(i);
   const auto& g = *opts_.gguf;
   if (c.quantized())
-    return quant::gguf_choice_for_spec(quant::QuantSpec{c.bits, c.group_size, g.sym}, l.in, g.types.fallback).type;
+    return quant::gguf_choice_for_spec(quant::QuantSpec{c.bits, c.group_size, g.sym}, l.in, g.types).type;
   return quant::gguf_float_tensor_type(model::HfTensor{l.name + ".weight", {l.out, l.in}, l.name, l.block, false}, g.types);
 }
 

@@ -9,6 +9,7 @@
 #include "mpqat/data/gguf_vocab.h"
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/gguf_export.h"
+#include "mpqat/sensitivity/imatrix.h"
 #include "mpqat/util/error.h"
 
 namespace mpqat::cli {
@@ -26,7 +27,9 @@ void add_export_command(CLI::App& app) {
   auto* ex = app.add_subcommand("export", "Write a checkpoint in a serving engine's own format");
   ex->require_subcommand(1);
   struct Opts {
-    std::string dir, out, embeddings = "f16", float_type = "f16", fallback = "f16", name;
+    std::string dir, out, embeddings = "f16", float_type = "f16", fallback = "f16", name, k_quants = "on", imatrix,
+        calib;
+    int64_t samples = 128, seqlen = 512;
     bool force = false;
   };
   auto o = std::make_shared<Opts>();
@@ -36,12 +39,24 @@ void add_export_command(CLI::App& app) {
               "what was exact");
   g->add_option("CKPT", o->dir, "model folder (config.json + safetensors), e.g. an `mpqat quantize` output")->required();
   g->add_option("--out", o->out, "output .gguf file (written atomically)")->required();
-  g->add_option("--embeddings", o->embeddings, "token_embd / output type: f16, q8_0, f32")->capture_default_str();
-  g->add_option("--float-type", o->float_type, "type of the linears of a float checkpoint: f16, q8_0, f32")
+  g->add_option("--embeddings", o->embeddings, "token_embd / output type: f16, q8_0, f32, q6_k")->capture_default_str();
+  g->add_option("--float-type", o->float_type,
+                "type of the linears of a float checkpoint: f16, q8_0, f32, q2_k, q3_k, q4_k, q5_k, q6_k")
       ->capture_default_str();
   g->add_option("--fallback", o->fallback,
                 "type of packed modules no block type holds (row not a multiple of 32, act-order g_idx): f16, q8_0, f32")
       ->capture_default_str();
+  g->add_option("--k-quants", o->k_quants,
+                "on: 2/3/6-bit modules (and asymmetric 4/5-bit ones with groups other than 32) as Q2_K ... Q6_K, "
+                "requantized, where rows are multiples of 256; off: only the exact legacy types and the fallback")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  g->add_option("--imatrix", o->imatrix,
+                "importance matrix (mpqat imatrix): the K-quant search weighs each input column's error by E[x^2]");
+  g->add_option("--calib", o->calib,
+                "measure the importance matrix on this calibration text first (on CKPT itself), instead of --imatrix");
+  g->add_option("--samples", o->samples, "with --calib: windows")->capture_default_str();
+  g->add_option("--seqlen", o->seqlen, "with --calib: tokens per window")->capture_default_str();
   g->add_option("--name", o->name, "general.name (default: the base model folder's name, from the checkpoint's provenance)");
   g->add_flag("--force", o->force, "replace an existing output file")->capture_default_str();
   g->callback([o] {
@@ -49,6 +64,16 @@ void add_export_command(CLI::App& app) {
     opts.embedding_type = quant::parse_gguf_float_type(o->embeddings, "--embeddings");
     opts.float_type = quant::parse_gguf_float_type(o->float_type, "--float-type");
     opts.fallback = quant::parse_gguf_float_type(o->fallback, "--fallback");
+    opts.k_quants = o->k_quants == "on";
+    if (!o->imatrix.empty() && !o->calib.empty())
+      throw InputError("export gguf: give --imatrix FILE or --calib FILE, not both");
+    if (!o->imatrix.empty()) opts.importance = sensitivity::read_importance(o->imatrix).modules;
+    if (!o->calib.empty()) {
+      data::CalibrationOptions co;
+      co.samples = o->samples;
+      co.seqlen = o->seqlen;
+      opts.importance = sensitivity::importance_of_folder(o->dir, o->calib, co, model::StreamingOptions{}).modules;
+    }
     opts.name = o->name;
     opts.force = o->force;
     const auto vocab = gguf_vocab_of_folder(o->dir, "export gguf");

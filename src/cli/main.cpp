@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     mpqat::cli::add_inspect_command(app);
     mpqat::cli::add_convert_command(app);
     mpqat::cli::add_export_command(app);
+    mpqat::cli::add_imatrix_command(app);
     mpqat::cli::add_similarity_command(app);
     mpqat::cli::add_wizard_command(app);
     mpqat::cli::add_launch_command(app);

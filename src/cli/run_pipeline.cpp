@@ -43,6 +43,7 @@
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/gguf_export.h"
 #include "mpqat/quant/inspect.h"
+#include "mpqat/sensitivity/imatrix.h"
 #include "mpqat/sensitivity/run_sensitivity.h"
 #include "mpqat/train/block_ap.h"
 #include "mpqat/train/e2e_qp.h"
@@ -666,6 +667,20 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     // model.gguf from the checkpoint just written (cheap: redone on every run, never stale).
     quant::GgufExportOptions go;
     go.force = true;
+    if (r.flag("output.gguf_imatrix") && run.causal && !run.calib_path.empty()) {
+      // The K-quant search's column weights, measured on the checkpoint the GGUF file holds.
+      data::CalibrationOptions co;
+      co.samples = r.integer("data.calibration.samples");
+      co.seqlen = r.integer("data.calibration.seqlen");
+      co.seed = static_cast<uint64_t>(r.integer("data.calibration.seed"));
+      model::StreamingOptions st;
+      st.device = run.device();
+      st.mode = r.str("model.streaming");
+      st.memory_limit = model::parse_memory_limit(r.str("model.memory_limit"), "model.memory_limit");
+      const auto im = sensitivity::importance_of_folder((out / "checkpoint").string(), run.calib_path, co, st);
+      sensitivity::write_importance((out / "imatrix.json").string(), im);
+      go.importance = im.modules;
+    }
     const auto rep = quant::export_gguf((out / "checkpoint").string(), gguf_vocab, (out / "model.gguf").string(), go);
     gguf = eval::ReportGguf{rep.path, rep.file_bytes, rep.file_bpw(), rep.linear_bpw()};
     std::cout << fmt::format("# GGUF for llama.cpp: {} ({} bytes; block linears {:.3f} bpw)\n", rep.path,

@@ -257,6 +257,9 @@ std::vector<KeySpec> output_keys() {
         "checkpoint formats: safetensors (the packed GPTQ-layout folder, always written: evaluation reloads it), "
         "gguf (also model.gguf for llama.cpp, Llama family: docs/gguf.md)",
         {"safetensors", "gguf"}),
+    key("output.gguf_imatrix", K::Bool, "true",
+        "with output.formats gguf: weigh the K-quant search of requantized modules by E[x^2] per input column, "
+        "measured on the written checkpoint over the calibration data (imatrix.json in the run folder)"),
     key("output.stop_after", K::String, "report",
         "last stage to run: sensitivity (the seeds' phase 1), allocation, quantize, or report (all)",
         {"sensitivity", "allocation", "quantize", "report"})

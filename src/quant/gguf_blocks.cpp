@@ -6,7 +6,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
+#include <fmt/format.h>
+
+#include "mpqat/quant/gguf_kquants.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -53,7 +57,8 @@ void q8_0_block_from_float(const float* x, uint8_t* dst) {
   for (int64_t j = 0; j < kQK; ++j) qs[j] = static_cast<int8_t>(std::lround(x[j] * id));
 }
 
-void float_row(const float* x, int64_t n, GgmlType type, uint8_t* dst) {
+void float_row(const float* x, int64_t n, GgmlType type, uint8_t* dst, const float* importance = nullptr) {
+  if (is_k_quant(type)) return encode_k_row(type, x, n, importance, dst);
   switch (type) {
     case GgmlType::F32:
       std::memcpy(dst, x, static_cast<size_t>(n) * 4);
@@ -123,10 +128,27 @@ std::vector<float> dequantize_unpacked(const UnpackedModule& m) {
   return w;
 }
 
-GgufChoice gguf_choice_for_spec(const QuantSpec& spec, int64_t in, GgmlType fallback) {
-  if (fallback != GgmlType::F32 && fallback != GgmlType::F16 && fallback != GgmlType::Q8_0)
-    throw InputError(std::string("GGUF fallback type ") + io::ggml_type_traits(fallback).name +
-                     " (F32, F16 or Q8_0 accepted)");
+namespace {
+
+// The K-quant type with at least `bits` bits per code (2..6), or none.
+std::optional<GgmlType> k_quant_for_bits(int bits) {
+  switch (bits) {
+    case 2: return GgmlType::Q2_K;
+    case 3: return GgmlType::Q3_K;
+    case 4: return GgmlType::Q4_K;
+    case 5: return GgmlType::Q5_K;
+    case 6: return GgmlType::Q6_K;
+    default: return std::nullopt;
+  }
+}
+
+double type_bpw(GgmlType t) {
+  const auto& tr = io::ggml_type_traits(t);
+  return 8.0 * static_cast<double>(tr.block_bytes) / static_cast<double>(tr.block_elems);
+}
+
+// The plan's legacy form: an exact block type, or the fallback.
+GgufChoice legacy_choice(const QuantSpec& spec, int64_t in, GgmlType fallback) {
   const int64_t gw = group_width(in, spec.group_size);
   std::string why;
   if (in % kQK != 0) why = "row length " + std::to_string(in) + " is not a multiple of 32";
@@ -143,14 +165,48 @@ GgufChoice gguf_choice_for_spec(const QuantSpec& spec, int64_t in, GgmlType fall
   return {GgmlType::Q8_0, "exact", ""};
 }
 
-GgufChoice choose_gguf_type(const UnpackedModule& m, GgmlType fallback) {
-  GgufChoice c = gguf_choice_for_spec(m.spec, m.in, fallback);
+// The K-quant of the module's bits when K-quants are on, the row is whole super-blocks, and it
+// is smaller than `legacy`.
+// `reason` "" = the size: "3-bit: 3.4375 bpw instead of Q4_0's 4.5".
+std::optional<GgufChoice> k_choice(const QuantSpec& spec, int64_t in, const GgufTypes& types, const GgufChoice& legacy,
+                                   const std::string& reason) {
+  const auto k = k_quant_for_bits(spec.bits);
+  if (!types.k_quants || !k || in % kKQuantBlock != 0 || !(type_bpw(*k) < type_bpw(legacy.type))) return std::nullopt;
+  const int64_t gw = group_width(in, spec.group_size);
+  const std::string why = !reason.empty() ? reason
+                                          : fmt::format("{}-bit{}: {:g} bpw instead of {}'s {:g}", spec.bits,
+                                                        gw != kQK ? fmt::format(" g{}", gw) : std::string(), type_bpw(*k),
+                                                        io::ggml_type_traits(legacy.type).name, type_bpw(legacy.type));
+  return GgufChoice{*k, "requantized", why};
+}
+
+}  // namespace
+
+GgufChoice gguf_choice_for_spec(const QuantSpec& spec, int64_t in, const GgufTypes& types) {
+  const GgmlType fallback = types.fallback;
+  if (fallback != GgmlType::F32 && fallback != GgmlType::F16 && fallback != GgmlType::Q8_0)
+    throw InputError(std::string("GGUF fallback type ") + io::ggml_type_traits(fallback).name +
+                     " (F32, F16 or Q8_0 accepted)");
+  const GgufChoice legacy = legacy_choice(spec, in, fallback);
+  // The mapping: 4/5-bit groups of 32 keep their exact legacy types; 2/3/6 bits, other
+  // groups and what no legacy type holds take the K-quant where it is smaller.
+  const int64_t gw = group_width(in, spec.group_size);
+  const bool k_wanted = spec.bits == 2 || spec.bits == 3 || spec.bits == 6 || gw != kQK || !util::starts_with(legacy.how, "exact");
+  if (k_wanted)
+    if (auto k = k_choice(spec, in, types, legacy, "")) return *k;
+  return legacy;
+}
+
+GgufChoice choose_gguf_type(const UnpackedModule& m, const GgufTypes& types) {
+  GgufChoice c = gguf_choice_for_spec(m.spec, m.in, types);
   if (c.how == "float" || c.how == "requantized") return c;
   const int64_t gw = group_width(m.in, m.spec.group_size);
   for (int64_t j = 0; j < m.in; ++j)
     if (m.g_idx[static_cast<size_t>(j)] != j / gw) {
-      const GgmlType t = fallback;
-      return {t, t == GgmlType::Q8_0 ? "requantized" : "float", "g_idx is not contiguous (act-order)"};
+      const GgufChoice fb{types.fallback, types.fallback == GgmlType::Q8_0 ? "requantized" : "float",
+                          "g_idx is not contiguous (act-order)"};
+      if (auto k = k_choice(m.spec, m.in, types, fb, "g_idx is not contiguous (act-order)")) return *k;
+      return fb;
     }
   int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
   for (int64_t r = 0; r < m.out; ++r) {
@@ -171,7 +227,8 @@ GgufChoice choose_gguf_type(const UnpackedModule& m, GgmlType fallback) {
   return c;
 }
 
-void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::vector<int64_t>& rows_in, uint8_t* dst) {
+void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::vector<int64_t>& rows_in, uint8_t* dst,
+                     const float* importance) {
   const auto rows = identity_if_empty(rows_in, m.out);
   const GgmlType type = c.type;
   const uint64_t rb = io::ggml_row_bytes(type, m.in, "GGUF tensor for '" + m.name + "'");
@@ -184,15 +241,15 @@ void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::ve
   std::vector<float> row(static_cast<size_t>(m.in));
   for (size_t k = 0; k < rows.size(); ++k) {
     dequantize_row(RowCtx{m, rows[k]}, row.data());
-    float_row(row.data(), m.in, type, dst + k * rb);
+    float_row(row.data(), m.in, type, dst + k * rb, importance);
   }
 }
 
 void encode_float(const float* w, int64_t rows_total, int64_t n, GgmlType type, const std::vector<int64_t>& rows_in,
-                  uint8_t* dst) {
+                  uint8_t* dst, const float* importance) {
   const auto rows = identity_if_empty(rows_in, rows_total);
   const uint64_t rb = io::ggml_row_bytes(type, n, "GGUF float tensor");
-  for (size_t k = 0; k < rows.size(); ++k) float_row(w + rows[k] * n, n, type, dst + k * rb);
+  for (size_t k = 0; k < rows.size(); ++k) float_row(w + rows[k] * n, n, type, dst + k * rb, importance);
 }
 
 void dequantize_gguf_row(GgmlType type, const uint8_t* src, int64_t n, float* y) {
@@ -203,6 +260,7 @@ void dequantize_gguf_row(GgmlType type, const uint8_t* src, int64_t n, float* y)
   };
   const auto& tr = io::ggml_type_traits(type);
   if (n % tr.block_elems != 0) throw InputError("GGUF row of " + std::to_string(n) + " weights is not whole blocks");
+  if (is_k_quant(type)) return dequantize_k_row(type, src, n, y);
   switch (type) {
     case GgmlType::F32:
       std::memcpy(y, src, static_cast<size_t>(n) * 4);

@@ -19,6 +19,7 @@
 #include "mpqat/model/loader.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/gguf_blocks.h"
+#include "mpqat/quant/gguf_kquants.h"
 #include "mpqat/quant/gguf_layout.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
@@ -94,7 +95,12 @@ io::GgmlType parse_gguf_float_type(const std::string& s, const std::string& what
   if (l == "f32") return GgmlType::F32;
   if (l == "f16") return GgmlType::F16;
   if (l == "q8_0") return GgmlType::Q8_0;
-  throw InputError(what + " '" + s + "' (accepted: f32, f16, q8_0)");
+  if (l == "q2_k") return GgmlType::Q2_K;
+  if (l == "q3_k") return GgmlType::Q3_K;
+  if (l == "q4_k") return GgmlType::Q4_K;
+  if (l == "q5_k") return GgmlType::Q5_K;
+  if (l == "q6_k") return GgmlType::Q6_K;
+  throw InputError(what + " '" + s + "' (accepted: f32, f16, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k)");
 }
 
 GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufKV>& vocab, const std::string& out,
@@ -135,12 +141,13 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     if (!hf.linear.empty() && f != by_name.end() && f->second->quantized) {
       it.det = f->second;
       auto q = read_packed_linear(folder, qc, *it.det);
-      it.choice = choose_gguf_type(unpack(*q, *it.det), opts.fallback);
+      it.choice = choose_gguf_type(unpack(*q, *it.det), opts);
       it.type = it.choice.type;
       it.spec = spec_str(it.det->spec);
     } else {
       it.type = gguf_float_tensor_type(hf, opts);
-      it.choice = {it.type, "float", ""};
+      const bool rounded = it.type == GgmlType::Q8_0 || is_k_quant(it.type);
+      it.choice = {it.type, rounded ? "quantized" : "float", ""};
       it.spec = hf.shape.size() == 1 ? "f32" : "float";
     }
     if (util::ends_with(hf.linear, "self_attn.q_proj")) it.rows = gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
@@ -157,42 +164,61 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
   rep.predicted_bytes = io::gguf_file_size(kvs, specs);
   rep.tensors.resize(items.size());
 
+  // The importance matrix: one weight per input column of the linears it names.
+  for (const auto& [name, v] : opts.importance)
+    for (const auto& it : items)
+      if (it.hf.linear == name && it.hf.shape.size() == 2 && static_cast<int64_t>(v.size()) != it.hf.shape[1])
+        throw InputError(fmt::format("export gguf: the importance matrix gives {} columns for '{}', which reads {} "
+                                     "(an importance matrix of another model?)",
+                                     v.size(), name, it.hf.shape[1]));
+
   // Pass 2: encode each tensor, read it back through ggml's dequantization, measure the error.
   io::write_gguf(out, kvs, specs, [&](std::size_t i, uint8_t* dst) {
     const Item& it = items[i];
     const auto& sp = specs[i];
     const int64_t rows = sp.ne.size() > 1 ? sp.ne[1] : 1, n = sp.ne[0];
+    const auto imp_it = it.hf.linear.empty() ? opts.importance.end() : opts.importance.find(it.hf.linear);
+    const float* imp = imp_it == opts.importance.end() ? nullptr : imp_it->second.data();
     std::vector<float> ref;  // the checkpoint's weights, rows in source order
     if (!it.values.empty()) {
       ref = it.values;
       encode_float(ref.data(), rows, n, it.type, it.rows, dst);
     } else if (it.det) {
       const auto um = unpack(*read_packed_linear(folder, qc, *it.det), *it.det);
-      encode_unpacked(um, it.choice, it.rows, dst);
+      encode_unpacked(um, it.choice, it.rows, dst, imp);
       ref = dequantize_unpacked(um);
     } else {
       auto t = folder.tensor(it.hf.name, it.hf.shape).contiguous();
       ref.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-      encode_float(ref.data(), rows, n, it.type, it.rows, dst);
+      encode_float(ref.data(), rows, n, it.type, it.rows, dst, imp);
     }
     const uint64_t rb = io::ggml_row_bytes(it.type, n, it.gguf);
     std::vector<float> back(static_cast<size_t>(n));
-    double err = 0.0;
+    double err = 0.0, sq = 0.0, wsq = 0.0, wsum = 0.0;
     for (int64_t k = 0; k < rows; ++k) {
       const int64_t src = it.rows.empty() ? k : it.rows[static_cast<size_t>(k)];
       dequantize_gguf_row(it.type, dst + static_cast<uint64_t>(k) * rb, n, back.data());
       err = std::max(err, max_abs_diff(back, ref.data() + src * n));
+      for (int64_t j = 0; j < n; ++j) {
+        const double e = double(back[j]) - ref[src * n + j];
+        sq += e * e;
+        if (imp) wsq += double(imp[j]) * e * e, wsum += imp[j];
+      }
     }
     auto& r = rep.tensors[i];
     r.gguf_name = it.gguf;
     r.source = it.hf.linear.empty() ? it.hf.name : it.hf.linear;
     r.source_spec = it.spec;
     r.type = io::ggml_type_traits(it.type).name;
-    r.how = it.hf.linear.empty() ? (it.type == GgmlType::Q8_0 ? "requantized" : "float") : it.choice.how;
+    r.how = it.hf.linear.empty() ? (it.type == GgmlType::Q8_0 || is_k_quant(it.type) ? "quantized" : "float")
+                                 : it.choice.how;
     r.why = it.choice.why;
     r.weights = rows * n;
     r.bytes = sp.nbytes();
     r.max_abs_error = err;
+    r.rms_error = std::sqrt(sq / static_cast<double>(std::max<int64_t>(1, rows * n)));
+    r.weighted_rms_error = imp && wsum > 0 ? std::sqrt(wsq / wsum) : 0.0;  // column weights normalised to mean 1
+    r.imatrix = imp != nullptr && is_k_quant(it.type);
     r.block_linear = !it.hf.linear.empty();
   });
   rep.file_bytes = fs::file_size(out);
@@ -207,11 +233,12 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
 }
 
 std::string format_gguf_report(const GgufExportReport& r) {
-  std::string s = fmt::format("{:<28} {:<12} {:<6} {:<24} {:>10} {:>12}\n", "tensor", "checkpoint", "type", "conversion",
-                              "bytes", "max |err|");
+  std::string s = fmt::format("{:<28} {:<12} {:<6} {:<24} {:>10} {:>12} {:>12}\n", "tensor", "checkpoint", "type",
+                              "conversion", "bytes", "max |err|", "rms err");
   for (const auto& t : r.tensors) {
-    s += fmt::format("{:<28} {:<12} {:<6} {:<24} {:>10} {:>12.3e}{}\n", t.gguf_name, t.source_spec, t.type, t.how,
-                     t.bytes, t.max_abs_error, t.why.empty() ? "" : "  (" + t.why + ")");
+    s += fmt::format("{:<28} {:<12} {:<6} {:<24} {:>10} {:>12.3e} {:>12.3e}{}\n", t.gguf_name, t.source_spec, t.type,
+                     t.how + (t.imatrix ? " (imatrix)" : ""), t.bytes, t.max_abs_error, t.rms_error,
+                     t.why.empty() ? "" : "  (" + t.why + ")");
   }
   s += fmt::format("{}: {} bytes ({} predicted), {:.3f} bpw over all weights; block linears {:.3f} bpw "
                    "(all bytes of their GGUF blocks / their weights)\n",

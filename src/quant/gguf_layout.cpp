@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "mpqat/quant/gguf_kquants.h"
 #include "mpqat/util/error.h"
 #include "mpqat/util/strings.h"
 
@@ -18,9 +19,16 @@ constexpr int64_t kBlock = 32;  // weights per block of Q4_0 ... Q8_0
 }  // namespace
 
 void check_gguf_types(const GgufTypes& t) {
-  for (GgmlType x : {t.float_type, t.embedding_type, t.fallback})
-    if (x != GgmlType::F32 && x != GgmlType::F16 && x != GgmlType::Q8_0)
-      throw InputError(std::string("export gguf: type ") + io::ggml_type_traits(x).name + " (f32, f16, q8_0 accepted)");
+  auto plain = [](GgmlType x) { return x == GgmlType::F32 || x == GgmlType::F16 || x == GgmlType::Q8_0; };
+  if (!plain(t.float_type) && !is_k_quant(t.float_type))
+    throw InputError(std::string("export gguf: float type ") + io::ggml_type_traits(t.float_type).name +
+                     " (f32, f16, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k accepted)");
+  if (!plain(t.embedding_type) && t.embedding_type != GgmlType::Q6_K)
+    throw InputError(std::string("export gguf: embedding type ") + io::ggml_type_traits(t.embedding_type).name +
+                     " (f32, f16, q8_0, q6_k accepted)");
+  if (!plain(t.fallback))
+    throw InputError(std::string("export gguf: fallback type ") + io::ggml_type_traits(t.fallback).name +
+                     " (f32, f16, q8_0 accepted)");
 }
 
 std::string gguf_tensor_name(const std::string& hf) {
@@ -71,12 +79,11 @@ void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir)
 
 GgmlType gguf_float_tensor_type(const model::HfTensor& t, const GgufTypes& types) {
   if (t.shape.size() == 1) return GgmlType::F32;  // norms: llama.cpp computes them in F32
-  const bool whole_blocks = t.shape[1] % kBlock == 0;
-  if (t.linear.empty()) {  // embedding / output: Q8_0 needs whole blocks
-    if (whole_blocks) return types.embedding_type;
-    return types.embedding_type == GgmlType::F32 ? GgmlType::F32 : GgmlType::F16;
-  }
-  return types.float_type == GgmlType::Q8_0 && !whole_blocks ? GgmlType::F16 : types.float_type;
+  const int64_t n = t.shape[1];
+  const GgmlType want = t.linear.empty() ? types.embedding_type : types.float_type;
+  if (is_k_quant(want) && n % kKQuantBlock != 0) return n % kBlock == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+  if (want == GgmlType::Q8_0 && n % kBlock != 0) return GgmlType::F16;
+  return want;
 }
 
 std::vector<io::GgufKV> gguf_metadata(const model::ModelConfig& cfg, const std::string& name, bool quantized,

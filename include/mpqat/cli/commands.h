@@ -30,6 +30,7 @@ void add_eval_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_imatrix_command(CLI::App& app);
 void add_similarity_command(CLI::App& app);
 void add_wizard_command(CLI::App& app);
 void add_launch_command(CLI::App& app);  // also registers the hidden `dist-check`

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,10 @@ namespace mpqat::quant {
 struct GgufExportOptions : GgufTypes {
   std::string name;  // general.name ("" = gguf_default_name: the base model folder's name)
   bool force = false;                               // replace an existing output file
+  // The K-quant search's column weights: Hugging Face linear name ("model.layers.0.mlp.up_proj")
+  // -> per input column E[x^2] (an importance matrix, sensitivity/imatrix.h). A linear without
+  // an entry is requantized with equal column weights.
+  std::map<std::string, std::vector<float>> importance;
 };
 
 // One tensor of the exported file.
@@ -30,6 +35,11 @@ struct GgufTensorReport {
   int64_t weights = 0;
   uint64_t bytes = 0;
   double max_abs_error = 0.0;  // max |GGUF weight - checkpoint weight| (after ggml's dequantization)
+  // sqrt(mean (GGUF weight - checkpoint weight)^2), and the same weighted by the importance of
+  // each column (E[x^2]) when one was given: the output error per token a requantization adds.
+  double rms_error = 0.0;
+  double weighted_rms_error = 0.0;
+  bool imatrix = false;  // a K-quant searched with the importance matrix's column weights
   bool block_linear = false;
 };
 

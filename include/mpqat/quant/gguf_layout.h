@@ -19,13 +19,7 @@
 
 namespace mpqat::quant {
 
-// The types an export uses where the checkpoint does not decide (docs/gguf.md).
-struct GgufTypes {
-  io::GgmlType float_type = io::GgmlType::F16;      // linears of a float checkpoint: F32, F16, Q8_0
-  io::GgmlType embedding_type = io::GgmlType::F16;  // token_embd.weight / output.weight: F32, F16, Q8_0
-  io::GgmlType fallback = io::GgmlType::F16;        // packed modules no block type holds: F32, F16, Q8_0
-};
-// Throws InputError unless every type is F32, F16 or Q8_0.
+// Throws InputError for a type outside those lists.
 void check_gguf_types(const GgufTypes& t);
 
 // llama.cpp's name for a Hugging Face Llama tensor ("" when it has none).
@@ -37,7 +31,9 @@ std::vector<int64_t> gguf_rope_row_order(int64_t heads, int64_t head_dim);
 // exporter does not write (OPT/BERT, Qwen2, biases); `dir` names the input.
 void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir);
 
-// The ggml type of a non-linear tensor (embeddings, norms) and of an unquantized block linear.
+// The ggml type of a non-linear tensor (embeddings, norms) and of an unquantized block linear:
+// the requested type where the row length allows it (32 for Q8_0, 256 for K-quants), else Q8_0
+// (for a K-quant) or F16.
 io::GgmlType gguf_float_tensor_type(const model::HfTensor& t, const GgufTypes& types);
 
 // llama.* and general.* metadata, then the tokenizer's (padded to the embedding's rows with
