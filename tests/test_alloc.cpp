@@ -492,11 +492,11 @@ TEST(AllocTarget, MenuIsWhatTheEngineRuns) {
   o.pins = {{"model.layers.0.", 3}};
   EXPECT_THROW(for_target(o), InputError);
   o.pins.clear();
-  o.target = "llama.cpp";  // the GGUF block types that hold the codes: 4/5/8 bits at g32
+  o.target = "llama.cpp";  // every bit-width: K-quants hold 2/3/6 bits and other groups (rows of 256)
   o.bits = {2, 3, 4, 5, 6, 8, 16};
   auto l = for_target(o);
-  EXPECT_EQ(l.bits, (std::vector<int>{4, 5, 8, 16}));
-  EXPECT_EQ(l.group_sizes, (std::vector<int64_t>{32}));
+  EXPECT_EQ(l.bits, (std::vector<int>{2, 3, 4, 5, 6, 8, 16}));
+  EXPECT_EQ(l.group_sizes, o.group_sizes);
   EXPECT_FALSE(l.sym);
   // ... priced in GGUF bytes only: a safetensors size model is refused (a programming error).
   try {

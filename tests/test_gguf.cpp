@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -634,16 +635,16 @@ TEST(GgufStories, LlamaCppDecodesKQuantsAsMpqatDoes) {
     EXPECT_NE(ex.out.find(row), std::string::npos) << row;
   EXPECT_NE(ex.out.find("(" + std::to_string(fs::file_size(gguf)) + " predicted)"), std::string::npos);
 
-  // The float copy: the model's tensors, each block linear replaced by its GGUF decoding.
+  // The float copy: the model's tensors replaced by their GGUF decoding (the embeddings as the
+  // checkpoint's fp16 values, the linears as ggml decodes their blocks).
   const auto deq = work / "decoded";
   const auto h = io::read_gguf_header(gguf);
   rewrite_model(rnd, deq, [&](const std::string& name, std::vector<float>& w, int64_t) {
     const std::string gname = quant::gguf_tensor_name(name);
-    if (name.find("_proj.weight") == std::string::npos) return;
     for (std::size_t gi = 0; gi < h.tensors.size(); ++gi) {
       const auto& ts = h.tensors[gi];
       if (ts.name != gname) continue;
-      const int64_t n = ts.ne[0], rows = ts.ne[1];
+      const int64_t n = ts.ne[0], rows = ts.ne.size() > 1 ? ts.ne[1] : 1;
       const auto bytes = io::read_gguf_tensor(gguf, h, gi);
       const uint64_t rb = io::ggml_row_bytes(ts.type, n, gname);
       std::vector<int64_t> order;  // GGUF row k holds Hugging Face row order[k]
@@ -661,6 +662,19 @@ TEST(GgufStories, LlamaCppDecodesKQuantsAsMpqatDoes) {
   // |log p difference| 0.003, max 0.22; the same model's legacy export (--k-quants off: Q4_0 ...
   // Q8_0, whose layouts the tests above check) against its checkpoint: median 0.014, max 0.14.
   // A misplaced code or scale scrambles whole sub-blocks: differences of order 1 everywhere.
+  // `export gguf --decoded-out` writes the same float model.
+  const auto dec2 = work / "decoded2";
+  ASSERT_EQ(mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + (work / "k2.gguf").string() +
+                                      "' --embeddings f32 --decoded-out '" + dec2.string() + "'")
+                .code,
+            0);
+  {
+    const io::SafetensorsFile a((deq / "model.safetensors").string()), b((dec2 / "model.safetensors").string());
+    EXPECT_EQ(a.names().size(), b.names().size());
+    for (const auto& name : a.names())
+      EXPECT_EQ(std::memcmp(a.data(name), b.data(name), a.info(name).nbytes()), 0) << name;
+  }
+
   EngineComparison cmp;
   if (!compare_greedy(deq, gguf, "Once upon a time", &cmp, 0.05)) GTEST_SKIP() << "llama.cpp unavailable";
   EXPECT_GE(cmp.positions, 24);
@@ -799,6 +813,51 @@ TEST(GgufStories, AllocatorPredictsTheExportedFileForTheLlamaCppTarget) {
     EXPECT_NE(ex.out.find(sym ? "Q5_0" : "Q5_1"), std::string::npos) << ex.out;
     EXPECT_NE(ex.out.find("Q8_0"), std::string::npos) << ex.out;
   }
+}
+
+// The same for K-quants: on a model whose rows are multiples of 256 the llama.cpp menu holds
+// 2/3/6 bits and groups of 128 as Q2_K / Q3_K / Q6_K / Q4_K ...; QBO prices them in those bytes
+// and the exported file has the predicted size to the byte.
+TEST(GgufStories, AllocatorPredictsKQuantExportsForTheLlamaCppTarget) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K's tokenizer needed";
+  const auto work = tmpdir("kalloc");
+  auto cfg = model::random_model_shape("tiny");
+  cfg.num_hidden_layers = 2;
+  cfg.hidden_size = 256;
+  cfg.intermediate_size = 512;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.head_dim = 64;
+  cfg.vocab_size = 512;
+  model::RandomModelOptions ro;
+  ro.tokenizer_from = dir.string();
+  const auto m = work / "m";
+  model::write_random_model(m.string(), cfg, ro);
+  nlohmann::json sens = {{"version", 1}, {"modules", nlohmann::json::object()}};
+  std::mt19937 rng(9);
+  for (const auto& t : model::llama_tensors(cfg))
+    if (!t.linear.empty()) sens["modules"][t.linear] = {{"score", 0.5 + std::uniform_real_distribution<double>(0, 1)(rng)}};
+  std::ofstream(work / "sens.json") << sens.dump();
+  // Between all-Q3_K and all-Q4_K linears (about 3.44 and 4.5 bpw of 1.2M weights).
+  const auto plan = work / "plan.json";
+  const auto al = mpqat::testing::run_mpqat("allocate --model '" + m.string() + "' --sensitivity '" +
+                                            (work / "sens.json").string() +
+                                            "' --method qbo --bits 2,3,4,5,6,8 --group-sizes 32,128 --budget bytes=1250000 "
+                                            "--target llama.cpp --out '" + plan.string() + "' --json");
+  ASSERT_EQ(al.code, 0) << al.err;
+  const auto summary = nlohmann::json::parse(al.out);
+  const auto q = work / "q";
+  ASSERT_EQ(mpqat::testing::run_mpqat("quantize '" + m.string() + "' --plan '" + plan.string() + "' --method rtn --out '" +
+                                      q.string() + "'")
+                .code,
+            0);
+  const auto gguf = work / "k.gguf";
+  const auto ex = mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + gguf.string() + "'");
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  EXPECT_EQ(fs::file_size(gguf), summary.at("predicted_bytes").get<uint64_t>()) << ex.out;
+  EXPECT_LE(fs::file_size(gguf), 1250000u);
+  EXPECT_NE(ex.out.find("_K "), std::string::npos) << "no K-quant in the plan: " << ex.out;
 }
 
 // general.name's default names the base model's folder however the path is written, so

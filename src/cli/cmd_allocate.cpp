@@ -48,8 +48,8 @@ void add_allocate_command(CLI::App& app) {
   sub->add_flag("--no-sgra", o->no_sgra, "do not write SGRA settings");
   sub->add_option("--target", o->target,
                   "engine the checkpoint is for: mpqat, gptqmodel (2/3/4/8 bits), vllm (symmetric 4/8 bits, "
-                  "groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (4/5/8 bits g32, sized as the GGUF "
-                  "file `mpqat export gguf` writes); the menu is restricted to it")
+                  "groups -1/32/64/128, q/k/v and gate/up tied), llama.cpp (every option priced in the bytes "
+                  "of the GGUF type `mpqat export gguf` gives it: K-quants for 2/3/6 bits on rows of 256); the menu is restricted to it")
       ->capture_default_str();
   sub->add_flag("--allow-modelled-omega", o->allow_modelled,
                 "qbo/mpq: model omegas the sensitivity file lacks from the score instead of refusing");

@@ -30,6 +30,7 @@ void add_export_command(CLI::App& app) {
     std::string dir, out, embeddings = "f16", float_type = "f16", fallback = "f16", name, k_quants = "on", imatrix,
         calib;
     int64_t samples = 128, seqlen = 512;
+    std::string decoded_out;
     bool force = false;
   };
   auto o = std::make_shared<Opts>();
@@ -57,6 +58,9 @@ void add_export_command(CLI::App& app) {
                 "measure the importance matrix on this calibration text first (on CKPT itself), instead of --imatrix");
   g->add_option("--samples", o->samples, "with --calib: windows")->capture_default_str();
   g->add_option("--seqlen", o->seqlen, "with --calib: tokens per window")->capture_default_str();
+  g->add_option("--decoded-out", o->decoded_out,
+                "also write the float model the GGUF file decodes to (what llama.cpp computes with) as a Hugging "
+                "Face folder, for measuring it with mpqat eval");
   g->add_option("--name", o->name, "general.name (default: the base model folder's name, from the checkpoint's provenance)");
   g->add_flag("--force", o->force, "replace an existing output file")->capture_default_str();
   g->callback([o] {
@@ -79,6 +83,10 @@ void add_export_command(CLI::App& app) {
     const auto vocab = gguf_vocab_of_folder(o->dir, "export gguf");
     const auto rep = quant::export_gguf(o->dir, vocab, o->out, opts);
     std::cout << quant::format_gguf_report(rep);
+    if (!o->decoded_out.empty()) {
+      quant::decode_gguf_to_folder(o->out, o->dir, o->decoded_out);
+      std::cout << "decoded float model: " << o->decoded_out << "\n";
+    }
   });
 }
 

@@ -15,9 +15,10 @@ const std::vector<EngineMenu>& engine_table() {
       {Engine::Mpqat, "mpqat", {2, 3, 4, 5, 6, 8}, {32, 64, 128, 256, -1}, false, false, false, true},
       {Engine::GptqModel, "gptqmodel", {2, 3, 4, 8}, {32, 64, 128, 256, -1}, false, false, false, true},
       {Engine::Vllm, "vllm", {4, 8}, {32, 64, 128, -1}, true, true, true, true, true},
-      // GGUF block types that hold the codes (quant/gguf_blocks.h): 4/5-bit g32 -> Q4_x/Q5_x,
-      // 8-bit -> Q8_0; 2/3/6 bits would be stored in a 4/8-bit type (no K-quants yet).
-      {Engine::LlamaCpp, "llama.cpp", {4, 5, 8}, {32}, false, false, false, false, true},
+      // GGUF (quant/gguf_blocks.h): 4/5-bit g32 -> Q4_x/Q5_x and 8-bit -> Q8_0 hold the codes;
+      // 2/3/6 bits and other groups -> the K-quants (rows of a multiple of 256), else a legacy
+      // type of more bits. The allocator prices every option in the bytes of the type it gets.
+      {Engine::LlamaCpp, "llama.cpp", {2, 3, 4, 5, 6, 8}, {32, 64, 128, 256, -1}, false, false, false, false, true},
   };
   return t;
 }

@@ -21,7 +21,9 @@
 #include "mpqat/quant/gguf_blocks.h"
 #include "mpqat/quant/gguf_kquants.h"
 #include "mpqat/quant/gguf_layout.h"
+#include "mpqat/io/safetensors.h"
 #include "mpqat/util/error.h"
+#include "mpqat/util/folder_writer.h"
 #include "mpqat/util/strings.h"
 
 namespace mpqat::quant {
@@ -230,6 +232,52 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     }
   }
   return rep;
+}
+
+void decode_gguf_to_folder(const std::string& gguf, const std::string& source_dir, const std::string& out) {
+  const model::ModelFolder folder(source_dir);
+  const auto& cfg = folder.config();
+  const auto h = io::read_gguf_header(gguf);
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < h.tensors.size(); ++i) index[h.tensors[i].name] = i;
+  std::vector<std::vector<float>> values;
+  std::vector<io::TensorToWrite> tensors;
+  for (const auto& t : model::llama_tensors(cfg)) {
+    const std::string g = gguf_tensor_name(t.name);
+    const auto it = index.find(g);
+    if (it == index.end()) throw InputError("decode '" + gguf + "': no tensor " + g + " (for " + t.name + ")");
+    const auto& spec = h.tensors[it->second];
+    const int64_t n = spec.ne[0], rows = spec.ne.size() > 1 ? spec.ne[1] : 1;
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    if (rows * n != numel)
+      throw InputError(fmt::format("decode '{}': {} holds {} values, {} needs {}", gguf, g, rows * n, t.name, numel));
+    std::vector<int64_t> order;  // GGUF row k holds Hugging Face row order[k]
+    if (util::ends_with(t.linear, "self_attn.q_proj")) order = gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
+    if (util::ends_with(t.linear, "self_attn.k_proj")) order = gguf_rope_row_order(cfg.num_key_value_heads, cfg.head_dim);
+    const auto bytes = io::read_gguf_tensor(gguf, h, it->second);
+    const uint64_t rb = io::ggml_row_bytes(spec.type, n, g);
+    std::vector<float> w(static_cast<size_t>(rows * n));
+    for (int64_t k = 0; k < rows; ++k) {
+      const int64_t r = order.empty() ? k : order[static_cast<size_t>(k)];
+      dequantize_gguf_row(spec.type, bytes.data() + k * rb, n, w.data() + r * n);
+    }
+    values.push_back(std::move(w));
+    tensors.push_back({t.name, io::DType::F32, t.shape, values.back().data(), values.back().size() * sizeof(float)});
+  }
+  nlohmann::json config = nlohmann::json::parse(util::read_file((fs::path(source_dir) / "config.json").string()));
+  config.erase("quantization_config");
+  config["torch_dtype"] = "float32";
+  util::write_folder_atomic(
+      out,
+      [&](const std::string& tmp) {
+        io::write_safetensors((fs::path(tmp) / "model.safetensors").string(), tensors);
+        util::write_file_atomic((fs::path(tmp) / "config.json").string(), config.dump(2) + "\n");
+        for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer.bin",
+                              "special_tokens_map.json", "vocab.txt"})
+          if (fs::exists(fs::path(source_dir) / f)) fs::copy_file(fs::path(source_dir) / f, fs::path(tmp) / f);
+      },
+      "decoded model folder");
 }
 
 std::string format_gguf_report(const GgufExportReport& r) {

@@ -7,8 +7,9 @@
 //   vllm       vLLM's GPTQ (Marlin) path: symmetric 4/8 bits, groups -1/32/64/128, q/k/v and
 //              gate/up of a layer at the same spec (vLLM fuses them into qkv_proj, gate_up_proj)
 //   llama.cpp  GGUF, not this layout: `mpqat export gguf` (docs/gguf.md) converts a checkpoint;
-//              4/5/8 bits at g32 (the block types that hold the codes), rows of whole 32-weight
-//              blocks; the allocator prices it in GGUF bytes (alloc::GgufSizing)
+//              4/5/8 bits at g32 in the block types that hold the codes, 2/3/6 bits and other
+//              groups as K-quants (rows of a multiple of 256) or a legacy type of more bits;
+//              the allocator prices every option in GGUF bytes (alloc::GgufSizing)
 #pragma once
 
 #include <cstdint>

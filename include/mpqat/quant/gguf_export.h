@@ -63,6 +63,13 @@ struct GgufExportReport {
 GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufKV>& vocab, const std::string& out,
                              const GgufExportOptions& opts = {});
 
+// The float model a GGUF file written by export_gguf from `source_dir` computes with: every
+// tensor of the file dequantized as ggml does (q/k rows back in Hugging Face order), written as
+// a Hugging Face float folder `out` (F32 safetensors, source_dir's config.json without its
+// quantization_config, its tokenizer files), atomically. For measuring in mpqat what llama.cpp
+// will run (perplexity, tasks). Throws InputError when the file lacks a tensor the model needs.
+void decode_gguf_to_folder(const std::string& gguf, const std::string& source_dir, const std::string& out);
+
 // The per-tensor table and the summary lines, as `mpqat export gguf` prints them.
 std::string format_gguf_report(const GgufExportReport& r);
 
