@@ -860,6 +860,52 @@ TEST(GgufStories, AllocatorPredictsKQuantExportsForTheLlamaCppTarget) {
   EXPECT_NE(ex.out.find("_K "), std::string::npos) << "no K-quant in the plan: " << ex.out;
 }
 
+// `mpqat run` with output.formats gguf on rows of 256: the 3-bit modules go to Q3_K, searched
+// with the importance matrix measured on the checkpoint (imatrix.json in the run folder), and
+// the report's export entry is the file's.
+TEST(GgufStories, RunWritesAKQuantGgufWithItsImatrix) {
+  const auto dir = stories_folder();
+  if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
+  const auto work = tmpdir("krun");
+  auto cfg = model::random_model_shape("tiny");
+  cfg.num_hidden_layers = 1;
+  cfg.hidden_size = 256;
+  cfg.intermediate_size = 256;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 4;
+  cfg.head_dim = 64;
+  cfg.vocab_size = 512;
+  cfg.max_position_embeddings = 128;
+  model::RandomModelOptions ro;
+  ro.tokenizer_from = dir.string();
+  const auto m = work / "m";
+  model::write_random_model(m.string(), cfg, ro);
+  const std::string text = (work / "calib.txt").string();
+  std::ofstream(text) << std::string(2000, 'a') << " Once upon a time there was a cat.\n";
+  const auto out = work / "run";
+  const auto r = mpqat::testing::run_mpqat(
+      "run " + std::string(MPQAT_SOURCE_DIR) + "/recipes/quickstart.yaml model.path=" + m.string() +
+      " data.calibration.path=" + text + " data.calibration.samples=4 data.calibration.seqlen=64 "
+      "'evaluation.perplexity=[]' evaluation.fp_baseline=false allocation.method=uniform allocation.uniform_bits=3 "
+      "training.method=rtn 'output.formats=[safetensors, gguf]' output.dir=" + out.string());
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  ASSERT_TRUE(fs::exists(out / "imatrix.json"));
+  const auto im = nlohmann::json::parse(mpqat::testing::slurp((out / "imatrix.json").string()));
+  EXPECT_EQ(im.at("tokens").get<int64_t>(), 4 * 64);
+  EXPECT_EQ(im.at("modules").size(), 7u);
+  EXPECT_NE(r.out.find("block linears 3.438 bpw (Q3_K x7)"), std::string::npos) << r.out;
+  const auto rep = nlohmann::json::parse(mpqat::testing::slurp((out / "report.json").string()));
+  EXPECT_EQ(rep.at("exports").at("gguf").at("bytes").get<uint64_t>(), fs::file_size(out / "model.gguf"));
+  EXPECT_EQ(rep["exports"]["gguf"].at("linear_types").at("Q3_K").get<int>(), 7);
+  // The per-tensor table beside it, each Q3_K row with its imatrix mark.
+  const std::string table = mpqat::testing::slurp((out / "gguf_export.txt").string());
+  EXPECT_NE(table.find("Q3_K   requantized (imatrix)"), std::string::npos) << table;
+  const auto h = io::read_gguf_header((out / "model.gguf").string());
+  int k = 0;
+  for (const auto& t : h.tensors) k += t.type == GgmlType::Q3_K;
+  EXPECT_EQ(k, 7);
+}
+
 // general.name's default names the base model's folder however the path is written, so
 // `mpqat allocate --model .` and the export of that model's checkpoint write the same header.
 TEST(Gguf, DefaultNameIsTheBaseModelsFolder) {

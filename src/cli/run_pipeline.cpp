@@ -42,6 +42,7 @@
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/checkpoint.h"
 #include "mpqat/quant/gguf_export.h"
+#include "mpqat/quant/gguf_kquants.h"
 #include "mpqat/quant/inspect.h"
 #include "mpqat/sensitivity/imatrix.h"
 #include "mpqat/sensitivity/run_sensitivity.h"
@@ -667,7 +668,14 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
     // model.gguf from the checkpoint just written (cheap: redone on every run, never stale).
     quant::GgufExportOptions go;
     go.force = true;
-    if (r.flag("output.gguf_imatrix") && run.causal && !run.calib_path.empty()) {
+    // Only K-quant modules are searched: without one, no importance matrix is measured.
+    bool k_quants = false;
+    for (const auto& t : model::llama_tensors(run.cfg)) {
+      const auto m = plan.modules.find(t.linear);
+      if (!t.linear.empty() && m != plan.modules.end() && m->second.quantized())
+        k_quants = k_quants || quant::is_k_quant(quant::gguf_choice_for_spec(m->second.spec(), t.shape[1], go).type);
+    }
+    if (k_quants && r.flag("output.gguf_imatrix") && run.causal && !run.calib_path.empty()) {
       // The K-quant search's column weights, measured on the checkpoint the GGUF file holds.
       data::CalibrationOptions co;
       co.samples = r.integer("data.calibration.samples");
@@ -682,7 +690,10 @@ std::string run_pipeline(const io::Recipe& r, const std::string& out_dir) {
       go.importance = im.modules;
     }
     const auto rep = quant::export_gguf((out / "checkpoint").string(), gguf_vocab, (out / "model.gguf").string(), go);
-    gguf = eval::ReportGguf{rep.path, rep.file_bytes, rep.file_bpw(), rep.linear_bpw()};
+    gguf = eval::ReportGguf{rep.path, rep.file_bytes, rep.file_bpw(), rep.linear_bpw(), {}, "gguf_export.txt"};
+    for (const auto& t : rep.tensors)
+      if (t.block_linear) ++gguf->linear_types[t.type];
+    util::write_file_atomic((out / "gguf_export.txt").string(), quant::format_gguf_report(rep));
     std::cout << fmt::format("# GGUF for llama.cpp: {} ({} bytes; block linears {:.3f} bpw)\n", rep.path,
                              rep.file_bytes, rep.linear_bpw());
   }

@@ -170,6 +170,13 @@ std::vector<std::pair<std::string, std::string>> size_rows(const RunReport& r) {
     size.emplace_back("code bits", fmt::format("{:.3f}", *s.q_bits) +
                                                   (s.fp_bits ? fmt::format(" (FP {:.3g})", *s.fp_bits) : std::string()));
   if (!budget_text(r).empty()) size.emplace_back("budget", budget_text(r));
+  if (r.gguf) {
+    std::string types;
+    for (const auto& [t, n] : r.gguf->linear_types) types += (types.empty() ? "" : ", ") + t + " x" + std::to_string(n);
+    size.emplace_back("GGUF (llama.cpp)", fmt::format("{}: {} bytes, block linears {:.3f} bpw{}", r.gguf->path,
+                                                      r.gguf->bytes, r.gguf->linear_bpw,
+                                                      types.empty() ? "" : " (" + types + ")"));
+  }
   return size;
 }
 

@@ -169,9 +169,12 @@ json to_json(const RunReport& r) {
                 {"seconds", r.e2e->seconds}};
   if (r.gptq)
     j["gptq"] = {{"proxy_loss", r.gptq->proxy_loss}, {"rtn_proxy_loss", r.gptq->rtn_proxy_loss}, {"seconds", r.gptq->seconds}};
-  if (r.gguf)
+  if (r.gguf) {
     j["exports"]["gguf"] = {{"path", r.gguf->path}, {"bytes", r.gguf->bytes}, {"bpw", r.gguf->bpw},
                             {"linear_bpw", r.gguf->linear_bpw}};
+    if (!r.gguf->linear_types.empty()) j["exports"]["gguf"]["linear_types"] = r.gguf->linear_types;
+    if (!r.gguf->table.empty()) j["exports"]["gguf"]["table"] = r.gguf->table;
+  }
   put(j, "data", r.data);
   put(j, "sensitivity_metric", r.sensitivity_metric);
   if (r.calibration_samples || !r.calibration_sampling.empty()) {
@@ -360,9 +363,14 @@ RunReport run_report_from_json(const json& j) {
   if (const json& g = field(j, "gptq"); g.is_object())
     r.gptq = ReportGptq{number(g, "proxy_loss").value_or(kNaN), number(g, "rtn_proxy_loss").value_or(kNaN),
                         number(g, "seconds").value_or(0.0)};
-  if (const json& g = field(field(j, "exports"), "gguf"); g.is_object())
+  if (const json& g = field(field(j, "exports"), "gguf"); g.is_object()) {
     r.gguf = ReportGguf{string_of(field(g, "path")), unsigned_of(g, "bytes").value_or(0),
-                        number(g, "bpw").value_or(kNaN), number(g, "linear_bpw").value_or(kNaN)};
+                        number(g, "bpw").value_or(kNaN), number(g, "linear_bpw").value_or(kNaN), {},
+                        string_of(field(g, "table"))};
+    if (const json& t = field(g, "linear_types"); t.is_object())
+      for (auto it = t.begin(); it != t.end(); ++it)
+        if (it->is_number()) r.gguf->linear_types[it.key()] = it->get<int64_t>();
+  }
   r.data = text_of(field(j, "data"));
   r.sensitivity_metric = text_of(field(j, "sensitivity_metric"));
   r.calibration_samples = integer(field(j, "calibration"), "samples");

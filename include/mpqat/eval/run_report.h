@@ -89,6 +89,8 @@ struct ReportGguf {  // output.formats: [gguf]
   std::string path;
   uint64_t bytes = 0;
   double bpw = 0.0, linear_bpw = 0.0;
+  std::map<std::string, int64_t> linear_types;  // ggml type -> block linears written in it
+  std::string table;  // the export's per-tensor table (gguf_export.txt in the run folder)
 };
 
 struct RunReport {
