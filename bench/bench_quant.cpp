@@ -2,7 +2,7 @@
 // fp32 matmul, packing speed. Llama-7B-shaped weights at g128, a batch of `tokens` rows.
 //
 //   mpqat_bench_quant [--tokens 512] [--reps 5] [--bits 4] [--small] [--device cpu|cuda]
-// Prints a Markdown table (median of reps, ms).
+// Prints a Markdown table (median of reps, ms), then one of the GGUF K-quant encoder (CPU).
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "mpqat/io/gguf.h"
+#include "mpqat/quant/gguf_blocks.h"
 #include "mpqat/quant/quant_linear.h"
 #include "mpqat/quant/quantizer.h"
 #include "mpqat/quant/scheme.h"
@@ -31,6 +33,42 @@ double median_ms(int reps, const std::function<void()>& f, bool cuda) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// GGUF K-quant requantization (the exporter's cost for a 2/3/4/5/6-bit module): encode with and
+// without an importance matrix and ggml's decode, Gaussian weights of one (out x in) matrix, on
+// the intra-op threads; the last column projects the encode time onto Llama-2-7B's 6.48e9 block
+// linear weights.
+void k_quant_table(int64_t out, int64_t in, int reps) {
+  using mpqat::io::GgmlType;
+  auto w = torch::randn({out, in}) * 0.02;
+  auto imp = torch::rand({in}) + 0.1;
+  const float* x = w.data_ptr<float>();
+  std::printf("\nGGUF K-quants, %lldx%lld Gaussian weights, %d threads, median of %d (ms)\n\n", static_cast<long long>(out),
+              static_cast<long long>(in), at::get_num_threads(), reps);
+  std::printf("| type | encode | encode + imatrix | Mweights/s | decode | Llama-2-7B linears, encode (s) |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+    const uint64_t rb = mpqat::io::ggml_row_bytes(t, in, "bench");
+    std::vector<uint8_t> buf(rb * static_cast<uint64_t>(out));
+    std::vector<float> back(static_cast<size_t>(out * in));
+    const double te = median_ms(reps, [&] {
+      mpqat::quant::encode_float(x, out, in, t, {}, buf.data());
+    }, false);
+    const double ti = median_ms(reps, [&] {
+      mpqat::quant::encode_float(x, out, in, t, {}, buf.data(), imp.data_ptr<float>());
+    }, false);
+    const double td = median_ms(reps, [&] {
+      at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          mpqat::quant::dequantize_gguf_row(t, buf.data() + r * rb, in, back.data() + r * in);
+      });
+    }, false);
+    const double mws = static_cast<double>(out * in) / te / 1e3;
+    std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.0f |\n", mpqat::io::ggml_type_traits(t).name, te, ti, mws, td,
+                6.48e9 / (mws * 1e6));
+    std::fflush(stdout);
+  }
 }
 
 }  // namespace
@@ -121,5 +159,6 @@ int main(int argc, char** argv) {
                 static_cast<double>(out * in) / t_pack / 1e3);
     std::fflush(stdout);
   }
+  if (!cuda) k_quant_table(small ? 1024 : 4096, 4096, reps);
   return 0;
 }

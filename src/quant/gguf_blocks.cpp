@@ -1,5 +1,6 @@
 #include "mpqat/quant/gguf_blocks.h"
 
+#include <ATen/Parallel.h>
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -238,18 +239,24 @@ void encode_unpacked(const UnpackedModule& m, const GgufChoice& c, const std::ve
     for (size_t k = 0; k < rows.size(); ++k) exact_row(RowCtx{m, rows[k]}, type, dst + k * rb);
     return;
   }
-  std::vector<float> row(static_cast<size_t>(m.in));
-  for (size_t k = 0; k < rows.size(); ++k) {
-    dequantize_row(RowCtx{m, rows[k]}, row.data());
-    float_row(row.data(), m.in, type, dst + k * rb, importance);
-  }
+  // Rows are independent (K-quants' search is the costly part): the intra-op threads share them.
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 16, [&](int64_t k0, int64_t k1) {
+    std::vector<float> row(static_cast<size_t>(m.in));
+    for (int64_t k = k0; k < k1; ++k) {
+      dequantize_row(RowCtx{m, rows[static_cast<size_t>(k)]}, row.data());
+      float_row(row.data(), m.in, type, dst + static_cast<uint64_t>(k) * rb, importance);
+    }
+  });
 }
 
 void encode_float(const float* w, int64_t rows_total, int64_t n, GgmlType type, const std::vector<int64_t>& rows_in,
                   uint8_t* dst, const float* importance) {
   const auto rows = identity_if_empty(rows_in, rows_total);
   const uint64_t rb = io::ggml_row_bytes(type, n, "GGUF float tensor");
-  for (size_t k = 0; k < rows.size(); ++k) float_row(w + rows[k] * n, n, type, dst + k * rb, importance);
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 16, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      float_row(w + rows[static_cast<size_t>(k)] * n, n, type, dst + static_cast<uint64_t>(k) * rb, importance);
+  });
 }
 
 void dequantize_gguf_row(GgmlType type, const uint8_t* src, int64_t n, float* y) {
