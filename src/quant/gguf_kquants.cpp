@@ -158,7 +158,7 @@ ScaleMin fit_asymmetric(const float* x, const float* w, int n, int qmax) {
   if (!(hi > lo)) return {0.0f, -lo};
   ScaleMin best_sm{(hi - lo) / static_cast<float>(qmax), -lo};
   double best = std::numeric_limits<double>::infinity();
-  std::vector<int> q(static_cast<size_t>(n));
+  std::array<int, 32> q{};  // n <= 32 (sub-blocks of 16 or 32)
   for (int k = -9; k <= 9; ++k) {
     const float iscale = (static_cast<float>(qmax) + 0.1f * static_cast<float>(k)) / (hi - lo);
     double sw = 0, swq = 0, swq2 = 0, swx = 0, swqx = 0;
