@@ -130,8 +130,8 @@ float fit_symmetric(const float* x, const float* w, int n, int lo, int hi) {
   if (amax < 1e-30f) return 0.0f;
   float best_s = 0.0f;
   double best = std::numeric_limits<double>::infinity();
-  for (int k = -9; k <= 9; ++k) {
-    const float iscale = (static_cast<float>(lo) - 0.1f * static_cast<float>(k)) / xm;
+  for (int k = -4; k <= 4; ++k) {
+    const float iscale = (static_cast<float>(lo) - 0.2f * static_cast<float>(k)) / xm;
     double slx = 0, sll = 0;
     for (int i = 0; i < n; ++i) {
       const int l = std::clamp(nearest(iscale * x[i]), lo, hi);
@@ -159,8 +159,8 @@ ScaleMin fit_asymmetric(const float* x, const float* w, int n, int qmax) {
   ScaleMin best_sm{(hi - lo) / static_cast<float>(qmax), -lo};
   double best = std::numeric_limits<double>::infinity();
   std::array<int, 32> q{};  // n <= 32 (sub-blocks of 16 or 32)
-  for (int k = -9; k <= 9; ++k) {
-    const float iscale = (static_cast<float>(qmax) + 0.1f * static_cast<float>(k)) / (hi - lo);
+  for (int k = -4; k <= 4; ++k) {
+    const float iscale = (static_cast<float>(qmax) + 0.2f * static_cast<float>(k)) / (hi - lo);
     double sw = 0, swq = 0, swq2 = 0, swx = 0, swqx = 0;
     for (int i = 0; i < n; ++i) {
       q[i] = std::clamp(nearest(iscale * (x[i] - lo)), 0, qmax);
