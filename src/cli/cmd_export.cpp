@@ -1,5 +1,6 @@
-// `mpqat export gguf CKPT --out model.gguf [--embeddings f16|q8_0|f32] [--float-type f16|f32|q8_0]
-//  [--fallback f16|f32|q8_0] [--name NAME] [--force]`: a checkpoint for llama.cpp (docs/gguf.md).
+// `mpqat export gguf CKPT --out model.gguf [--embeddings f16|q8_0|f32|q6_k] [--float-type f16|f32|q8_0|qN_k]
+//  [--fallback f16|f32|q8_0] [--k-quants on|off] [--imatrix FILE | --calib FILE] [--decoded-out DIR]
+//  [--name NAME] [--force]`: a checkpoint for llama.cpp (docs/gguf.md).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -36,8 +37,9 @@ void add_export_command(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* g = ex->add_subcommand(
       "gguf", "A Llama-family model folder (float or packed mixed-precision) as one GGUF file for llama.cpp: each "
-              "quantized module in the ggml block type that holds its codes (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0), a table of "
-              "what was exact");
+              "quantized module in the ggml block type that holds its codes (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) or, for "
+              "2/3/6 bits and other groups on rows of 256, requantized into Q2_K-Q6_K (importance-weighted with "
+              "--imatrix / --calib); a table of what was exact");
   g->add_option("CKPT", o->dir, "model folder (config.json + safetensors), e.g. an `mpqat quantize` output")->required();
   g->add_option("--out", o->out, "output .gguf file (written atomically)")->required();
   g->add_option("--embeddings", o->embeddings, "token_embd / output type: f16, q8_0, f32, q6_k")->capture_default_str();
