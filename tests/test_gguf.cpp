@@ -553,6 +553,20 @@ TEST(GgufStories, LlamaCppRunsAMixedPlanOf4And5And8Bits) {
 
 namespace {
 
+// A random Llama for the K-quant tests: rows of 256 (hidden 256, 4 heads of 64) and `ffn`, the
+// 512-token vocabulary of stories260K's tokenizer.
+model::ModelConfig k256_config(int64_t layers, int64_t ffn, int64_t kv_heads) {
+  auto cfg = model::random_model_shape("tiny");
+  cfg.num_hidden_layers = layers;
+  cfg.hidden_size = 256;
+  cfg.intermediate_size = ffn;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = kv_heads;
+  cfg.head_dim = 64;
+  cfg.vocab_size = 512;
+  return cfg;
+}
+
 // `dst`: a copy of the float folder `src` (F32 tensors) whose tensors `fn` may change in place
 // (name, values, columns).
 void rewrite_model(const fs::path& src, const fs::path& dst,
@@ -586,14 +600,7 @@ TEST(GgufStories, LlamaCppDecodesKQuantsAsMpqatDoes) {
   const auto dir = stories_folder();
   if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K's tokenizer needed";
   const auto work = tmpdir("kquants");
-  auto cfg = model::random_model_shape("tiny");
-  cfg.num_hidden_layers = 2;
-  cfg.hidden_size = 256;
-  cfg.intermediate_size = 512;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.head_dim = 64;
-  cfg.vocab_size = 512;
+  auto cfg = k256_config(2, 512, 2);
   model::RandomModelOptions ro;
   ro.dtype = io::DType::F32;
   ro.std = 0.05;
@@ -680,14 +687,7 @@ TEST(GgufStories, ImatrixIsTheMeanSquareOfEachInputColumn) {
   const auto dir = stories_folder();
   if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K's tokenizer needed";
   const auto work = tmpdir("imatrix");
-  auto cfg = model::random_model_shape("tiny");
-  cfg.num_hidden_layers = 1;
-  cfg.hidden_size = 256;
-  cfg.intermediate_size = 256;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 4;
-  cfg.head_dim = 64;
-  cfg.vocab_size = 512;
+  auto cfg = k256_config(1, 256, 4);
   cfg.max_position_embeddings = 64;
   model::RandomModelOptions ro;
   ro.dtype = io::DType::F32;
@@ -811,14 +811,7 @@ TEST(GgufStories, AllocatorPredictsKQuantExportsForTheLlamaCppTarget) {
   const auto dir = stories_folder();
   if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K's tokenizer needed";
   const auto work = tmpdir("kalloc");
-  auto cfg = model::random_model_shape("tiny");
-  cfg.num_hidden_layers = 2;
-  cfg.hidden_size = 256;
-  cfg.intermediate_size = 512;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.head_dim = 64;
-  cfg.vocab_size = 512;
+  auto cfg = k256_config(2, 512, 2);
   model::RandomModelOptions ro;
   ro.tokenizer_from = dir.string();
   const auto m = work / "m";
@@ -856,14 +849,7 @@ TEST(GgufStories, RunWritesAKQuantGgufWithItsImatrix) {
   const auto dir = stories_folder();
   if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
   const auto work = tmpdir("krun");
-  auto cfg = model::random_model_shape("tiny");
-  cfg.num_hidden_layers = 1;
-  cfg.hidden_size = 256;
-  cfg.intermediate_size = 256;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 4;
-  cfg.head_dim = 64;
-  cfg.vocab_size = 512;
+  auto cfg = k256_config(1, 256, 4);
   cfg.max_position_embeddings = 128;
   model::RandomModelOptions ro;
   ro.tokenizer_from = dir.string();

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "mpqat/cli/commands.h"
+#include "mpqat/dist/communicator.h"
 #include "mpqat/model/block_source.h"
 #include "mpqat/sensitivity/imatrix.h"
 
@@ -14,7 +15,7 @@ namespace mpqat::cli {
 
 void add_imatrix_command(CLI::App& app) {
   struct Opts {
-    std::string model, calib, out, device = "cpu", memory_limit = "auto";
+    std::string model, calib, out, device = "auto", memory_limit = "auto";
     int64_t samples = 128, seqlen = 512;
     uint64_t seed = 0;
   };
@@ -28,7 +29,7 @@ void add_imatrix_command(CLI::App& app) {
   sub->add_option("--samples", o->samples, "calibration windows")->capture_default_str();
   sub->add_option("--seqlen", o->seqlen, "tokens per window")->capture_default_str();
   sub->add_option("--seed", o->seed, "window sampling seed")->capture_default_str();
-  sub->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
+  sub->add_option("--device", o->device, "auto, cpu or cuda (one block at a time on it)")->capture_default_str();
   sub->add_option("--memory-limit", o->memory_limit, "stream blocks past this many bytes (auto: 80% of free)")
       ->capture_default_str();
   sub->callback([o] {
@@ -36,8 +37,9 @@ void add_imatrix_command(CLI::App& app) {
     co.samples = o->samples;
     co.seqlen = o->seqlen;
     co.seed = o->seed;
+    const auto comm = dist::Communicator::from_env();
     model::StreamingOptions st;
-    st.device = torch::Device(o->device == "cuda" ? torch::kCUDA : torch::kCPU);
+    st.device = dist::resolve_device(o->device, *comm, "--device");
     st.memory_limit = model::parse_memory_limit(o->memory_limit, "--memory-limit");
     st.limit_key = "--memory-limit";
     const auto m = sensitivity::importance_of_folder(o->model, o->calib, co, st);

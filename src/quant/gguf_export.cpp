@@ -152,8 +152,7 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
       it.choice = {it.type, rounded ? "quantized" : "float", ""};
       it.spec = hf.shape.size() == 1 ? "f32" : "float";
     }
-    if (util::ends_with(hf.linear, "self_attn.q_proj")) it.rows = gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
-    if (util::ends_with(hf.linear, "self_attn.k_proj")) it.rows = gguf_rope_row_order(cfg.num_key_value_heads, cfg.head_dim);
+    it.rows = gguf_row_order(cfg, hf);
     items.push_back(std::move(it));
     return items.back().type;
   });
@@ -212,8 +211,7 @@ GgufExportReport export_gguf(const std::string& dir, const std::vector<io::GgufK
     r.source = it.hf.linear.empty() ? it.hf.name : it.hf.linear;
     r.source_spec = it.spec;
     r.type = io::ggml_type_traits(it.type).name;
-    r.how = it.hf.linear.empty() ? (it.type == GgmlType::Q8_0 || is_k_quant(it.type) ? "quantized" : "float")
-                                 : it.choice.how;
+    r.how = it.choice.how;
     r.why = it.choice.why;
     r.weights = rows * n;
     r.bytes = sp.nbytes();
@@ -252,9 +250,7 @@ void decode_gguf_to_folder(const std::string& gguf, const std::string& source_di
     for (int64_t d : t.shape) numel *= d;
     if (rows * n != numel)
       throw InputError(fmt::format("decode '{}': {} holds {} values, {} needs {}", gguf, g, rows * n, t.name, numel));
-    std::vector<int64_t> order;  // GGUF row k holds Hugging Face row order[k]
-    if (util::ends_with(t.linear, "self_attn.q_proj")) order = gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
-    if (util::ends_with(t.linear, "self_attn.k_proj")) order = gguf_rope_row_order(cfg.num_key_value_heads, cfg.head_dim);
+    const auto order = gguf_row_order(cfg, t);  // GGUF row k holds Hugging Face row order[k]
     const auto bytes = io::read_gguf_tensor(gguf, h, it->second);
     const uint64_t rb = io::ggml_row_bytes(spec.type, n, g);
     std::vector<float> w(static_cast<size_t>(rows * n));

@@ -66,6 +66,12 @@ std::vector<int64_t> gguf_rope_row_order(int64_t heads, int64_t head_dim) {
   return rows;
 }
 
+std::vector<int64_t> gguf_row_order(const model::ModelConfig& cfg, const model::HfTensor& t) {
+  if (util::ends_with(t.linear, "self_attn.q_proj")) return gguf_rope_row_order(cfg.num_attention_heads, cfg.head_dim);
+  if (util::ends_with(t.linear, "self_attn.k_proj")) return gguf_rope_row_order(cfg.num_key_value_heads, cfg.head_dim);
+  return {};
+}
+
 void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir) {
   if (cfg.family != model::Family::Llama)
     throw NotImplementedError("export gguf of '" + dir + "': the " + cfg.architecture +

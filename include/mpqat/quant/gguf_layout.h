@@ -27,6 +27,9 @@ std::string gguf_tensor_name(const std::string& hf);
 // Rows of q (or k) in the order llama.cpp's RoPE expects (Hugging Face keeps each head's two
 // rotary halves apart, GGUF interleaves them as Meta's original weights did).
 std::vector<int64_t> gguf_rope_row_order(int64_t heads, int64_t head_dim);
+// The row order of tensor `t` in the file: gguf_rope_row_order for q_proj / k_proj, else empty
+// (identity). Row k of the GGUF tensor is Hugging Face row order[k].
+std::vector<int64_t> gguf_row_order(const model::ModelConfig& cfg, const model::HfTensor& t);
 // Throws NotImplementedError for what the llama architecture of llama.cpp would need and the
 // exporter does not write (OPT/BERT, Qwen2, biases); `dir` names the input.
 void check_gguf_supported(const model::ModelConfig& cfg, const std::string& dir);
