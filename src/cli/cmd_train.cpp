@@ -39,7 +39,7 @@ struct TrainOpts {
   int64_t samples = 0, seqlen = 0, batch = 0, seed = 0, e2e_batch = 0, timeout_s = 0;
   int epochs = 0, patience = 0, e2e_epochs = 0;
   double lr_w = 0, lr_q = 0, min_lr = 0, val = 0, e2e_lr = 0, e2e_clip = 0, e2e_warmup = 0, gptq_damp = 0;
-  bool gptq_act_order = false;
+  bool gptq_act_order = false, gptq_train_scales = false;
   bool e2e = false, no_sgra = false, train_norm = false, no_resume = false, keep_state = false, force = false;
   std::vector<std::string> overrides;
 };
@@ -152,6 +152,9 @@ void add_train_command(CLI::App& app) {
       "training.init", text(&o->init));
   map(sub->add_flag("--gptq-act-order", o->gptq_act_order, "--init gptq: act-order (with static groups)"),
       "training.gptq.act_order", [] { return std::string("true"); });
+  map(sub->add_flag("--gptq-train-scales", o->gptq_train_scales,
+                    "--init gptq: also train GPTQ's scales and zeros (off: they stay GPTQ's)"),
+      "training.gptq.train_scales", [] { return std::string("true"); });
   map(sub->add_option("--gptq-damp", o->gptq_damp, "--init gptq: damping relative to mean(diag H)"),
       "training.gptq.damp", num(&o->gptq_damp));
   map(sub->add_flag("--no-resume", o->no_resume, "start over even when the state folder holds progress"),

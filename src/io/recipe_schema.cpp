@@ -195,6 +195,9 @@ std::vector<KeySpec> training_keys() {
     key("training.gptq.static_groups", K::Bool, "false",
         "with act_order: groups fixed on the original column order (contiguous groups)"),
     key("training.gptq.block_columns", K::Int, "128", "GPTQ lazy-batch width in columns", {}, 1.0),
+    key("training.gptq.train_scales", K::Bool, "false",
+        "Block-AP from GPTQ (training.init: gptq): also train GPTQ's scales and zeros (off: only the "
+        "weights train; training the scales undoes GPTQ's start)"),
     key("training.cache_dtype", K::String, "float16", "dtype of cached block inputs/targets",
         {"float16", "bfloat16", "float32"}),
     key("training.cache_memory_limit", K::String, "8GiB",

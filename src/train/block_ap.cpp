@@ -64,6 +64,7 @@ struct Trainable {
     std::string name;
     quant::FakeQuantLinearPtr fq;
     double lr_scale = 1;
+    bool train_quantizer = true;  // scale and zero trained (false: GPTQ's stay)
   };
   std::vector<Module> modules;
   std::vector<torch::Tensor> norms;
@@ -72,6 +73,7 @@ struct Trainable {
     std::vector<torch::Tensor> v;
     for (const auto& m : modules) {
       v.push_back(m.fq->weight);
+      if (!m.train_quantizer) continue;
       v.push_back(m.fq->scale);
       if (m.fq->zero.requires_grad()) v.push_back(m.fq->zero);
     }
@@ -183,8 +185,9 @@ json fingerprint(const model::ModelFolder& folder, const quant::BitPlan& plan, c
           {"options", fmt::format("e{} p{} sgra{} b{} lw{} lq{} r{} norm{} clip{} val{} seed{} dt{}{}{}", o.epochs, o.patience,
                                   o.use_sgra, o.batch_size, o.lr_weights, o.lr_quant, o.min_lr_ratio, o.train_norm,
                                   o.init.clip_search, o.val_fraction, o.seed, static_cast<int>(o.cache.dtype),
-                                  o.gptq_init ? fmt::format(" gptq{}/{}/{}/{}", o.gptq.damp, o.gptq.act_order,
-                                                            o.gptq.static_groups, o.gptq.block_columns)
+                                  o.gptq_init ? fmt::format(" gptq{}/{}/{}/{}/{}", o.gptq.damp, o.gptq.act_order,
+                                                            o.gptq.static_groups, o.gptq.block_columns,
+                                                            o.gptq_train_scales)
                                               : "",
                                   o.use_sgra && o.sgra_equal_steps ? " sgra-equal" : "")}};
 }
@@ -403,7 +406,7 @@ void plan_block(const BlockApRun& b, model::Block& block, const std::string& pre
   log.avg_bits = qparams ? bit_params / static_cast<double>(qparams) : 16;
   log.lr_scale = tr.modules.empty() ? 1.0 : lr_scale_sum / static_cast<double>(tr.modules.size());
   log.lr_weights = o.lr_weights * log.lr_scale;
-  log.lr_quant = o.lr_quant * log.lr_scale;
+  log.lr_quant = o.gptq_init && !o.gptq_train_scales ? 0.0 : o.lr_quant * log.lr_scale;  // 0: GPTQ's stay
   log.epochs_planned = tr.modules.empty() ? 0 : epochs;
   log.patience = patience;
 }
@@ -418,6 +421,7 @@ std::pair<std::unique_ptr<torch::optim::AdamW>, std::vector<double>> make_optimi
                         std::make_unique<torch::optim::AdamWOptions>(
                             torch::optim::AdamWOptions(o.lr_weights * m.lr_scale).weight_decay(0)));
     base_lr.push_back(o.lr_weights * m.lr_scale);
+    if (!m.train_quantizer) continue;
     std::vector<torch::Tensor> q{m.fq->scale};
     if (m.fq->zero.requires_grad()) q.push_back(m.fq->zero);
     groups.emplace_back(q, std::make_unique<torch::optim::AdamWOptions>(
@@ -582,6 +586,11 @@ std::vector<Trainable::Module> init_block(const BlockApRun& b, model::Block& blo
     m.name = rel;
     m.fq = fq;
     m.lr_scale = o.use_sgra && it->second.sgra ? it->second.sgra->lr_scale : 1.0;
+    m.train_quantizer = o.gptq_train_scales;
+    if (!m.train_quantizer) {
+      fq->scale.set_requires_grad(false);
+      fq->zero.set_requires_grad(false);
+    }
     mods.push_back(m);
   }
   return mods;

@@ -23,6 +23,7 @@ BlockApOptions block_ap_options_from_recipe(const io::Recipe& r, int64_t sequenc
   bo.init.clip_search = r.str("training.init") == "mse";
   bo.gptq_init = r.str("training.init") == "gptq";
   bo.gptq = gptq_options_from_recipe(r);
+  bo.gptq_train_scales = r.flag("training.gptq.train_scales");
   int64_t nval = r.integer("data.validation_samples");
   if (!r.is_set("data.validation_samples") && sequences > 1 && nval > sequences / 4) {
     // The default (16) on a small calibration set: a quarter of it validates (said in the log).

@@ -69,6 +69,11 @@ struct BlockApOptions {
   // uses static groups here (the fake-quant modules need contiguous groups).
   bool gptq_init = false;
   quant::GptqOptions gptq;
+  // From GPTQ's start, also train the scales and zeros (training.gptq.train_scales). Off by
+  // default: GPTQ chose its codes for its own scales, and the straight-through scale gradient
+  // there is driven by where the weights sit in their cells, not by the loss; training it undoes
+  // GPTQ's error compensation within the first steps (docs/quantization.md, "Block-AP from GPTQ").
+  bool gptq_train_scales = false;
   double val_fraction = 0.1;  // held-out share of the sequences (at least 1 when N >= 2)
   // Xq / Y caches (fp16, 8 GiB per rank by default; past the limit they are files in cache.dir;
   // cache.dir "" = state_dir, else the system temp folder).
