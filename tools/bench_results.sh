@@ -51,7 +51,7 @@ section() {  # title study-folder: the study's tables without its own title line
   echo "between the uniform 2- and 3-bit bytes; at 2 bits only uniform fits); MPQ is QBO without the float option,"
   echo "so with these recipes' menu (2/3/4/8 bits) it gives QBO's plans (the seeds' study shows both); RTN = round to nearest; GPTQ (Frantar et al. 2022, act-order ="
   echo "columns by decreasing Hessian diagonal) on the calibration sequences; Block-AP = block-wise QAT with"
-  echo "SGRA; Block-AP from GPTQ = Block-AP starting from GPTQ's codes (training.init: gptq)."
+  echo "SGRA; Block-AP from GPTQ = Block-AP starting from GPTQ's codes, GPTQ's scales kept (training.init: gptq)."
   echo
   section "Bundled model checkpoints/kjv-llama (1.3M parameters, held-out KJV text)" kjv-methods
   if [ "$have_s260k" = 1 ]; then
