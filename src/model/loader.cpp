@@ -71,6 +71,14 @@ ModelFolder::ModelFolder(const std::string& dir) : dir_(dir) {
 }
 
 
+void copy_model_side_files(const std::string& from, const std::string& to) {
+  for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                        "special_tokens_map.json", "generation_config.json", "vocab.txt", "vocab.json", "merges.txt"}) {
+    const fs::path p = fs::path(from) / f;
+    if (fs::exists(p)) fs::copy_file(p, fs::path(to) / f, fs::copy_options::overwrite_existing);
+  }
+}
+
 bool ModelFolder::has_tokenizer() const {
   for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "vocab.txt"})
     if (fs::exists(fs::path(dir_) / f)) return true;

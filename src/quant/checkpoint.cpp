@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "mpqat/model/config.h"
+#include "mpqat/model/loader.h"
 #include "mpqat/model/hf_names.h"
 #include "mpqat/quant/bitplan.h"
 #include "mpqat/quant/engines.h"
@@ -237,13 +238,7 @@ void save_contents(const std::vector<std::pair<std::string, model::LinearPtr>>& 
         const fs::path tmp(tmp_dir);
         io::write_safetensors_sharded(tmp_dir, tw, checkpoint_file_metadata(), opts.max_shard_bytes, "model");
         util::write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
-        if (!opts.source_dir.empty())
-          for (const char* f : {"tokenizer.bin", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                                "special_tokens_map.json", "generation_config.json", "vocab.txt", "vocab.json",
-                                "merges.txt"}) {
-            const fs::path p = fs::path(opts.source_dir) / f;
-            if (fs::exists(p)) fs::copy_file(p, tmp / f, fs::copy_options::overwrite_existing);
-          }
+        if (!opts.source_dir.empty()) model::copy_model_side_files(opts.source_dir, tmp_dir);
       },
       "checkpoint");
 }

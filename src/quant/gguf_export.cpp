@@ -269,9 +269,7 @@ void decode_gguf_to_folder(const std::string& gguf, const std::string& source_di
       [&](const std::string& tmp) {
         io::write_safetensors((fs::path(tmp) / "model.safetensors").string(), tensors);
         util::write_file_atomic((fs::path(tmp) / "config.json").string(), config.dump(2) + "\n");
-        for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer.bin",
-                              "special_tokens_map.json", "vocab.txt"})
-          if (fs::exists(fs::path(source_dir) / f)) fs::copy_file(fs::path(source_dir) / f, fs::path(tmp) / f);
+        model::copy_model_side_files(source_dir, tmp);
       },
       "decoded model folder");
 }

@@ -51,6 +51,12 @@ class ModelFolder {
   mutable std::unique_ptr<data::Tokenizer> tok_;
 };
 
+// Copies the files of model folder `from` that travel with its weights into folder `to`
+// (overwriting): its tokenizer (tokenizer.bin / .json / .model, tokenizer_config.json,
+// special_tokens_map.json, vocab.txt, vocab.json, merges.txt) and generation_config.json; files
+// `from` lacks are skipped. The checkpoint writer and the GGUF decoder copy this one set.
+void copy_model_side_files(const std::string& from, const std::string& to);
+
 struct LoadOptions;
 
 // Packed (quantized) checkpoints are built by the quant layer, which sits above this one: it
