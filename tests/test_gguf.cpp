@@ -488,6 +488,28 @@ bool compare_greedy(const fs::path& dir, const std::string& gguf, const std::str
   return true;
 }
 
+// One block linear's scheme in a test plan.
+struct LinearSpec {
+  std::string rel;
+  int bits;
+  int64_t group;
+  bool sym;
+};
+
+// `model` quantized by RTN (`mpqat quantize`) under a plan that gives the `rel` linear of each of
+// its first `layers` blocks its spec; the plan is work/plan.json, the checkpoint `out`.
+mpqat::testing::CommandResult rtn_quantize(const fs::path& model, const fs::path& work, int layers,
+                                           const std::vector<LinearSpec>& specs, const fs::path& out) {
+  nlohmann::json plan = {{"version", 1}, {"modules", nlohmann::json::object()}};
+  for (int i = 0; i < layers; ++i)
+    for (const auto& s : specs)
+      plan["modules"]["model.layers." + std::to_string(i) + "." + s.rel] = {
+          {"bits", s.bits}, {"group_size", s.group}, {"sym", s.sym}};
+  std::ofstream(work / "plan.json") << plan.dump();
+  return mpqat::testing::run_mpqat("quantize '" + model.string() + "' --plan '" + (work / "plan.json").string() +
+                                   "' --method rtn --out '" + out.string() + "' --force");
+}
+
 }  // namespace
 
 TEST(GgufStories, LlamaCppTokenizesAndGeneratesAsMpqat) {
@@ -519,20 +541,17 @@ TEST(GgufStories, LlamaCppRunsAMixedPlanOf4And5And8Bits) {
   const auto dir = stories_folder();
   if (dir.empty()) GTEST_SKIP() << "shared data absent (set MPQAT_SHARED_DIR): stories260K needed";
   const auto work = dir.parent_path();
-  nlohmann::json plan = {{"version", 1}, {"modules", nlohmann::json::object()}};
-  const std::vector<std::tuple<std::string, int, bool>> specs = {
-      {"self_attn.q_proj", 4, false}, {"self_attn.k_proj", 4, true}, {"self_attn.v_proj", 5, false},
-      {"self_attn.o_proj", 8, true},  {"mlp.gate_proj", 5, true},    {"mlp.up_proj", 8, true},
-      {"mlp.down_proj", 4, true}};
-  for (int i = 0; i < 5; ++i)
-    for (const auto& [rel, bits, sym] : specs)
-      plan["modules"]["model.layers." + std::to_string(i) + "." + rel] = {{"bits", bits}, {"group_size", 32}, {"sym", sym}};
-  std::ofstream(work / "plan.json") << plan.dump();
   const auto q = work / "mixed";
-  ASSERT_EQ(mpqat::testing::run_mpqat("quantize '" + dir.string() + "' --plan '" + (work / "plan.json").string() +
-                               "' --method rtn --out '" + q.string() + "' --force")
-                .code,
-            0);
+  const auto qr = rtn_quantize(dir, work, 5,
+                               {{"self_attn.q_proj", 4, 32, false},
+                                {"self_attn.k_proj", 4, 32, true},
+                                {"self_attn.v_proj", 5, 32, false},
+                                {"self_attn.o_proj", 8, 32, true},
+                                {"mlp.gate_proj", 5, 32, true},
+                                {"mlp.up_proj", 8, 32, true},
+                                {"mlp.down_proj", 4, 32, true}},
+                               q);
+  ASSERT_EQ(qr.code, 0) << qr.err;
   const std::string gguf = (work / "mixed.gguf").string();
   const auto ex = mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + gguf + "' --fallback f32 --force");
   ASSERT_EQ(ex.code, 0) << ex.err;
@@ -614,20 +633,17 @@ TEST(GgufStories, LlamaCppDecodesKQuantsAsMpqatDoes) {
     for (auto& v : w) v *= 16.0f;
     std::fill(w.begin(), w.begin() + 259 * cols, 0.0f);
   });
-  nlohmann::json plan = {{"version", 1}, {"modules", nlohmann::json::object()}};
-  const std::vector<std::tuple<std::string, int, int64_t, bool>> specs = {
-      {"self_attn.q_proj", 2, 32, false}, {"self_attn.k_proj", 3, 128, true}, {"self_attn.v_proj", 4, 128, false},
-      {"self_attn.o_proj", 5, 64, false}, {"mlp.gate_proj", 6, 32, false},    {"mlp.up_proj", 4, 32, false},
-      {"mlp.down_proj", 3, 32, false}};
-  for (int i = 0; i < 2; ++i)
-    for (const auto& [rel, bits, g, sym] : specs)
-      plan["modules"]["model.layers." + std::to_string(i) + "." + rel] = {{"bits", bits}, {"group_size", g}, {"sym", sym}};
-  std::ofstream(work / "plan.json") << plan.dump();
   const auto q = work / "q";
-  ASSERT_EQ(mpqat::testing::run_mpqat("quantize '" + rnd.string() + "' --plan '" + (work / "plan.json").string() +
-                                      "' --method rtn --out '" + q.string() + "'")
-                .code,
-            0);
+  const auto qr = rtn_quantize(rnd, work, 2,
+                               {{"self_attn.q_proj", 2, 32, false},
+                                {"self_attn.k_proj", 3, 128, true},
+                                {"self_attn.v_proj", 4, 128, false},
+                                {"self_attn.o_proj", 5, 64, false},
+                                {"mlp.gate_proj", 6, 32, false},
+                                {"mlp.up_proj", 4, 32, false},
+                                {"mlp.down_proj", 3, 32, false}},
+                               q);
+  ASSERT_EQ(qr.code, 0) << qr.err;
   const std::string gguf = (work / "k.gguf").string();
   const auto ex = mpqat::testing::run_mpqat("export gguf '" + q.string() + "' --out '" + gguf + "' --embeddings f32");
   ASSERT_EQ(ex.code, 0) << ex.err;
