@@ -32,14 +32,7 @@ start_args() {
 echo "| bits | start | ppl per seed ($SEEDS) | mean | std |"
 echo "|---:|---|---|---:|---:|"
 for b in $BITS; do
-  python3 - "$MODEL/config.json" "$OUT/plan-w$b.json" "$b" <<'PY'
-import json, sys
-n = json.load(open(sys.argv[1]))["num_hidden_layers"]
-rels = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-mods = {f"model.layers.{i}.{r}": {"bits": int(sys.argv[3]), "group_size": 32} for i in range(n) for r in rels}
-json.dump({"version": 1, "modules": mods}, open(sys.argv[2], "w"))
-PY
+  tools/uniform_plan.py "$MODEL" "$b" 32 "$OUT/plan-w$b.json"
   for st in $STARTS; do
     ppls=()
     for s in $SEEDS; do

@@ -32,16 +32,7 @@ for spec in 2:32:q2_k 3:32:q3_k 4:128:q4_k 6:32:q6_k; do
   tag=w${bits}g${group}
   d=$WORK/$tag
   mkdir -p "$d"
-  python3 - "$M/config.json" "$bits" "$group" > "$d/plan.json" <<'PY'
-import json, sys
-cfg = json.load(open(sys.argv[1])); bits, group = int(sys.argv[2]), int(sys.argv[3])
-mods = {}
-for i in range(cfg["num_hidden_layers"]):
-    for rel in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]:
-        mods[f"model.layers.{i}.{rel}"] = {"bits": bits, "group_size": group, "sym": False}
-print(json.dumps({"version": 1, "modules": mods}))
-PY
+  tools/uniform_plan.py "$M" "$bits" "$group" "$d/plan.json"
   # Float model straight into the K-quant.
   "$MPQAT" export gguf "$M" --out "$d/fp.gguf" --float-type "$ftype" --decoded-out "$d/fp.dec" --force >/dev/null
   "$MPQAT" export gguf "$M" --out "$d/fp_im.gguf" --float-type "$ftype" --imatrix "$WORK/fp.imatrix.json" \

@@ -13,15 +13,7 @@ M=runs/stories260K-hf
 OUT=runs/gptq-stories260K
 tools/prepare_stories260K.sh >/dev/null
 mkdir -p "$OUT"
-python3 - "$M/config.json" "$OUT/plan.json" "$BITS" "$GROUP" <<'PY'
-import json, sys
-n = json.load(open(sys.argv[1]))["num_hidden_layers"]
-rels = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-mods = {f"model.layers.{i}.{r}": {"bits": int(sys.argv[3]), "group_size": int(sys.argv[4])}
-        for i in range(n) for r in rels}
-json.dump({"version": 1, "modules": mods}, open(sys.argv[2], "w"))
-PY
+tools/uniform_plan.py "$M" "$BITS" "$GROUP" "$OUT/plan.json"
 ppl() { "$MPQAT" eval "$1" --ppl "$M/heldout.txt" --context 512 --json 2>/dev/null |
         python3 -c "import json,sys; print(f\"{json.load(sys.stdin)['ppl']:.3f}\")"; }
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" > "$OUT/last.log" 2>&1 || { cat "$OUT/last.log" >&2; exit 1; }; t1=$(date +%s.%N);

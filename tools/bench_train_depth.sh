@@ -20,13 +20,7 @@ for L in "${depths[@]}"; do
 JSON
   [ -f "$d/config.json" ] || "$MPQAT" fit lm --config "$OUT/config_L$L.json" --tokenizer checkpoints/kjv-llama/tokenizer.model \
       --text checkpoints/kjv-llama/calib.txt --steps 1 --batch-size 1 --seqlen 64 --log-every 0 --out "$d" --force > /dev/null
-  python3 - "$d" "$OUT/plan_L$L.json" <<'PY'
-import json, sys
-cfg = json.load(open(sys.argv[1] + "/config.json"))
-names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-mods = {f"model.layers.{i}.{n}": {"bits": 4, "group_size": 128} for i in range(cfg["num_hidden_layers"]) for n in names}
-json.dump({"version": 1, "modules": mods}, open(sys.argv[2], "w"))
-PY
+  tools/uniform_plan.py "$d" 4 128 "$OUT/plan_L$L.json"
   params=$(( L * (4*512*512 + 3*512*1376) + 4096*512 ))
   start=$(date +%s.%N)
   kb=$( { /usr/bin/time -f "%M" "$MPQAT" train "$d" --plan "$OUT/plan_L$L.json" --calib checkpoints/kjv-llama/calib.txt \
